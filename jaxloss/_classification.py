@@ -1,0 +1,517 @@
+"""Softmax cross-entropy family with closed-form derivative rules.
+
+Design of the derivative rules
+------------------------------
+Each loss is a ``jax.custom_jvp`` whose tangent is *linear* in the input
+tangent: ``dL = sum_c g_c(x) dx_c`` with ``g = softmax * A - q`` (``A`` and
+``q`` defined below).  Reverse mode comes from JAX transposing that linear
+map, so ``grad``, ``jvp``, ``jacfwd``, ``hessian`` and forward-over-reverse
+all work.  The tangent's coefficient ``g`` is computed inside
+``jax.checkpoint``: under reverse mode the only residuals are the logits
+themselves (the caller's buffer), the per-row ``logsumexp`` and the labels,
+and the backward recomputes ``softmax - target`` in one fused elementwise pass.
+No ``[N, C]`` intermediate is kept between the forward and the backward.
+
+Math, per row, with ``s = softcap(x)`` (identity without ``logit_softcap``),
+``V`` the valid classes (``where`` and ``s > -inf``), ``K = |V|``, ``lse =
+logsumexp_V(s)``, ``p = softmax_V(s)`` and class weights ``w`` (ones by default):
+
+    q_c  = (1 - eps) w_y [c == y] + eps w_c [c in V] / K       # target weights
+    loss = sum_c q_c (lse - s_c) + z w_y lse^2                 # PyTorch + PaLM
+    dloss/ds_c = p_c (sum_c q_c + 2 z w_y lse) - q_c
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxloss import _common as cm
+
+ArrayLike = jax.typing.ArrayLike
+Array = jax.Array
+
+_NEG_INF = -jnp.inf
+
+
+# --------------------------------------------------------------------------
+# Pieces shared by the rules
+# --------------------------------------------------------------------------
+
+
+def _softcap(x: Array, cap: float | None) -> Array:
+    # Gemma 2: cap * tanh(x / cap)
+    return x if cap is None else cap * jnp.tanh(x / cap)
+
+
+def _softcap_slope(x: Array, cap: float | None) -> Array:
+    # d/dx cap * tanh(x / cap) = 1 - tanh(x / cap)^2
+    t = jnp.tanh(x / cap)
+    return 1.0 - t * t
+
+
+def _upcast(x: Array) -> Array:
+    # Low-precision logits are read as-is and widened inside the rule, so the
+    # only residual is the caller's own buffer.
+    return x.astype(cm.compute_dtype(x))
+
+
+def _masked(s: Array, mask: Array | None) -> Array:
+    return s if mask is None else jnp.where(mask, s, _NEG_INF)
+
+
+def _logsumexp(sm: Array) -> Array:
+    """Row logsumexp of already-masked values; ``-inf`` for an empty row, never NaN."""
+    m = jnp.max(sm, axis=-1)
+    m_safe = lax.stop_gradient(jnp.where(jnp.isfinite(m), m, jnp.zeros_like(m)))
+    s = jnp.sum(jnp.exp(sm - m_safe[..., None]), axis=-1)
+    return jnp.log(s) + m_safe
+
+
+def _softmax_from_lse(sm: Array, lse: Array) -> Array:
+    # p = exp(s - lse); an empty row (lse = -inf) gives zeros, not NaN.
+    lse_safe = jnp.where(jnp.isfinite(lse), lse, jnp.zeros_like(lse))
+    return jnp.exp(sm - lse_safe[..., None])
+
+
+def _valid_classes(s: Array, mask: Array | None) -> Array:
+    valid = s > _NEG_INF
+    return valid if mask is None else valid & mask
+
+
+def _weighted_sum(coef: Array, s: Array) -> Array:
+    # sum_c coef_c * s_c, with coef_c == 0 contributing 0 even where s_c = -inf.
+    return jnp.sum(cm.safe_mul(coef, s), axis=-1)
+
+
+# --------------------------------------------------------------------------
+# Integer labels
+# --------------------------------------------------------------------------
+
+
+def _int_rows(x, labels, weight, mask, ignore_index, eps, cap):
+    """Row quantities that do not need the logits' tangent.
+
+    Returns ``s`` (soft-capped float32 logits), ``sm`` (masked), ``lse``, the
+    label's weight ``w_y`` (0 where the row does not count), the smoothing
+    coefficient per class weight ``e = eps / K`` (0 where the row does not
+    count), ``bad`` (label out of range on a counted row) and ``active`` (the
+    row counts: not ignored, not fully masked). ``lse`` is 0 on inactive rows.
+    """
+    num_classes = x.shape[-1]
+    s = _softcap(_upcast(x), cap)
+    sm = _masked(s, mask)
+    lse = _logsumexp(sm)
+    in_range = (labels >= 0) & (labels < num_classes)
+    active = jnp.ones(labels.shape, jnp.bool_)
+    if ignore_index is not None:
+        active &= labels != ignore_index
+    if mask is not None:
+        active &= jnp.any(mask, axis=-1)
+    safe = jnp.clip(labels, 0, num_classes - 1)
+    w_y = jnp.ones(labels.shape, s.dtype) if weight is None else weight[safe].astype(s.dtype)
+    w_y = jnp.where(active, w_y, jnp.zeros_like(w_y))
+    bad = active & ~in_range
+    if eps > 0.0:
+        k = jnp.sum(_valid_classes(s, mask), axis=-1).astype(s.dtype)
+        e = jnp.where(active, eps / jnp.maximum(k, 1.0), jnp.zeros_like(k))
+    else:
+        e = None
+    lse = jnp.where(active, lse, jnp.zeros_like(lse))
+    return s, sm, lse, safe, w_y, e, bad, active
+
+
+def _class_weights(weight, s):
+    return jnp.ones(s.shape[-1:], s.dtype) if weight is None else weight.astype(s.dtype)
+
+
+def _int_loss_from_rows(s, sm, lse, safe, w_y, e, bad, active, weight, mask, eps, z):
+    s_y = jnp.take_along_axis(s, safe[..., None], axis=-1)[..., 0]
+    s_y = jnp.where(active, s_y, jnp.zeros_like(s_y))
+    lse_c = lse
+    # CE = logsumexp(s) - s[y]
+    loss = (1.0 - eps) * w_y * (lse_c - s_y)
+    if e is not None:
+        coef = e[..., None] * _class_weights(weight, s) * _valid_classes(s, mask)
+        # sum_c coef_c (lse - s_c), written to stay finite for logits near float max
+        loss = loss + lse_c * jnp.sum(coef, axis=-1) - _weighted_sum(coef, s)
+    if z > 0.0:
+        loss = loss + z * w_y * lse_c * lse_c  # PaLM z-loss
+    return jnp.where(bad, jnp.full_like(loss, jnp.nan), loss)
+
+
+def _int_coeffs(x, lse, safe, w_y, e, bad, active, weight, mask, eps, z, cap):
+    """dloss/dx for every element: softmax * A - q (times the softcap slope)."""
+    x = _upcast(x)
+    s = _softcap(x, cap)
+    # Inactive rows have lse = 0 and A = q = 0, so their gradient is exactly 0.
+    p = _softmax_from_lse(_masked(s, mask), lse)
+    a = (1.0 - eps) * w_y + 2.0 * z * w_y * lse
+    classes = lax.broadcasted_iota(safe.dtype, s.shape, s.ndim - 1)
+    q = jnp.where(classes == safe[..., None], ((1.0 - eps) * w_y)[..., None], 0.0)
+    if e is not None:
+        cw = _class_weights(weight, s)
+        valid = _valid_classes(s, mask)
+        a = a + e * jnp.sum(jnp.where(valid, cw, 0.0), axis=-1)
+        q = q + jnp.where(valid, e[..., None] * cw, 0.0)
+    a = jnp.where(bad, jnp.full_like(a, jnp.nan), a)
+    g = jnp.where(active[..., None], p * a[..., None] - q, 0.0)
+    if cap is not None:
+        g = g * _softcap_slope(x, cap)
+    return g
+
+
+def _int_tangent(x, lse, safe, w_y, e, bad, active, weight, mask, dx, eps, z, cap):
+    g = _int_coeffs(x, lse, safe, w_y, e, bad, active, weight, mask, eps, z, cap)
+    return jnp.sum(g * dx.astype(g.dtype), axis=-1)
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(4, 5, 6, 7))
+def _ce_int(x, labels, weight, mask, ignore_index, eps, z, cap):
+    rows = _int_rows(x, labels, weight, mask, ignore_index, eps, cap)
+    return _int_loss_from_rows(*rows, weight, mask, eps, z)
+
+
+@partial(_ce_int.defjvp, symbolic_zeros=True)
+def _ce_int_jvp(ignore_index, eps, z, cap, primals, tangents):
+    x, labels, weight, mask = primals
+    dx, _, dweight, _ = tangents
+    s, sm, lse, safe, w_y, e, bad, active = _int_rows(
+        x, labels, weight, mask, ignore_index, eps, cap
+    )
+    loss = _int_loss_from_rows(s, sm, lse, safe, w_y, e, bad, active, weight, mask, eps, z)
+    if cm.is_zero(dx):
+        dloss = jnp.zeros_like(loss)
+    else:
+        # Recomputed in the backward pass: residuals are x, lse and row scalars.
+        tangent = jax.checkpoint(partial(_int_tangent, eps=eps, z=z, cap=cap))
+        dloss = tangent(x, lse, safe, w_y, e, bad, active, weight, mask, dx)
+    if not cm.is_zero(dweight):
+        # Rare path (learning class weights): autodiff of the plain forward.
+        def of_weight(w):
+            return _ce_int(x, labels, w, mask, ignore_index, eps, z, cap)
+
+        dloss = dloss + jax.jvp(of_weight, (weight,), (dweight,))[1]
+    return loss, dloss
+
+
+# --------------------------------------------------------------------------
+# Probability labels
+# --------------------------------------------------------------------------
+
+
+def _prob_rows(x, labels, mask, eps):
+    x = _upcast(x)
+    sm = _masked(x, mask)
+    lse = _logsumexp(sm)
+    t = labels.astype(x.dtype)
+    if mask is not None:
+        t = jnp.where(mask, t, jnp.zeros_like(t))
+    if eps > 0.0:
+        valid = _valid_classes(x, mask)
+        k = jnp.maximum(jnp.sum(valid, axis=-1).astype(x.dtype), 1.0)
+        t = (1.0 - eps) * t + jnp.where(valid, eps / k[..., None], 0.0)
+    return sm, lse, t
+
+
+def _prob_loss(x, lse, t, z):
+    x = _upcast(x)
+    total = jnp.sum(t, axis=-1)
+    nonempty = jnp.isfinite(lse)
+    lse_c = jnp.where(nonempty, lse, jnp.zeros_like(lse))
+    # CE = sum_c t_c (lse - x_c) = lse sum_c t_c - sum_c t_c x_c
+    loss = lse_c * total - _weighted_sum(t, x)
+    if z > 0.0:
+        loss = loss + z * jnp.where(total != 0, lse_c * lse_c, 0.0)
+    return loss
+
+
+def _prob_tangent(x, lse, labels, mask, dx, eps, z):
+    _, _, t = _prob_rows(x, labels, mask, eps)
+    x = _upcast(x)
+    p = _softmax_from_lse(_masked(x, mask), lse)
+    total = jnp.sum(t, axis=-1)
+    lse_c = jnp.where(jnp.isfinite(lse), lse, jnp.zeros_like(lse))
+    a = total + 2.0 * z * jnp.where(total != 0, lse_c, 0.0)
+    g = p * a[..., None] - t
+    return jnp.sum(g * dx.astype(g.dtype), axis=-1)
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(3, 4))
+def _ce_prob(x, labels, mask, eps, z):
+    _, lse, t = _prob_rows(x, labels, mask, eps)
+    return _prob_loss(x, lse, t, z)
+
+
+@partial(_ce_prob.defjvp, symbolic_zeros=True)
+def _ce_prob_jvp(eps, z, primals, tangents):
+    x, labels, mask = primals
+    dx, dlabels, _ = tangents
+    _, lse, t = _prob_rows(x, labels, mask, eps)
+    loss = _prob_loss(x, lse, t, z)
+    if cm.is_zero(dx):
+        dloss = jnp.zeros_like(loss)
+    else:
+        tangent = jax.checkpoint(partial(_prob_tangent, eps=eps, z=z))
+        dloss = tangent(x, lse, labels, mask, dx)
+    if not cm.is_zero(dlabels):
+        # Distillation differentiates the targets too: autodiff of the plain forward.
+        def of_labels(lab):
+            _, lse_, t_ = _prob_rows(x, lab, mask, eps)
+            return _prob_loss(x, lse_, t_, z)
+
+        dloss = dloss + jax.jvp(of_labels, (labels,), (dlabels,))[1]
+    return loss, dloss
+
+
+# --------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------
+
+
+def _prepare_logits(logits, axis, where, name="logits"):
+    x = cm.as_float_array(logits, name)
+    ax = cm.normalize_axis(axis, x.ndim)
+    mask = cm.as_mask(where, x.shape, name)
+    x = jnp.moveaxis(x, ax, -1)
+    if mask is not None:
+        mask = jnp.moveaxis(mask, ax, -1)
+    return x, mask
+
+
+def _prepare_int_labels(labels, x, axis, logits_shape, name="labels"):
+    y = cm.as_int_array(labels, name)
+    if y.shape != x.shape[:-1]:
+        raise ValueError(
+            f"{name} must have the shape of logits without the class axis (axis={axis}); "
+            f"got {name}.shape={y.shape} for logits.shape={logits_shape}, expected {x.shape[:-1]}."
+        )
+    return y
+
+
+def _prepare_class_weight(weight, num_classes):
+    if weight is None:
+        return None
+    w = cm.as_float_array(weight, "weight")
+    if w.shape != (num_classes,):
+        raise ValueError(f"weight must have shape ({num_classes},), one per class; got {w.shape}.")
+    return w
+
+
+def softmax_cross_entropy_with_integer_labels(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    axis: int = -1,
+    where: ArrayLike | None = None,
+    weight: ArrayLike | None = None,
+    ignore_index: int | None = None,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    logit_softcap: float | None = None,
+    reduction: str = "none",
+) -> Array:
+    r"""Softmax cross-entropy with integer class labels.
+
+    .. math::
+        \ell_i = (1-\varepsilon)\, w_{y_i} (\mathrm{lse}(s_i) - s_{i,y_i})
+          + \frac{\varepsilon}{K} \sum_c w_c (\mathrm{lse}(s_i) - s_{i,c})
+          + z\, w_{y_i} \mathrm{lse}(s_i)^2,
+        \qquad s = \mathrm{cap} \tanh(x / \mathrm{cap})
+
+    with :math:`K` the number of classes (those allowed by ``where`` and not
+    ``-inf``). The gradient is the closed form :math:`\mathrm{softmax}(s)\,A - q`;
+    reverse mode keeps only the logits, the per-row logsumexp and the labels.
+
+    Args:
+      logits: unnormalized scores, any float dtype; the class axis is ``axis``.
+      labels: integer class ids with the shape of ``logits`` minus ``axis``.
+      axis: the class axis.
+      where: boolean mask broadcastable to ``logits``; ``False`` classes are
+        excluded from the softmax (as in ``jax.nn.log_softmax(where=)``). A row
+        with no allowed class contributes 0 and does not count in the mean.
+      weight: per-class weights ``[C]`` (PyTorch ``weight``).
+      ignore_index: label value whose rows contribute 0 and do not count.
+      label_smoothing: :math:`\varepsilon \in [0, 1]`, PyTorch semantics.
+      z_loss: coefficient of PaLM's auxiliary :math:`\mathrm{lse}^2` term.
+      logit_softcap: Gemma 2 soft cap applied to the logits first.
+      reduction: ``"none"`` (per example), ``"sum"`` or ``"mean"`` (PyTorch's
+        weighted mean :math:`\sum \ell / \sum w_{y_i}`; 0 when nothing counts).
+
+    Returns:
+      The loss, float32 for bf16/f16 inputs; shape ``logits.shape`` minus
+      ``axis`` for ``reduction="none"``, else a scalar.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> logits = jnp.array([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+      >>> jaxloss.softmax_cross_entropy_with_integer_labels(logits, jnp.array([0, 1]))
+      Array([0.16984604, 0.55144465], dtype=float32)
+
+    Note:
+      ``-inf`` logits and ``where``-masked classes get probability 0, zero
+      gradient and no smoothing mass; nothing becomes NaN. Out-of-range labels
+      raise ``ValueError`` when concrete; under ``jit`` the row's loss and
+      gradient are NaN and ``checkify.checkify`` reports the label check.
+
+    References:
+      ``torch.nn.functional.cross_entropy``;
+      ``optax.softmax_cross_entropy_with_integer_labels``.
+    """
+    x, mask = _prepare_logits(logits, axis, where)
+    y = _prepare_int_labels(labels, x, axis, jnp.shape(logits))
+    cm.check_reduction(reduction)
+    ignore_index = cm.static_int(ignore_index, "ignore_index")
+    eps = cm.static_float(label_smoothing, "label_smoothing", low=0.0, high=1.0)
+    z = cm.static_float(z_loss, "z_loss", low=0.0)
+    cap = cm.static_float(logit_softcap, "logit_softcap", low=0.0, low_open=True, allow_none=True)
+    num_classes = x.shape[-1]
+    w = _prepare_class_weight(weight, num_classes)
+    cm.check_labels_in_range(y, num_classes, ignore_index)
+    dtype = cm.compute_dtype(x)
+    loss = _ce_int(x, y, w, mask, ignore_index, eps, z, cap)
+    if reduction != "mean":
+        return cm.reduce_loss(loss, reduction)
+    return cm.reduce_loss(loss, reduction, _counted_weight(y, w, mask, ignore_index, dtype))
+
+
+def _counted_weight(y, w, mask, ignore_index, dtype):
+    """Each row's share of the mean's divisor: w[y], 0 where ignored or fully masked."""
+    num = w.shape[0] if w is not None else None
+    safe = y if w is None else jnp.clip(y, 0, num - 1)
+    den = jnp.ones(y.shape, dtype) if w is None else w.astype(dtype)[safe]
+    active = jnp.ones(y.shape, jnp.bool_)
+    if ignore_index is not None:
+        active &= y != ignore_index
+    if mask is not None:
+        active &= jnp.any(mask, axis=-1)
+    return jnp.where(active, den, jnp.zeros_like(den))
+
+
+def softmax_cross_entropy(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    axis: int = -1,
+    where: ArrayLike | None = None,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    reduction: str = "none",
+) -> Array:
+    r"""Softmax cross-entropy with probability labels.
+
+    .. math::
+        \ell_i = \sum_c t'_{i,c} (\mathrm{lse}(x_i) - x_{i,c}) + z\,\mathrm{lse}(x_i)^2,
+        \qquad t' = (1-\varepsilon)\, t + \varepsilon / K
+
+    Args:
+      logits: unnormalized scores, any float dtype.
+      labels: class probabilities (or any non-negative targets), the shape of
+        ``logits``. Differentiable: the gradient with respect to the labels is
+        :math:`(1-\varepsilon)(\mathrm{lse} - x)`, as used in distillation.
+      axis: the class axis.
+      where: boolean mask broadcastable to ``logits``; masked classes are left
+        out of the softmax and of the sum (optax's ``where``).
+      label_smoothing: :math:`\varepsilon \in [0, 1]` spread over the ``K``
+        allowed classes.
+      z_loss: coefficient of the :math:`\mathrm{lse}^2` term.
+      reduction: ``"none"``, ``"sum"`` or ``"mean"`` (over rows; rows with no
+        allowed class do not count).
+
+    Returns:
+      Per-row loss (``logits.shape`` minus ``axis``) or its reduction; float32
+      for bf16/f16 inputs.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> jaxloss.softmax_cross_entropy(jnp.log(jnp.array([[0.5, 0.4, 0.1]])),
+      ...                               jnp.array([[1.0, 0.0, 0.0]]))
+      Array([0.6931472], dtype=float32)
+
+    Note:
+      A class whose target is 0 never makes the loss NaN, even with a ``-inf``
+      logit; a positive target on a ``-inf`` logit gives ``inf`` (the true value).
+
+    References:
+      ``optax.softmax_cross_entropy``; ``torch.nn.functional.cross_entropy``
+      with probability targets.
+    """
+    x, mask = _prepare_logits(logits, axis, where)
+    t = cm.as_float_array(labels, "labels")
+    ax = cm.normalize_axis(axis, t.ndim) if t.ndim == x.ndim else None
+    if ax is None or t.shape != jnp.shape(logits):
+        raise ValueError(
+            "labels must be class probabilities with the shape of logits; got "
+            f"labels.shape={t.shape}, logits.shape={jnp.shape(logits)}. "
+            "For class indices use softmax_cross_entropy_with_integer_labels."
+        )
+    t = jnp.moveaxis(t, ax, -1)
+    cm.check_reduction(reduction)
+    eps = cm.static_float(label_smoothing, "label_smoothing", low=0.0, high=1.0)
+    z = cm.static_float(z_loss, "z_loss", low=0.0)
+    dtype = cm.compute_dtype(x, t)
+    loss = _ce_prob(x, t.astype(x.dtype), mask, eps, z)
+    if reduction != "mean" or mask is None:
+        return cm.reduce_loss(loss, reduction)
+    return cm.reduce_loss(loss, reduction, jnp.any(mask, axis=-1).astype(dtype))
+
+
+def nll_loss(
+    log_probs: ArrayLike,
+    labels: ArrayLike,
+    *,
+    axis: int = -1,
+    weight: ArrayLike | None = None,
+    ignore_index: int | None = None,
+    reduction: str = "none",
+) -> Array:
+    r"""Negative log-likelihood of integer labels given log-probabilities.
+
+    .. math:: \ell_i = -w_{y_i}\, \log p_{i, y_i}
+
+    Args:
+      log_probs: log-probabilities (e.g. ``jax.nn.log_softmax(x)``).
+      labels: integer class ids with the shape of ``log_probs`` minus ``axis``.
+      axis: the class axis.
+      weight: per-class weights ``[C]``.
+      ignore_index: label value whose rows contribute 0 and do not count.
+      reduction: ``"none"``, ``"sum"`` or ``"mean"`` (:math:`\sum \ell / \sum w_{y_i}`,
+        0 when nothing counts; PyTorch returns NaN there).
+
+    Returns:
+      Per-example loss or its reduction.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jaxloss
+      >>> logp = jax.nn.log_softmax(jnp.array([[2.0, 0.0, -1.0]]))
+      >>> jaxloss.nll_loss(logp, jnp.array([0]))
+      Array([0.16984604], dtype=float32)
+
+    Note:
+      ``softmax_cross_entropy_with_integer_labels(x, y) == nll_loss(log_softmax(x), y)``.
+
+    References:
+      ``torch.nn.functional.nll_loss``.
+    """
+    lp, _ = _prepare_logits(log_probs, axis, None, "log_probs")
+    y = _prepare_int_labels(labels, lp, axis, jnp.shape(log_probs))
+    cm.check_reduction(reduction)
+    ignore_index = cm.static_int(ignore_index, "ignore_index")
+    num_classes = lp.shape[-1]
+    w = _prepare_class_weight(weight, num_classes)
+    cm.check_labels_in_range(y, num_classes, ignore_index)
+    dtype = cm.compute_dtype(lp)
+    lp = lp.astype(dtype)
+    den = _counted_weight(y, w, None, ignore_index, dtype)
+    safe = jnp.clip(y, 0, num_classes - 1)
+    picked = jnp.take_along_axis(lp, safe[..., None], axis=-1)[..., 0]
+    counted = den != 0
+    loss = jnp.where(counted, -den * jnp.where(counted, picked, 0.0), 0.0)
+    bad = ((y < 0) | (y >= num_classes)) & (den != 0)
+    loss = jnp.where(bad, jnp.nan, loss)
+    if reduction != "mean":
+        return cm.reduce_loss(loss, reduction)
+    return cm.reduce_loss(loss, reduction, den)
