@@ -16,6 +16,7 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxloss import _common as cm
 
@@ -28,58 +29,99 @@ def _smooth(y, eps):
     return y if eps == 0.0 else y * (1.0 - eps) + 0.5 * eps
 
 
-def _bce_coeffs(y, pw, eps):
-    ys = _smooth(y.astype(cm.compute_dtype(y)), eps)
-    a = ys if pw is None else pw * ys
+def _widen(v, like):
+    """``v`` (an optional operand of its own broadcastable shape) in ``like``'s dtype and
+    shape. Broadcasting happens here, inside the rule, so a ``[C]`` ``pos_weight`` or
+    ``weight`` is never materialised as an ``[N, C]`` residual."""
+    return None if v is None else jnp.broadcast_to(v.astype(like.dtype), like.shape)
+
+
+def _bce_coeffs(x, y, pw, eps):
+    ys = _smooth(_widen(y, x), eps)
+    a = ys if pw is None else _widen(pw, x) * ys
     return a, 1.0 - ys
 
 
-def _bce_forward(x, y, pw, eps):
-    a, b = _bce_coeffs(y, pw, eps)
+def _apply_weight(loss, w):
+    # A zero weight gives 0 even where the loss is inf (no 0 * inf).
+    return loss if w is None else cm.safe_mul(_widen(w, loss), loss)
+
+
+def _bce_forward(x, y, pw, w, eps):
     x = x.astype(cm.compute_dtype(x))
+    a, b = _bce_coeffs(x, y, pw, eps)
     tail = jnp.log1p(jnp.exp(-jnp.abs(x)))
     sp_pos = jnp.maximum(x, 0.0) + tail  # -log(1 - sigmoid(x))
     sp_neg = jnp.maximum(-x, 0.0) + tail  # -log sigmoid(x)
-    return cm.safe_mul(a, sp_neg) + cm.safe_mul(b, sp_pos)
+    return _apply_weight(cm.safe_mul(a, sp_neg) + cm.safe_mul(b, sp_pos), w)
 
 
-def _bce_tangent(x, y, pw, dx, eps):
-    a, b = _bce_coeffs(y, pw, eps)
+def _bce_tangent(x, y, pw, w, dx, eps):
     x = x.astype(cm.compute_dtype(x))
+    a, b = _bce_coeffs(x, y, pw, eps)
     # d/dx [a sp(-x) + b sp(x)] = sigmoid(x) (a + b) - a
-    return (jax.nn.sigmoid(x) * (a + b) - a) * dx.astype(x.dtype)
+    g = jax.nn.sigmoid(x) * (a + b) - a
+    if w is not None:
+        g = _widen(w, g) * g
+    return g * dx.astype(x.dtype)
 
 
-@partial(jax.custom_jvp, nondiff_argnums=(3,))
-def _sigmoid_bce(x, y, pw, eps):
-    return _bce_forward(x, y, pw, eps)
+def _jvp_of_operands(fun, primals, tangents):
+    """Tangent of ``fun`` with respect to the float operands whose tangent is not zero."""
+    idx = [
+        i
+        for i, (p, t) in enumerate(zip(primals, tangents, strict=True))
+        if p is not None and jnp.issubdtype(p.dtype, jnp.floating) and not cm.is_zero(t)
+    ]
+    if not idx:
+        return None
+
+    def partial_fun(*active):
+        args = list(primals)
+        for i, v in zip(idx, active, strict=True):
+            args[i] = v
+        return fun(*args)
+
+    return jax.jvp(partial_fun, [primals[i] for i in idx], [tangents[i] for i in idx])[1]
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(4,))
+def _sigmoid_bce(x, y, pw, w, eps):
+    return _bce_forward(x, y, pw, w, eps)
 
 
 @partial(_sigmoid_bce.defjvp, symbolic_zeros=True)
 def _sigmoid_bce_jvp(eps, primals, tangents):
-    x, y, pw = primals
-    dx, dy, dpw = tangents
-    loss = _bce_forward(x, y, pw, eps)
+    x, y, pw, w = primals
+    dx, dy, dpw, dw = tangents
+    loss = _bce_forward(x, y, pw, w, eps)
     if cm.is_zero(dx):
         dloss = jnp.zeros_like(loss)
     else:
-        dloss = jax.checkpoint(partial(_bce_tangent, eps=eps))(x, y, pw, dx)
-    if not (cm.is_zero(dy) and cm.is_zero(dpw)):
-        # Differentiating the labels or pos_weight: autodiff of the plain forward.
-        dy, dpw = cm.instantiate(dy, y), (None if pw is None else cm.instantiate(dpw, pw))
-        dloss = dloss + jax.jvp(lambda y_, pw_: _bce_forward(x, y_, pw_, eps), (y, pw), (dy, dpw))[1]
-    return loss, dloss
+        # Recomputed in the backward pass: the residuals are the operands themselves.
+        dloss = jax.checkpoint(partial(_bce_tangent, eps=eps))(x, y, pw, w, dx)
+    # Differentiating labels, pos_weight or weight: autodiff of the plain forward.
+    rest = _jvp_of_operands(
+        lambda y_, pw_, w_: _bce_forward(x, y_, pw_, w_, eps), (y, pw, w), (dy, dpw, dw)
+    )
+    return loss, dloss if rest is None else dloss + rest
 
 
 def _prepare_binary(inputs, labels, weight, name):
+    """Validates the operands; ``labels`` and ``weight`` keep their own (broadcastable)
+    shapes and are broadcast inside the rules."""
     x = cm.as_float_array(inputs, name)
     y = jnp.asarray(labels)
-    if not (jnp.issubdtype(y.dtype, jnp.floating) or jnp.issubdtype(y.dtype, jnp.integer)
-            or y.dtype == jnp.bool_):
+    if not (
+        jnp.issubdtype(y.dtype, jnp.floating)
+        or jnp.issubdtype(y.dtype, jnp.integer)
+        or y.dtype == jnp.bool_
+    ):
         raise TypeError(f"labels must be numeric; got dtype {y.dtype}.")
-    y = cm.broadcast_to_shape(y, x.shape, "labels", name)
-    w = None if weight is None else cm.broadcast_to_shape(
-        cm.as_float_array(weight, "weight"), x.shape, "weight", name)
+    y = cm.check_broadcastable(y, x.shape, "labels", name)
+    w = None
+    if weight is not None:
+        w = cm.check_broadcastable(cm.as_float_array(weight, "weight"), x.shape, "weight", name)
     return x, y, w
 
 
@@ -132,14 +174,13 @@ def sigmoid_binary_cross_entropy(
     x, y, w = _prepare_binary(logits, labels, weight, "logits")
     cm.check_reduction(reduction)
     eps = cm.static_float(label_smoothing, "label_smoothing", low=0.0, high=1.0)
-    pw = None if pos_weight is None else cm.broadcast_to_shape(
-        cm.as_float_array(pos_weight, "pos_weight"), x.shape, "pos_weight", "logits")
-    dtype = cm.compute_dtype(x)
-    # x and y stay in the caller's dtype: the rule widens them internally.
-    loss = _sigmoid_bce(x, y if jnp.issubdtype(y.dtype, jnp.floating) else y.astype(dtype),
-                        None if pw is None else pw.astype(dtype), eps)
-    if w is not None:
-        loss = loss * w.astype(dtype)
+    pw = None
+    if pos_weight is not None:
+        pw = cm.as_float_array(pos_weight, "pos_weight")
+        pw = cm.check_broadcastable(pw, x.shape, "pos_weight", "logits")
+    # Every operand keeps the caller's dtype and shape: the rule widens and
+    # broadcasts internally, so reverse mode saves only the caller's buffers.
+    loss = _sigmoid_bce(x, y, pw, w, eps)
     return cm.reduce_loss(loss, reduction)
 
 
@@ -153,21 +194,40 @@ def _clamped_logs(p):
     return (jnp.maximum(jnp.log(p), _LOG_CLAMP), jnp.maximum(jnp.log1p(-p), _LOG_CLAMP))
 
 
-@jax.custom_jvp
-def _bce_probs(p, y):
+def _bce_probs_forward(p, y, w):
+    p = p.astype(cm.compute_dtype(p))
+    y = _widen(y, p)
     log_p, log_q = _clamped_logs(p)
-    return -(y * log_p + (1.0 - y) * log_q)
+    return _apply_weight(-(y * log_p + (1.0 - y) * log_q), w)
 
 
-@_bce_probs.defjvp
-def _bce_probs_jvp(primals, tangents):
-    p, y = primals
-    dp, dy = tangents
-    log_p, log_q = _clamped_logs(p)
-    loss = -(y * log_p + (1.0 - y) * log_q)
+def _bce_probs_tangent(p, y, w, dp):
+    p = p.astype(cm.compute_dtype(p))
+    y = _widen(y, p)
     # PyTorch's rule: (p - y) / max(p (1 - p), eps); equals the derivative inside (0, 1).
-    grad_p = (p - y) / jnp.maximum(p * (1.0 - p), _GRAD_EPS)
-    return loss, grad_p * dp - (log_p - log_q) * dy
+    g = (p - y) / jnp.maximum(p * (1.0 - p), _GRAD_EPS)
+    if w is not None:
+        g = _widen(w, g) * g
+    return g * dp.astype(p.dtype)
+
+
+@jax.custom_jvp
+def _bce_probs(p, y, w):
+    return _bce_probs_forward(p, y, w)
+
+
+@partial(_bce_probs.defjvp, symbolic_zeros=True)
+def _bce_probs_jvp(primals, tangents):
+    p, y, w = primals
+    dp, dy, dw = tangents
+    loss = _bce_probs_forward(p, y, w)
+    if cm.is_zero(dp):
+        dloss = jnp.zeros_like(loss)
+    else:
+        dloss = jax.checkpoint(_bce_probs_tangent)(p, y, w, dp)
+    # d/dy = -(log p - log(1 - p)) with the clamped logs: autodiff of the forward.
+    rest = _jvp_of_operands(lambda y_, w_: _bce_probs_forward(p, y_, w_), (y, w), (dy, dw))
+    return loss, dloss if rest is None else dloss + rest
 
 
 def binary_cross_entropy(
@@ -213,11 +273,10 @@ def binary_cross_entropy(
     p, y, w = _prepare_binary(probs, labels, weight, "probs")
     cm.check_reduction(reduction)
     if cm.is_concrete(p):
-        host = jax.device_get(p)
+        host = np.asarray(jax.device_get(p))
         if ((host < 0) | (host > 1)).any():
-            raise ValueError("probs must lie in [0, 1]; use sigmoid_binary_cross_entropy for logits.")
-    dtype = cm.compute_dtype(p)
-    loss = _bce_probs(p.astype(dtype), y.astype(dtype))
-    if w is not None:
-        loss = loss * w.astype(dtype)
+            raise ValueError(
+                "probs must lie in [0, 1]; use sigmoid_binary_cross_entropy for logits."
+            )
+    loss = _bce_probs(p, y, w)
     return cm.reduce_loss(loss, reduction)

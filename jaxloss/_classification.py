@@ -78,8 +78,14 @@ def _softmax_from_lse(sm: Array, lse: Array) -> Array:
 
 
 def _valid_classes(s: Array, mask: Array | None) -> Array:
-    valid = s > _NEG_INF
+    # ``!=`` rather than ``>``: a NaN logit stays "valid" so that it propagates.
+    valid = s != _NEG_INF
     return valid if mask is None else valid & mask
+
+
+def _rows_with_classes(s: Array, mask: Array | None) -> Array:
+    """Rows with at least one class that is allowed by ``where`` and not ``-inf``."""
+    return jnp.any(_valid_classes(s, mask), axis=-1)
 
 
 def _weighted_sum(coef: Array, s: Array) -> Array:
@@ -109,8 +115,8 @@ def _int_rows(x, labels, weight, mask, ignore_index, eps, cap):
     active = jnp.ones(labels.shape, jnp.bool_)
     if ignore_index is not None:
         active &= labels != ignore_index
-    if mask is not None:
-        active &= jnp.any(mask, axis=-1)
+    # A row with no allowed class (all masked or all -inf) contributes 0.
+    active &= _rows_with_classes(s, mask)
     safe = jnp.clip(labels, 0, num_classes - 1)
     w_y = jnp.ones(labels.shape, s.dtype) if weight is None else weight[safe].astype(s.dtype)
     w_y = jnp.where(active, w_y, jnp.zeros_like(w_y))
@@ -125,7 +131,10 @@ def _int_rows(x, labels, weight, mask, ignore_index, eps, cap):
 
 
 def _class_weights(weight, s):
-    return jnp.ones(s.shape[-1:], s.dtype) if weight is None else weight.astype(s.dtype)
+    # Broadcast explicitly: the package must work under jax_numpy_rank_promotion="raise".
+    if weight is None:
+        return jnp.ones(s.shape, s.dtype)
+    return jnp.broadcast_to(weight.astype(s.dtype), s.shape)
 
 
 def _int_loss_from_rows(s, sm, lse, safe, w_y, e, bad, active, weight, mask, eps, z):
@@ -135,7 +144,7 @@ def _int_loss_from_rows(s, sm, lse, safe, w_y, e, bad, active, weight, mask, eps
     # CE = logsumexp(s) - s[y]
     loss = (1.0 - eps) * w_y * (lse_c - s_y)
     if e is not None:
-        coef = e[..., None] * _class_weights(weight, s) * _valid_classes(s, mask)
+        coef = jnp.where(_valid_classes(s, mask), e[..., None] * _class_weights(weight, s), 0.0)
         # sum_c coef_c (lse - s_c), written to stay finite for logits near float max
         loss = loss + lse_c * jnp.sum(coef, axis=-1) - _weighted_sum(coef, s)
     if z > 0.0:
@@ -349,11 +358,15 @@ def softmax_cross_entropy_with_integer_labels(
       >>> import jax.numpy as jnp, jaxloss
       >>> logits = jnp.array([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
       >>> jaxloss.softmax_cross_entropy_with_integer_labels(logits, jnp.array([0, 1]))
-      Array([0.16984604, 0.55144465], dtype=float32)
+      Array([0.169846, 0.551445], dtype=float32)
 
     Note:
       ``-inf`` logits and ``where``-masked classes get probability 0, zero
-      gradient and no smoothing mass; nothing becomes NaN. Out-of-range labels
+      gradient and no smoothing mass; nothing becomes NaN. A row whose classes
+      are all masked or all ``-inf`` contributes 0 and does not count in the
+      mean. A label on a masked class is not an error: as in optax, the row's
+      loss is ``logsumexp`` over the allowed classes minus that label's logit.
+      Out-of-range labels
       raise ``ValueError`` when concrete; under ``jit`` the row's loss and
       gradient are NaN and ``checkify.checkify`` reports the label check.
 
@@ -375,20 +388,27 @@ def softmax_cross_entropy_with_integer_labels(
     loss = _ce_int(x, y, w, mask, ignore_index, eps, z, cap)
     if reduction != "mean":
         return cm.reduce_loss(loss, reduction)
-    return cm.reduce_loss(loss, reduction, _counted_weight(y, w, mask, ignore_index, dtype))
+    # The soft cap maps -inf to -cap, so with a cap only `where` can empty a row.
+    if cap is None:
+        rows = _rows_with_classes(x, mask)
+    else:
+        rows = None if mask is None else jnp.any(mask, axis=-1)
+    return cm.reduce_loss(loss, reduction, _counted_weight(y, w, rows, ignore_index, dtype))
 
 
-def _counted_weight(y, w, mask, ignore_index, dtype):
-    """Each row's share of the mean's divisor: w[y], 0 where ignored or fully masked."""
-    num = w.shape[0] if w is not None else None
-    safe = y if w is None else jnp.clip(y, 0, num - 1)
-    den = jnp.ones(y.shape, dtype) if w is None else w.astype(dtype)[safe]
-    active = jnp.ones(y.shape, jnp.bool_)
+def _active_rows(y, rows, ignore_index):
+    """Rows that count: not ``ignore_index`` and (when ``rows`` is given) not empty."""
+    active = jnp.ones(y.shape, jnp.bool_) if rows is None else rows
     if ignore_index is not None:
         active &= y != ignore_index
-    if mask is not None:
-        active &= jnp.any(mask, axis=-1)
-    return jnp.where(active, den, jnp.zeros_like(den))
+    return active
+
+
+def _counted_weight(y, w, rows, ignore_index, dtype):
+    """Each row's share of the mean's divisor: w[y], 0 where ignored or empty."""
+    safe = y if w is None else jnp.clip(y, 0, w.shape[0] - 1)
+    den = jnp.ones(y.shape, dtype) if w is None else w.astype(dtype)[safe]
+    return jnp.where(_active_rows(y, rows, ignore_index), den, jnp.zeros_like(den))
 
 
 def softmax_cross_entropy(
@@ -453,7 +473,9 @@ def softmax_cross_entropy(
     eps = cm.static_float(label_smoothing, "label_smoothing", low=0.0, high=1.0)
     z = cm.static_float(z_loss, "z_loss", low=0.0)
     dtype = cm.compute_dtype(x, t)
-    loss = _ce_prob(x, t.astype(x.dtype), mask, eps, z)
+    # The labels keep their dtype: the rule widens them with the logits, so a
+    # float32 target is never rounded to bf16 and no converted copy is saved.
+    loss = _ce_prob(x, t, mask, eps, z)
     if reduction != "mean" or mask is None:
         return cm.reduce_loss(loss, reduction)
     return cm.reduce_loss(loss, reduction, jnp.any(mask, axis=-1).astype(dtype))
@@ -509,8 +531,10 @@ def nll_loss(
     safe = jnp.clip(y, 0, num_classes - 1)
     picked = jnp.take_along_axis(lp, safe[..., None], axis=-1)[..., 0]
     counted = den != 0
+    # A zero weight (or an ignored row) gives 0 even where log_probs is -inf.
     loss = jnp.where(counted, -den * jnp.where(counted, picked, 0.0), 0.0)
-    bad = ((y < 0) | (y >= num_classes)) & (den != 0)
+    # Out of range under jit: NaN, whatever the weight of the clipped class.
+    bad = ((y < 0) | (y >= num_classes)) & _active_rows(y, None, ignore_index)
     loss = jnp.where(bad, jnp.nan, loss)
     if reduction != "mean":
         return cm.reduce_loss(loss, reduction)

@@ -75,8 +75,15 @@ def compute_dtype(*arrays: Array) -> jnp.dtype:
     return jnp.dtype(jnp.float32) if jnp.dtype(widest).itemsize < 4 else jnp.dtype(widest)
 
 
-def static_float(value: Any, name: str, *, low: float | None = None, high: float | None = None,
-                 low_open: bool = False, allow_none: bool = False) -> float | None:
+def static_float(
+    value: Any,
+    name: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    allow_none: bool = False,
+) -> float | None:
     """Reads a hyperparameter that must be a concrete number inside a range."""
     if value is None:
         if allow_none:
@@ -127,21 +134,30 @@ def check_same_shape(a: Array, b: Array, name_a: str, name_b: str) -> None:
         )
 
 
-def broadcast_to_shape(x: ArrayLike, shape: tuple[int, ...], name: str, target: str) -> Array:
-    """Broadcasts ``x`` to ``shape`` with a clear error naming the argument."""
+def check_broadcastable(x: ArrayLike, shape: tuple[int, ...], name: str, target: str) -> Array:
+    """Checks that ``x`` broadcasts to ``shape`` and returns it unbroadcast, so a rule
+    can broadcast it internally instead of keeping a full-size copy as a residual."""
     arr = jnp.asarray(x)
     try:
-        np.broadcast_shapes(arr.shape, shape)
-        if np.broadcast_shapes(arr.shape, shape) != tuple(shape):
-            raise ValueError
+        ok = np.broadcast_shapes(arr.shape, shape) == tuple(shape)
     except ValueError:
+        ok = False
+    if not ok:
         raise ValueError(
-            f"{name} with shape {arr.shape} does not broadcast to the shape of {target}, {tuple(shape)}."
-        ) from None
-    return jnp.broadcast_to(arr, shape)
+            f"{name} with shape {arr.shape} does not broadcast to the shape of {target}, "
+            f"{tuple(shape)}."
+        )
+    return arr
 
 
-def as_mask(where: ArrayLike | None, shape: tuple[int, ...], target: str = "logits") -> Array | None:
+def broadcast_to_shape(x: ArrayLike, shape: tuple[int, ...], name: str, target: str) -> Array:
+    """Broadcasts ``x`` to ``shape`` with a clear error naming the argument."""
+    return jnp.broadcast_to(check_broadcastable(x, shape, name, target), shape)
+
+
+def as_mask(
+    where: ArrayLike | None, shape: tuple[int, ...], target: str = "logits"
+) -> Array | None:
     """Checks and broadcasts a boolean ``where`` mask."""
     if where is None:
         return None
@@ -151,8 +167,9 @@ def as_mask(where: ArrayLike | None, shape: tuple[int, ...], target: str = "logi
     return broadcast_to_shape(arr, shape, "where", target)
 
 
-def check_labels_in_range(labels: Array, num_classes: int, ignore_index: int | None,
-                          name: str = "labels") -> None:
+def check_labels_in_range(
+    labels: Array, num_classes: int, ignore_index: int | None, name: str = "labels"
+) -> None:
     """Raises for out-of-range labels when they are concrete; under ``jit`` adds a
     :mod:`jax.experimental.checkify` check (active only when the caller checkifies)."""
     if is_concrete(labels):
@@ -201,8 +218,9 @@ def safe_divide(num: Array, den: Array) -> Array:
     return jnp.where(zero, jnp.zeros_like(num), num / jnp.where(zero, jnp.ones_like(den), den))
 
 
-def reduce_loss(loss: Array, reduction: str, denominator: Array | None = None,
-                batch_size: int | None = None) -> Array:
+def reduce_loss(
+    loss: Array, reduction: str, denominator: Array | None = None, batch_size: int | None = None
+) -> Array:
     """Applies ``reduction`` to elementwise losses.
 
     ``loss`` already carries every weight and is exactly 0 where an element does
