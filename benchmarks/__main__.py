@@ -1,0 +1,586 @@
+"""``python -m benchmarks``: run the suite, write ``<out>/<device-kind>.{md,json}`` and plots.
+
+    python -m benchmarks                    # full suite (big shapes; minutes)
+    python -m benchmarks --quick            # tiny shapes, seconds
+    python -m benchmarks --cases ce_int_f32,scaling_vocab
+    python -m benchmarks --out /tmp/bench
+
+With ``--cases``, results of cases not run this time are kept from the
+existing ``<out>/<device-kind>.json`` when it came from the same mode (quick or
+full); each case records when it ran.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import inspect
+import io
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+# PyTorch's OpenMP threads spin while they wait; on a machine shared with other
+# processes that turns a 0.1 ms call into tens of ms. Must be set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+EXTRAS = ("catalogue", "large_vocab")
+EXTRA_TARGETS = {
+    "large_vocab": [
+        ("fused linear CE", "<= 0.9x naive time, <= 0.25x naive scratch, <= 0.7x jax-cce"),
+        ("vocab-parallel CE", "<= 1.0x GSPMD+optax, at most 2 collectives"),
+    ]
+}
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    from benchmarks.cases import CORE_CASE_NAMES, SCALING
+
+    known = (*CORE_CASE_NAMES, SCALING, *EXTRAS)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny shapes (seconds); for smoke tests"
+    )
+    parser.add_argument(
+        "--cases",
+        default=None,
+        help=f"comma-separated subset of: {', '.join(known)} (default: all)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output folder (default benchmarks/results; benchmarks/results/quick with --quick)",
+    )
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per peer (>= 5)")
+    args = parser.parse_args(argv)
+    if args.cases:
+        chosen = [c.strip() for c in args.cases.split(",") if c.strip()]
+        unknown = [c for c in chosen if c not in known]
+        if unknown:
+            parser.error(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+        args.selected = chosen
+    else:
+        args.selected = list(known)
+    if args.repeats < 5:
+        parser.error("--repeats must be at least 5")
+    if args.out is None:
+        args.out = DEFAULT_OUT / "quick" if args.quick else DEFAULT_OUT
+    return args  # fmt: skip
+
+
+# --------------------------------------------------------------------------
+# Environment
+# --------------------------------------------------------------------------
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _environment(threads: int) -> dict[str, Any]:
+    import jax
+    import optax
+    import torch
+
+    from benchmarks import _harness as h
+
+    dev = jax.devices()[0]
+    kind = h.device_kind()
+    name = f"{_cpu_model()}, {threads} threads" if dev.platform == "cpu" else dev.device_kind
+    return {
+        "kind": kind,
+        "device_kind": dev.device_kind,
+        "platform": dev.platform,
+        "name": name,
+        "device_count": jax.device_count(),
+        "cpu_count": os.cpu_count(),
+        "threads": threads,
+        "torch_threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "versions": {
+            "python": platform.python_version(),
+            "jax": jax.__version__,
+            "jaxlib": importlib.import_module("jaxlib").__version__,
+            "optax": optax.__version__,
+            "torch": torch.__version__,
+            "numpy": importlib.import_module("numpy").__version__,
+        },
+    }
+
+
+# --------------------------------------------------------------------------
+# Optional self-contained scripts
+# --------------------------------------------------------------------------
+
+
+class _Tee(io.TextIOBase):
+    def __init__(self, *streams):
+        self.streams = streams
+
+    def write(self, s):
+        for st in self.streams:
+            st.write(s)
+        return len(s)
+
+    def flush(self):
+        for st in self.streams:
+            st.flush()
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=lambda o: repr(o)))
+
+
+def run_extra(name: str, quick: bool, out: Path) -> dict[str, Any]:
+    """Imports ``benchmarks.<name>`` and calls its ``main``; never raises."""
+    module_name = f"benchmarks.{name}"
+    t0 = time.perf_counter()
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name:
+            return {"status": "skipped", "reason": "not run: module missing"}
+        return {"status": "failed", "reason": f"import failed: {exc}"}
+    except Exception as exc:
+        return {"status": "failed", "reason": f"import failed: {type(exc).__name__}: {exc}"}
+    main = getattr(module, "main", None)
+    if not callable(main):
+        return {"status": "skipped", "reason": f"not run: {module_name} has no main()"}
+    params = inspect.signature(main).parameters
+    kwargs: dict[str, Any] = {}
+    argv = [module_name, *(["--quick"] if quick else [])]
+    if "quick" in params:
+        kwargs["quick"] = quick
+    elif "argv" in params or "args" in params:
+        kwargs["argv" if "argv" in params else "args"] = argv[1:]
+    for key in ("out", "out_dir", "outdir", "output_dir"):
+        if key in params:
+            kwargs[key] = out / name
+            (out / name).mkdir(parents=True, exist_ok=True)
+            break
+    captured = io.StringIO()
+    saved_argv = sys.argv
+    sys.argv = argv
+    try:
+        with contextlib.redirect_stdout(_Tee(sys.stdout, captured)):
+            returned = main(**kwargs)
+        status, reason = "ok", ""
+    except BaseException as exc:  # includes SystemExit from an argparse main
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        returned = None
+        status = "failed"
+        reason = "".join(traceback.format_exception_only(type(exc), exc)).strip()[-500:]
+    finally:
+        sys.argv = saved_argv
+    result = {
+        "status": status,
+        "reason": reason,
+        "call": f"{module_name}.main({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})",
+        "returned": _jsonable(returned),
+        "stdout_tail": captured.getvalue()[-4000:],
+        "wall_s": time.perf_counter() - t0,
+        "run_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    return result
+
+
+def extra_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for name, expected in EXTRA_TARGETS.items():
+        extra = results.get("extras", {}).get(name)
+        returned = (extra or {}).get("returned")
+        reported = returned.get("targets") if isinstance(returned, dict) else None
+        if isinstance(reported, list) and reported:
+            for t in reported:
+                met = t.get("met")
+                rows.append({
+                    "name": str(t.get("name", "?")),
+                    "case": name,
+                    "criterion": str(t.get("criterion", "")),
+                    "figure": str(t.get("figure", "")),
+                    "met": met,
+                    "verdict": "met" if met else ("not met" if met is not None else "not run"),
+                })  # fmt: skip
+            continue
+        if extra is None:
+            why = "not run: not selected"
+        elif extra["status"] == "skipped":
+            why = extra["reason"]
+        elif extra["status"] == "failed":
+            why = f"not run: benchmarks/{name}.py failed"
+        else:
+            why = f"not run: benchmarks/{name}.py reported no targets"
+        for target, criterion in expected:
+            rows.append({"name": target, "case": name, "criterion": criterion, "figure": "",
+                         "met": None, "verdict": why})  # fmt: skip
+    return rows
+
+
+# --------------------------------------------------------------------------
+# Markdown
+# --------------------------------------------------------------------------
+
+
+def _span(t: dict[str, float]) -> str:
+    from benchmarks._harness import fmt_time
+
+    return f"{fmt_time(t['median_s'])} [{fmt_time(t['min_s'])}–{fmt_time(t['max_s'])}]"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}x" if a and b else "n/a"
+
+
+def headline_table(results: dict[str, Any]) -> list[str]:
+    from benchmarks._harness import fmt_bytes, fmt_time
+
+    rows = []
+    for name, c in results.get("cases", {}).items():
+        shape = "x".join(str(d) for d in c.get("shape", []))
+        if c.get("status") != "ok":
+            rows.append([name, f"{shape} {c.get('dtype', '')}", c.get("reason", c.get("status")),
+                         "", "", "", "", "", ""])  # fmt: skip
+            continue
+        peers = c["peers"]
+        ours = peers["jaxloss"]
+        ref = peers.get(c["reference"], {})
+        ref_ok = ref.get("status") == "ok"
+        torch_p = peers.get("torch", {})
+        t_ours = ours["vag"]["median_s"]
+        t_ref = ref["vag"]["median_s"] if ref_ok else None
+        t_torch = torch_p["vag"]["median_s"] if torch_p.get("status") == "ok" else None
+        rows.append([
+            name,
+            f"{shape} {c['dtype']}",
+            fmt_time(t_ours),
+            f"{fmt_time(t_ref)} ({c['reference']})" if ref_ok else "n/a",
+            _ratio(t_ours, t_ref),
+            _ratio(t_ours, t_torch),
+            fmt_bytes(ours["scratch_vag_bytes"]),
+            fmt_bytes(ref.get("scratch_vag_bytes")) if ref_ok else "n/a",
+            f"{ours['eff_GBps_vag']:.1f} GB/s ({100 * ours['bw_fraction_vag']:.0f}%)",
+        ])  # fmt: skip
+    header = [
+        "case",
+        "shape",
+        "jaxloss v&g",
+        "reference v&g",
+        "jaxloss ÷ ref",
+        "jaxloss ÷ torch",
+        "jaxloss scratch",
+        "ref scratch",
+        "jaxloss eff. BW (of stream)",
+    ]
+    return _table(header, rows)  # fmt: skip
+
+
+def targets_table(targets: list[dict[str, Any]]) -> list[str]:
+    rows = [[t["name"], t["criterion"], t["figure"] or "—", f"**{t['verdict']}**"] for t in targets]
+    return _table(["target (CPU, value_and_grad, median)", "criterion", "figure", "verdict"], rows)
+
+
+def case_section(name: str, c: dict[str, Any]) -> list[str]:
+    from benchmarks._harness import fmt_bytes, fmt_time
+
+    shape = "x".join(str(d) for d in c.get("shape", []))
+    lines = [f"### {name}: {c.get('title', '')} [{shape}] {c.get('dtype', '')}", ""]
+    if c.get("options"):
+        lines += [f"Options: {c['options']}.", ""]
+    if c.get("status") != "ok" and "peers" not in c:
+        return [*lines, f"{c.get('reason', c.get('status'))}", ""]
+    lines += [f"Ran {c['run_at']}, {c['repeats']} interleaved repeats after {c['warmup']} "
+              f"warm-up; bytes that must move: forward {fmt_bytes(c['bytes_fwd'])}, "
+              f"value_and_grad {fmt_bytes(c['bytes_vag'])}.", ""]  # fmt: skip
+    ours = c["peers"].get("jaxloss", {})
+    rows = []
+    for peer, p in c["peers"].items():
+        if p.get("status") != "ok":
+            rows.append([peer, f"failed: {p.get('error', '')}", "", "", "", "", "", ""])
+            continue
+        if p["framework"] == "jax":
+            compile_s = f"{fmt_time(p['compile_fwd_s'])} / {fmt_time(p['compile_vag_s'])}"
+            scratch = f"{fmt_bytes(p['scratch_fwd_bytes'])} / {fmt_bytes(p['scratch_vag_bytes'])}"
+        else:
+            compile_s, scratch = "n/a (eager)", "n/a"
+        if ours.get("status") == "ok":
+            vs = (f"{_ratio(ours['fwd']['median_s'], p['fwd']['median_s'])} / "
+                  f"{_ratio(ours['vag']['median_s'], p['vag']['median_s'])}")  # fmt: skip
+        else:
+            vs = "n/a"
+        rows.append([
+            peer,
+            _span(p["fwd"]),
+            _span(p["vag"]),
+            compile_s,
+            scratch,
+            f"{p['eff_GBps_vag']:.1f} GB/s ({100 * p['bw_fraction_vag']:.0f}%)",
+            vs,
+            f"{p['value']:.6g} ({p['loss_dtype']})",
+        ])  # fmt: skip
+    header = [
+        "peer",
+        "forward",
+        "value_and_grad",
+        "compile fwd / v&g",
+        "scratch fwd / v&g",
+        "eff. BW v&g (of stream)",
+        "jaxloss ÷ peer (fwd / v&g)",
+        "loss (dtype)",
+    ]
+    return [*lines, *_table(header, rows), ""]  # fmt: skip
+
+
+def scaling_section(s: dict[str, Any], stem: str) -> list[str]:
+    from benchmarks._harness import fmt_bytes
+
+    lines = [f"### {s.get('title', 'scaling')}", ""]
+    if s.get("status") != "ok":
+        return [*lines, s.get("reason", s.get("status", "")), ""]
+    lines += [f"N = {s['N']}, ran {s['run_at']}, {s['repeats']} interleaved repeats.", "",
+              f"![scaling]({stem}-scaling.png)", ""]  # fmt: skip
+    names = list(s["peers"])
+    header = ["V"]
+    for n in names:
+        header += [f"{n} v&g", f"{n} scratch"]
+    header.append("jaxloss ÷ optax")
+    rows = []
+    for i, v in enumerate(s["V"]):
+        row = [str(v)]
+        for n in names:
+            row += [
+                _span(s["peers"][n]["vag"][i]),
+                fmt_bytes(s["peers"][n]["vag_scratch_bytes"][i]),
+            ]
+        row.append(_ratio(s["peers"]["jaxloss"]["vag"][i]["median_s"],
+                          s["peers"]["optax"]["vag"][i]["median_s"]))  # fmt: skip
+        rows.append(row)
+    return [*lines, *_table(header, rows), ""]
+
+
+def extra_section(name: str, e: dict[str, Any]) -> list[str]:
+    lines = [f"### benchmarks/{name}.py", ""]
+    if e.get("status") != "ok":
+        return [*lines, f"{e.get('reason', e.get('status'))}", ""]
+    lines += [f"Called `{e['call']}` at {e['run_at']} ({e['wall_s']:.0f} s).", ""]
+    returned = e.get("returned")
+    if isinstance(returned, dict) and isinstance(returned.get("markdown"), str):
+        return [*lines, returned["markdown"].rstrip(), ""]
+    rows = returned.get("rows") if isinstance(returned, dict) else returned
+    if isinstance(rows, list) and rows and all(isinstance(r, dict) for r in rows):
+        header = list(dict.fromkeys(k for r in rows for k in r))
+        body = [[_cell(r.get(k, "")) for k in header] for r in rows]
+        return [*lines, *_table(header, body), ""]
+    if returned is not None:
+        text = json.dumps(returned, indent=1)[:6000]
+        return [*lines, "```json", text, "```", ""]
+    tail = e.get("stdout_tail", "").rstrip()
+    return [*lines, "```", tail or "(no output)", "```", ""]
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v).replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(results: dict[str, Any], stem: str) -> str:
+    d = results["device"]
+    bw = results["stream_bandwidth"]
+    mode = "quick (tiny shapes: timings are not representative)" if results["quick"] else "full"
+    out = [
+        f"# jaxloss benchmarks: {d['name']}",
+        "",
+        f"Device kind `{d['kind']}` ({d['platform']}, {d['device_count']} device(s)); "
+        f"jax {d['versions']['jax']}, optax {d['versions']['optax']}, "
+        f"torch {d['versions']['torch']} ({d['torch_threads']} threads, "
+        f"OMP_WAIT_POLICY={d.get('omp_wait_policy')}). "
+        f"Mode: {mode}. Command: `{results['command']}`; finished {results['finished_at']}.",
+        "",
+        f"Streaming bandwidth (jitted `a + 1` on {bw['buffer_bytes'] >> 20} MiB into the donated "
+        f"buffer, 2 x size / median time): **{bw['GBps']:.1f} GB/s** (best {bw['GBps_best']:.1f}).",
+        "",
+        "## Headline: value_and_grad of the mean loss, median of interleaved repeats",
+        "",
+        *headline_table(results),
+        "",
+        "Ratios below 1 mean jaxloss is faster. Scratch is `compiled.memory_analysis()` temp "
+        "bytes of the jitted value_and_grad. Effective bandwidth = bytes that must move / median "
+        "time, as a share of the streaming bandwidth above.",
+        "",
+        "## Targets",
+        "",
+        *targets_table(results["targets"]),
+        "",
+    ]
+    if (Path(results["out"]) / f"{stem}-cases.png").exists():
+        out += [f"![cases]({stem}-cases.png)", ""]
+    out += ["## Cases", ""]
+    for name, c in results.get("cases", {}).items():
+        out += case_section(name, c)
+    if "scaling" in results:
+        out += ["## Scaling", "", *scaling_section(results["scaling"], stem)]
+    if results.get("extras"):
+        out += ["## Other benchmark scripts", ""]
+        for name, e in results["extras"].items():
+            out += extra_section(name, e)
+    out += [
+        "## Method",
+        "",
+        "- Peers run in one process on the same inputs. Each gets one warm-up call, then the "
+        "timed repeats go round-robin over the peers (the starting peer rotates), forward first, "
+        "then value_and_grad; we report the median and min–max.",
+        "- JAX peers are compiled ahead of time (`jit(f).lower(...).compile()`): compile time is "
+        "apart from run time, and scratch is the compiled executable's temp bytes.",
+        "- `optax`: optax's function then `jnp.mean`; `optax (composed)`: `optax.smooth_labels` on "
+        "a one-hot, `optax.softmax_cross_entropy`, the z-loss added, a masked mean for "
+        "`ignore_index`; `naive`: `log_softmax` + gather (two `log_sigmoid`s for BCE) under "
+        "`jax.value_and_grad`; `torch`: `torch.nn.functional` forward (under `no_grad`) and "
+        "forward + `torch.autograd.grad`, eager, `torch.set_num_threads` = the CPUs JAX uses.",
+        "- Bytes that must move: integer-label softmax losses read the logits once forward; "
+        "value_and_grad reads them twice and writes the gradient (3·N·C·itemsize). Probability "
+        "labels add two reads of the labels (5·N·C·4). Elementwise losses read logits and labels "
+        "and write the gradient in one pass (3·N·C·4).",
+        "- Other processes may share the machine; the min–max spread shows the noise.",
+        "",
+    ]
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------
+
+
+def _merge_previous(results: dict[str, Any], path: Path, selected: list[str]) -> None:
+    """Keeps results of cases not selected this time from an earlier run in the same mode."""
+    if not path.exists():
+        return
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if (
+        old.get("quick") != results["quick"]
+        or old.get("device", {}).get("kind") != results["device"]["kind"]
+    ):
+        return
+    for name, case in old.get("cases", {}).items():
+        if name not in selected:
+            results["cases"].setdefault(name, case)
+    if "scaling" not in results and "scaling" in old:
+        results["scaling"] = old["scaling"]
+    for name, extra in old.get("extras", {}).items():
+        results["extras"].setdefault(name, extra)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = _parse(argv)
+    t_start = time.perf_counter()
+
+    from benchmarks import _harness as h
+
+    threads = h.cpu_threads()
+    import torch
+
+    torch.set_num_threads(threads)
+
+    from benchmarks import cases as cs
+    from benchmarks import plot
+
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    env = _environment(threads)
+    stem = env["kind"]
+    print(f"# jaxloss benchmarks on {env['name']} ({'quick' if args.quick else 'full'}) -> {out}")
+
+    bw = h.stream_bandwidth(repeats=5 if args.quick else 10)
+    print(f"stream bandwidth: {bw['GBps']:.1f} GB/s")
+    warmup = 1
+    command = ["python -m benchmarks", *(["--quick"] if args.quick else [])]
+    command += [f"--cases {args.cases}"] if args.cases else []
+    results: dict[str, Any] = {
+        "device": env,
+        "quick": args.quick,
+        "command": " ".join(command),
+        "out": str(out),
+        "stream_bandwidth": bw,
+        "cases": {},
+        "extras": {},
+    }  # fmt: skip
+
+    for case in cs.core_cases(args.quick):
+        if case.name not in args.selected:
+            continue
+        t0 = time.perf_counter()
+        r = cs.run_case(case, repeats=args.repeats, warmup=warmup, stream_gbps=bw["GBps"])
+        results["cases"][case.name] = r
+        summary = r.get("reason", "")
+        if r["status"] == "ok":
+            ours = r["peers"]["jaxloss"]["vag"]["median_s"]
+            summary = ", ".join(
+                f"{n} {h.fmt_time(p['vag']['median_s'])}" if p["status"] == "ok" else f"{n} failed"
+                for n, p in r["peers"].items()
+            )
+            summary = f"v&g jaxloss {h.fmt_time(ours)} | {summary}"
+        print(f"{case.name:18s} {r['status']:7s} {summary} ({time.perf_counter() - t0:.1f} s)")
+
+    if cs.SCALING in args.selected:
+        t0 = time.perf_counter()
+        try:
+            results["scaling"] = cs.run_scaling(args.quick, repeats=args.repeats, warmup=warmup)
+        except Exception as exc:
+            results["scaling"] = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
+        print(f"{cs.SCALING:18s} {results['scaling']['status']} ({time.perf_counter() - t0:.1f} s)")
+
+    for name in EXTRAS:
+        if name in args.selected:
+            print(f"--- benchmarks/{name}.py")
+            results["extras"][name] = run_extra(name, args.quick, out)
+            e = results["extras"][name]
+            print(f"{name:18s} {e['status']} {e.get('reason', '')}")
+
+    json_path = out / f"{stem}.json"
+    if args.cases:
+        _merge_previous(results, json_path, args.selected)
+    results["targets"] = cs.evaluate_targets(results) + extra_targets(results)
+    results["finished_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    results["wall_s"] = time.perf_counter() - t_start
+
+    plots = plot.plot_all(results, out, stem)
+    json_path.write_text(json.dumps(results, indent=1, default=repr) + "\n")
+    md_path = out / f"{stem}.md"
+    md_path.write_text(render_markdown(results, stem))
+    print("\n".join(targets_table(results["targets"])))
+    for p in (md_path, json_path, *plots):
+        print(f"wrote {p}")
+    print(f"total {results['wall_s']:.1f} s")
+    return results
+
+
+if __name__ == "__main__":
+    main()
