@@ -13,16 +13,15 @@ full); each case records when it ran.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
-import inspect
-import io
+import importlib.util
 import json
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,9 @@ EXTRA_TARGETS = {
         ("vocab-parallel CE", "<= 1.0x GSPMD+optax, at most 2 collectives"),
     ]
 }
-DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = ROOT / "benchmarks" / "results"
+EXTRA_TIMEOUT_S = {True: 300, False: 3600}
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -131,75 +132,33 @@ def _environment(threads: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------
 
 
-class _Tee(io.TextIOBase):
-    def __init__(self, *streams):
-        self.streams = streams
-
-    def write(self, s):
-        for st in self.streams:
-            st.write(s)
-        return len(s)
-
-    def flush(self):
-        for st in self.streams:
-            st.flush()
-
-
-def _jsonable(obj: Any) -> Any:
-    return json.loads(json.dumps(obj, default=lambda o: repr(o)))
-
-
 def run_extra(name: str, quick: bool, out: Path) -> dict[str, Any]:
-    """Imports ``benchmarks.<name>`` and calls its ``main``; never raises."""
+    """Calls ``benchmarks.<name>.main`` in a child interpreter (see ``_extra``); never raises."""
     module_name = f"benchmarks.{name}"
+    if importlib.util.find_spec(module_name) is None:
+        return {"status": "skipped", "reason": "not run: module missing"}
     t0 = time.perf_counter()
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name == module_name:
-            return {"status": "skipped", "reason": "not run: module missing"}
-        return {"status": "failed", "reason": f"import failed: {exc}"}
-    except Exception as exc:
-        return {"status": "failed", "reason": f"import failed: {type(exc).__name__}: {exc}"}
-    main = getattr(module, "main", None)
-    if not callable(main):
-        return {"status": "skipped", "reason": f"not run: {module_name} has no main()"}
-    params = inspect.signature(main).parameters
-    kwargs: dict[str, Any] = {}
-    argv = [module_name, *(["--quick"] if quick else [])]
-    if "quick" in params:
-        kwargs["quick"] = quick
-    elif "argv" in params or "args" in params:
-        kwargs["argv" if "argv" in params else "args"] = argv[1:]
-    for key in ("out", "out_dir", "outdir", "output_dir"):
-        if key in params:
-            kwargs[key] = out / name
-            (out / name).mkdir(parents=True, exist_ok=True)
-            break
-    captured = io.StringIO()
-    saved_argv = sys.argv
-    sys.argv = argv
-    try:
-        with contextlib.redirect_stdout(_Tee(sys.stdout, captured)):
-            returned = main(**kwargs)
-        status, reason = "ok", ""
-    except BaseException as exc:  # includes SystemExit from an argparse main
-        if isinstance(exc, KeyboardInterrupt):
-            raise
-        returned = None
-        status = "failed"
-        reason = "".join(traceback.format_exception_only(type(exc), exc)).strip()[-500:]
-    finally:
-        sys.argv = saved_argv
-    result = {
-        "status": status,
-        "reason": reason,
-        "call": f"{module_name}.main({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})",
-        "returned": _jsonable(returned),
-        "stdout_tail": captured.getvalue()[-4000:],
-        "wall_s": time.perf_counter() - t0,
-        "run_at": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
+    with tempfile.TemporaryDirectory() as tmp:
+        json_path = Path(tmp) / "result.json"
+        cmd = [sys.executable, "-m", "benchmarks._extra", name, "--json", str(json_path),
+               "--out", str(out / name), *(["--quick"] if quick else [])]  # fmt: skip
+        try:
+            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                                  timeout=EXTRA_TIMEOUT_S[quick])  # fmt: skip
+            output = proc.stdout + proc.stderr
+            if json_path.exists():
+                result = json.loads(json_path.read_text())
+            else:
+                result = {"status": "failed", "reason": f"exited with {proc.returncode}"}
+        except subprocess.TimeoutExpired as exc:
+            output = (exc.stdout or b"").decode(errors="replace") if exc.stdout else ""
+            result = {"status": "failed", "reason": f"timed out after {exc.timeout} s"}
+    sys.stdout.write(output[-2000:])
+    result.update(
+        stdout_tail=output[-4000:],
+        wall_s=time.perf_counter() - t0,
+        run_at=time.strftime("%Y-%m-%d %H:%M:%S"),
+    )
     return result
 
 
@@ -384,8 +343,11 @@ def scaling_section(s: dict[str, Any], stem: str) -> list[str]:
 
 def extra_section(name: str, e: dict[str, Any]) -> list[str]:
     lines = [f"### benchmarks/{name}.py", ""]
-    if e.get("status") != "ok":
+    if e.get("status") == "skipped":
         return [*lines, f"{e.get('reason', e.get('status'))}", ""]
+    if e.get("status") != "ok":
+        tail = e.get("stdout_tail", "").rstrip()[-1500:]
+        return [*lines, f"failed: {e.get('reason', '')}", "", "```", tail, "```", ""]
     lines += [f"Called `{e['call']}` at {e['run_at']} ({e['wall_s']:.0f} s).", ""]
     returned = e.get("returned")
     if isinstance(returned, dict) and isinstance(returned.get("markdown"), str):

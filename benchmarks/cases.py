@@ -527,8 +527,10 @@ def run_scaling(quick: bool, *, repeats: int, warmup: int) -> dict[str, Any]:
 
 def _peer(results, case, peer):
     c = results.get("cases", {}).get(case)
-    if not c or c.get("status") != "ok":
-        return None, (c or {}).get("reason", "not run")
+    if not c:
+        return None, f"case {case} not selected"
+    if c.get("status") != "ok":
+        return None, c.get("reason", c.get("status", ""))
     p = c["peers"].get(peer)
     if not p or p.get("status") != "ok":
         return None, f"peer {peer!r} not available"
@@ -569,6 +571,10 @@ TARGETS: list[dict[str, Any]] = [
 ]  # fmt: skip
 
 
+def _not_run(why: str) -> str:
+    return why if why.startswith("not run") else f"not run: {why}"
+
+
 def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Each target's figure and verdict: met, not met, or not run (with why)."""
     rows = []
@@ -580,6 +586,6 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             "criterion": t["criterion"],
             "figure": figure if met is not None else "",
             "met": met,
-            "verdict": "met" if met else ("not met" if met is not None else f"not run: {figure}"),
+            "verdict": "met" if met else ("not met" if met is not None else _not_run(figure)),
         })  # fmt: skip
     return rows
