@@ -370,7 +370,7 @@ def _cell(v: Any) -> str:
     return str(v).replace("|", "\\|").replace("\n", " ")
 
 
-def render_markdown(results: dict[str, Any], stem: str) -> str:
+def render_markdown(results: dict[str, Any], out: Path, stem: str) -> str:
     d = results["device"]
     bw = results["stream_bandwidth"]
     mode = "quick (tiny shapes: timings are not representative)" if results["quick"] else "full"
@@ -399,7 +399,7 @@ def render_markdown(results: dict[str, Any], stem: str) -> str:
         *targets_table(results["targets"]),
         "",
     ]
-    if (Path(results["out"]) / f"{stem}-cases.png").exists():
+    if (out / f"{stem}-cases.png").exists():
         out += [f"![cases]({stem}-cases.png)", ""]
     out += ["## Cases", ""]
     for name, c in results.get("cases", {}).items():
@@ -489,11 +489,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "device": env,
         "quick": args.quick,
         "command": " ".join(command),
-        "out": str(out),
         "stream_bandwidth": bw,
         "cases": {},
         "extras": {},
-    }  # fmt: skip
+    }
 
     for case in cs.core_cases(args.quick):
         if case.name not in args.selected:
@@ -536,7 +535,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     plots = plot.plot_all(results, out, stem)
     json_path.write_text(json.dumps(results, indent=1, default=repr) + "\n")
     md_path = out / f"{stem}.md"
-    md_path.write_text(render_markdown(results, stem))
+    md_path.write_text(render_markdown(results, out, stem))
     print("\n".join(targets_table(results["targets"])))
     for p in (md_path, json_path, *plots):
         print(f"wrote {p}")
