@@ -1,0 +1,160 @@
+"""Kullback-Leibler divergence with a closed-form derivative rule.
+
+Per element, with ``t`` the target probability and ``lp`` the log-prediction:
+
+    kl   = t log t - t lp                 (0 where t == 0, whatever lp is)
+    dkl  = -t dlp + (log t + 1 - lp) dt   (the dt coefficient is 0 where t == 0)
+
+and with ``log_target`` (``lt = log t``):
+
+    kl   = e^lt (lt - lp)                 (0 where lt == -inf)
+    dkl  = -e^lt dlp + e^lt (lt - lp + 1) dlt
+
+The rule is a ``custom_jvp`` whose tangent is linear in ``(dlp, dt)`` with
+coefficients recomputed under ``jax.checkpoint``: reverse mode keeps only the
+inputs, and a zero target never meets ``log 0`` or ``0 * inf``.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+
+from jaxloss import _common as cm
+
+ArrayLike = jax.typing.ArrayLike
+Array = jax.Array
+
+
+def _masked(v, mask):
+    return v if mask is None else jnp.where(mask, v, jnp.zeros_like(v))
+
+
+def _upcast(lp, t):
+    dtype = cm.compute_dtype(lp, t)
+    return lp.astype(dtype), t.astype(dtype)
+
+
+def _xlogx(t):
+    # t log t with 0 log 0 = 0 (NaN for t < 0, as in PyTorch and optax)
+    nz = t != 0
+    return jnp.where(nz, t * jnp.log(jnp.where(nz, t, jnp.ones_like(t))), 0.0)
+
+
+def _kl_elements(lp, t, mask, log_target):
+    lp, t = _upcast(lp, t)
+    if log_target:
+        # KL = e^lt (lt - lp)
+        elem = cm.safe_mul(jnp.exp(t), t - lp)
+    else:
+        # KL = t log t - t lp
+        elem = _xlogx(t) - cm.safe_mul(t, lp)
+    return _masked(elem, mask)
+
+
+def _kl_tangent(lp, t, mask, dlp, dt, log_target):
+    lp, t = _upcast(lp, t)
+    out = jnp.zeros(lp.shape, lp.dtype)
+    prob = jnp.exp(t) if log_target else t
+    if dlp is not None:
+        out = out - prob * dlp.astype(lp.dtype)
+    if dt is not None:
+        if log_target:
+            coef = cm.safe_mul(prob, t - lp + 1.0)
+        else:
+            nz = t != 0
+            log_t = jnp.log(jnp.where(nz, t, jnp.ones_like(t)))
+            coef = jnp.where(nz, log_t + 1.0 - jnp.where(nz, lp, 0.0), 0.0)
+        out = out + coef * dt.astype(lp.dtype)
+    return jnp.sum(_masked(out, mask), axis=-1)
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(3,))
+def _kl(lp, t, mask, log_target):
+    return jnp.sum(_kl_elements(lp, t, mask, log_target), axis=-1)
+
+
+@partial(_kl.defjvp, symbolic_zeros=True)
+def _kl_jvp(log_target, primals, tangents):
+    lp, t, mask = primals
+    dlp, dt = (None if cm.is_zero(d) else d for d in tangents[:2])
+    loss = jnp.sum(_kl_elements(lp, t, mask, log_target), axis=-1)
+    if dlp is None and dt is None:
+        return loss, jnp.zeros_like(loss)
+    # Recomputed in the backward pass: the residuals are the inputs only.
+    tangent = jax.checkpoint(partial(_kl_tangent, log_target=log_target))
+    return loss, tangent(lp, t, mask, dlp, dt)
+
+
+def kl_divergence(
+    log_predictions: ArrayLike,
+    targets: ArrayLike,
+    *,
+    axis: int = -1,
+    where: ArrayLike | None = None,
+    log_target: bool = False,
+    reduction: str = "none",
+) -> Array:
+    r"""Kullback-Leibler divergence :math:`\mathrm{KL}(t \,\|\, p)` over the class axis.
+
+    .. math::
+        \ell_i = \sum_c t_{i,c} \left(\log t_{i,c} - \log p_{i,c}\right)
+
+    with :math:`0 \log 0 = 0`; with ``log_target=True`` the targets are given
+    as :math:`\log t`.
+
+    Args:
+      log_predictions: :math:`\log p`, e.g. ``jax.nn.log_softmax(logits)``.
+      targets: target probabilities :math:`t` (or :math:`\log t` with
+        ``log_target``), the shape of ``log_predictions``. Differentiable.
+      axis: the class axis that is summed over.
+      where: boolean mask broadcastable to ``log_predictions``; ``False``
+        elements are left out of the sum (optax's ``where``).
+      log_target: whether ``targets`` are log-probabilities.
+      reduction: ``"none"`` (one value per example, optax's result),
+        ``"sum"``, ``"mean"`` (over examples; examples with no allowed class
+        do not count) or ``"batchmean"`` (PyTorch's: the sum divided by
+        ``log_predictions.shape[0]``).
+
+    Returns:
+      Per-example divergence (``log_predictions.shape`` minus ``axis``) or its
+      reduction; float32 for bf16/f16 inputs.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> t = jnp.array([[0.5, 0.5, 0.0]], dtype=jnp.float32)
+      >>> lp = jnp.log(jnp.array([[0.25, 0.5, 0.25]], dtype=jnp.float32))
+      >>> jaxloss.kl_divergence(lp, t)
+      Array([0.3465736], dtype=float32)
+
+    Note:
+      A zero target contributes 0 with finite derivatives, even against a
+      ``-inf`` log-prediction (PyTorch gives NaN there). The derivative with
+      respect to a zero target is taken as 0 (the one-sided limit is
+      :math:`-\infty`). A positive target on a ``-inf`` log-prediction gives
+      ``inf``, the true value. ``reduction="mean"`` is the mean over
+      examples, not PyTorch's mean over all elements.
+
+    References:
+      ``optax.kl_divergence``, ``optax.kl_divergence_with_log_targets``;
+      ``torch.nn.functional.kl_div`` (``reduction="sum"``, ``"batchmean"``).
+    """
+    lp = cm.as_float_array(log_predictions, "log_predictions")
+    t = cm.as_float_array(targets, "targets")
+    cm.check_same_shape(lp, t, "log_predictions", "targets")
+    cm.check_reduction(reduction, extra=("batchmean",))
+    if not isinstance(log_target, bool):
+        raise TypeError(f"log_target must be a bool; got {log_target!r}.")
+    ax = cm.normalize_axis(axis, lp.ndim)
+    mask = cm.as_mask(where, lp.shape, "log_predictions")
+    lp, t = jnp.moveaxis(lp, ax, -1), jnp.moveaxis(t, ax, -1)
+    if mask is not None:
+        mask = jnp.moveaxis(mask, ax, -1)
+    loss = _kl(lp, t, mask, log_target)
+    if reduction == "batchmean":
+        return cm.reduce_loss(loss, reduction, batch_size=jnp.shape(log_predictions)[0])
+    if reduction != "mean" or mask is None:
+        return cm.reduce_loss(loss, reduction)
+    return cm.reduce_loss(loss, reduction, jnp.any(mask, axis=-1).astype(loss.dtype))

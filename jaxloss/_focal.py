@@ -1,0 +1,434 @@
+"""Focal losses (sigmoid and softmax) with closed-form derivative rules.
+
+Notation: ``p = sigmoid(x)``, ``q = 1 - p``, labels ``y`` in [0, 1] (soft
+labels allowed), ``u = 1 - p_t = (1 - y) p + y q`` and
+``ce = y sp(-x) + (1 - y) sp(x)`` (``sp`` is softplus). The focal loss is
+``alpha_t ce u^gamma`` with ``alpha_t = alpha y + (1 - alpha)(1 - y)``.
+
+Everything is computed in log space: ``log p = log_sigmoid(x)``,
+``log q = log_sigmoid(-x)`` and ``log u`` as a two-term log-sum-exp of
+``log(1 - y) + log p`` and ``log y + log q`` (for hard labels this is
+``log_sigmoid`` of the signed logit). With the mixture weights
+``w_a = (1 - y) p / u`` and ``w_b = y q / u`` (both in [0, 1]):
+
+    dL/dx = alpha_t u^gamma [(p - y) + gamma ce (1 - 2y) (w_a q + w_b p)]
+    dL/dy = alpha_t u^gamma [-x + gamma (q - p) (w_a h(x) + w_b h(-x))]
+            + (2 alpha - 1) ce u^gamma,          h(z) = sp(z) / sigmoid(z)
+
+Every factor is bounded, so ``gamma`` in (0, 1) and logits of any magnitude
+give finite derivatives (``u^(gamma - 1)`` never appears on its own).
+
+The softmax focal loss reduces to the same function of one margin per row:
+with ``d = x_y - logsumexp_{c != y} x_c`` we have ``log p_y = log_sigmoid(d)``
+and ``log(1 - p_y) = log_sigmoid(-d)``, so the loss is
+``alpha_y sp(-d) sigmoid(-d)^gamma`` and, with ``D = dL/dd`` and ``p'`` the
+softmax over the other classes, ``dL/dx_c = D ([c == y] - [c != y] p'_c)``.
+
+Both rules are ``custom_jvp`` with tangents linear in the input tangents and
+coefficients recomputed under ``jax.checkpoint``: reverse mode keeps only the
+inputs (plus one scalar per row for the softmax loss).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jaxloss import _common as cm
+
+ArrayLike = jax.typing.ArrayLike
+Array = jax.Array
+
+
+# --------------------------------------------------------------------------
+# Scalar pieces
+# --------------------------------------------------------------------------
+
+
+def _finite(x: Array) -> Array:
+    # +-inf -> +-float max: the limits of every derivative formula below are
+    # then reached without inf * 0.
+    big = jnp.finfo(x.dtype).max
+    return jnp.clip(x, -big, big)
+
+
+def _safe_log(a: Array) -> Array:
+    # log(a) for a >= 0, with log(0) = -inf and a zero derivative there.
+    pos = a > 0
+    return jnp.where(pos, jnp.log(jnp.where(pos, a, jnp.ones_like(a))), -jnp.inf)
+
+
+def _pow_gamma(log_u: Array, gamma: float) -> Array:
+    # u^gamma = exp(gamma log u); u^0 = 1 even where u = 0.
+    return jnp.ones_like(log_u) if gamma == 0.0 else jnp.exp(gamma * log_u)
+
+
+def _h(z: Array) -> Array:
+    """``softplus(z) / sigmoid(z)``, finite for every finite ``z`` (-> 1 as z -> -inf)."""
+    t = jnp.exp(-jnp.abs(z))
+    tail = jnp.log1p(t)
+    # z >= 0: sp(z) (1 + e^-z); z < 0: log1p(t) / t * (1 + t) with t = e^z
+    tiny = t < 1e-6
+    t_safe = jnp.where(tiny, jnp.ones_like(t), t)
+    ratio = jnp.where(tiny, 1.0 - 0.5 * t, tail / t_safe)
+    return jnp.where(z >= 0, (z + tail) * (1.0 + t), ratio * (1.0 + t))
+
+
+# --------------------------------------------------------------------------
+# Sigmoid focal loss
+# --------------------------------------------------------------------------
+
+
+def _sigmoid_parts(x, y):
+    """p, q, log u, w_a, w_b and ce (of the finite-clipped ``x``)."""
+    x = _finite(x)
+    e = jnp.exp(-jnp.abs(x))
+    tail = jnp.log1p(e)
+    log_p = jnp.minimum(x, 0.0) - tail  # log sigmoid(x)
+    log_q = jnp.minimum(-x, 0.0) - tail  # log (1 - sigmoid(x)) = log_sigmoid(-x)
+    inv = 1.0 / (1.0 + e)
+    p = jnp.where(x >= 0, inv, e * inv)
+    q = jnp.where(x >= 0, e * inv, inv)
+    # log u = log((1 - y) p + y q), a two-term log-sum-exp shifted by its max
+    m = lax.stop_gradient(jnp.maximum(_safe_log(1.0 - y) + log_p, _safe_log(y) + log_q))
+    # The weights stay outside the exponent so that derivatives in y are exact
+    # at y = 0 and y = 1; the cap only bites on a zero weight (exp(x) overflow).
+    cap = float(np.log(jnp.finfo(x.dtype).max)) - 1.0
+    ea = (1.0 - y) * jnp.exp(jnp.minimum(log_p - m, cap))
+    eb = y * jnp.exp(jnp.minimum(log_q - m, cap))
+    total = ea + eb
+    log_u = m + jnp.log(total)
+    w_a, w_b = ea / total, eb / total
+    ce = -(y * log_p + (1.0 - y) * log_q)
+    return p, q, log_u, w_a, w_b, ce
+
+
+def _alpha_t(y, alpha):
+    return None if alpha is None else alpha * y + (1.0 - alpha) * (1.0 - y)
+
+
+def _sigmoid_forward(x, y, alpha, gamma):
+    x = x.astype(cm.compute_dtype(x))
+    y = y.astype(x.dtype)
+    # ce of the unclipped logits: an infinite logit with a disagreeing label is inf.
+    tail = jnp.log1p(jnp.exp(-jnp.abs(x)))
+    sp_pos = jnp.maximum(x, 0.0) + tail  # -log(1 - sigmoid(x))
+    sp_neg = jnp.maximum(-x, 0.0) + tail  # -log sigmoid(x)
+    ce = cm.safe_mul(y, sp_neg) + cm.safe_mul(1.0 - y, sp_pos)
+    log_u = _sigmoid_parts(x, y)[2]
+    loss = ce * _pow_gamma(log_u, gamma)  # FL = ce (1 - p_t)^gamma
+    a_t = _alpha_t(y, alpha)
+    return loss if a_t is None else a_t * loss
+
+
+def _sigmoid_tangent(x, y, alpha, dx, dy, dalpha, gamma):
+    x = x.astype(cm.compute_dtype(x))
+    y = y.astype(x.dtype)
+    p, q, log_u, w_a, w_b, ce = _sigmoid_parts(x, y)
+    ug = _pow_gamma(log_u, gamma)
+    a_t = _alpha_t(y, alpha)
+    out = jnp.zeros(jnp.broadcast_shapes(x.shape, y.shape), x.dtype)
+    if dx is not None:
+        # dFL/dx = u^g [(p - y) + g ce (1 - 2y) pq/u],  pq/u = w_a q + w_b p
+        g = ug * ((p - y) + gamma * (1.0 - 2.0 * y) * (ce * (w_a * q + w_b * p)))
+        out = out + (g if a_t is None else a_t * g) * dx.astype(x.dtype)
+    if dy is not None:
+        xf = _finite(x)
+        # dFL/dy = u^g [-x + g (q - p) ce/u],  ce/u = w_a h(x) + w_b h(-x)
+        g = ug * (-xf + gamma * (q - p) * (w_a * _h(xf) + w_b * _h(-xf)))
+        if a_t is not None:
+            g = a_t * g + (2.0 * alpha - 1.0) * ce * ug
+        out = out + g * dy.astype(x.dtype)
+    if dalpha is not None:
+        out = out + (2.0 * y - 1.0) * ce * ug * dalpha.astype(x.dtype)
+    return out
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(3,))
+def _sigmoid_focal(x, y, alpha, gamma):
+    return _sigmoid_forward(x, y, alpha, gamma)
+
+
+@partial(_sigmoid_focal.defjvp, symbolic_zeros=True)
+def _sigmoid_focal_jvp(gamma, primals, tangents):
+    x, y, alpha = primals
+    dx, dy, dalpha = (None if cm.is_zero(t) else t for t in tangents)
+    loss = _sigmoid_forward(x, y, alpha, gamma)
+    if dx is None and dy is None and dalpha is None:
+        return loss, jnp.zeros_like(loss)
+    # Recomputed in the backward pass: the residuals are the inputs only.
+    tangent = jax.checkpoint(partial(_sigmoid_tangent, gamma=gamma))
+    return loss, tangent(x, y, alpha, dx, dy, dalpha)
+
+
+def sigmoid_focal_loss(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    alpha: ArrayLike | None = None,
+    gamma: float = 2.0,
+    reduction: str = "none",
+) -> Array:
+    r"""Sigmoid focal loss, elementwise (binary and multi-label).
+
+    .. math::
+        \ell = \alpha_t\, (1 - p_t)^\gamma\, \mathrm{CE}(x, y),
+        \qquad p_t = p\,y + (1-p)(1-y),\quad p = \sigma(x),
+        \qquad \alpha_t = \alpha y + (1-\alpha)(1-y)
+
+    where :math:`\mathrm{CE}` is the binary cross-entropy with logits. The
+    modulating factor is computed in log space,
+    :math:`\log(1-p_t) = \log\sigma(\mp x)` for hard labels, and the closed-form
+    derivative never forms :math:`(1-p_t)^{\gamma-1}` on its own, so logits of
+    any magnitude and :math:`\gamma \in (0, 1)` give finite values, gradients
+    and Hessians.
+
+    Args:
+      logits: float scores of any shape.
+      labels: targets in [0, 1] (float, int or bool; soft labels allowed),
+        broadcastable to ``logits``. Differentiable.
+      alpha: optional weight of the positive class in [0, 1] (scalar or
+        broadcastable to ``logits``); ``None`` applies no weighting (optax's
+        default; torchvision's default is 0.25).
+      gamma: focusing exponent :math:`\gamma \ge 0`; ``0`` gives the plain BCE.
+      reduction: ``"none"``, ``"sum"`` or ``"mean"`` (over all elements).
+
+    Returns:
+      Elementwise loss with the shape of ``logits`` (float32 for bf16/f16
+      inputs), or its reduction.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> x = jnp.array([2.0, -1.0, 0.5], dtype=jnp.float32)
+      >>> jaxloss.sigmoid_focal_loss(x, jnp.array([1.0, 0.0, 0.0], dtype=jnp.float32))
+      Array([0.00180356, 0.02265805, 0.3774116 ], dtype=float32)
+
+    Note:
+      An infinite logit agreeing with its hard label gives loss 0 and gradient
+      0; a disagreeing one gives loss ``inf`` and a finite gradient. Nothing is
+      NaN for labels in [0, 1]. Labels are not checked to lie in [0, 1].
+
+    References:
+      Lin et al., *Focal Loss for Dense Object Detection*, 2017;
+      ``torchvision.ops.sigmoid_focal_loss``; ``optax.sigmoid_focal_loss``.
+    """
+    x = cm.as_float_array(logits, "logits")
+    y = jnp.asarray(labels)
+    if not (
+        jnp.issubdtype(y.dtype, jnp.floating)
+        or jnp.issubdtype(y.dtype, jnp.integer)
+        or y.dtype == jnp.bool_
+    ):
+        raise TypeError(f"labels must be numeric; got dtype {y.dtype}.")
+    y = cm.broadcast_to_shape(y, x.shape, "labels", "logits")
+    cm.check_reduction(reduction)
+    g = cm.static_float(gamma, "gamma", low=0.0)
+    dtype = cm.compute_dtype(x)
+    a = None
+    if alpha is not None:
+        a = cm.broadcast_to_shape(cm.as_float_array(alpha, "alpha"), x.shape, "alpha", "logits")
+        if cm.is_concrete(a) and (((av := jax.device_get(a)) < 0) | (av > 1)).any():
+            raise ValueError("alpha must lie in [0, 1].")
+        a = a.astype(dtype)
+    # x stays in the caller's dtype: the rule widens it, so the gradient comes back in it.
+    y = y if jnp.issubdtype(y.dtype, jnp.floating) else y.astype(dtype)
+    loss = _sigmoid_focal(x, y, a, g)
+    return cm.reduce_loss(loss, reduction)
+
+
+# --------------------------------------------------------------------------
+# Softmax focal loss
+# --------------------------------------------------------------------------
+
+
+def _margin_rows(x, labels):
+    """Per row: the margin ``d = x_y - logsumexp_{c != y} x_c`` and that logsumexp."""
+    x = x.astype(cm.compute_dtype(x))
+    num_classes = x.shape[-1]
+    safe = jnp.clip(labels, 0, num_classes - 1)
+    classes = lax.broadcasted_iota(safe.dtype, x.shape, x.ndim - 1)
+    target = classes == safe[..., None]
+    others = jnp.where(target, -jnp.inf, x)
+    m = jnp.max(others, axis=-1)
+    m_safe = lax.stop_gradient(jnp.where(jnp.isfinite(m), m, jnp.zeros_like(m)))
+    total = jnp.sum(jnp.exp(others - m_safe[..., None]), axis=-1)
+    # no other class (C = 1 or all -inf): lse_o = -inf with a zero derivative
+    lse_o = _safe_log(total) + m_safe
+    x_y = jnp.sum(jnp.where(target, x, 0.0), axis=-1)
+    return x_y - lse_o, lse_o, safe
+
+
+def _margin_loss(d, gamma):
+    # -log p_y = sp(-d),  1 - p_y = sigmoid(-d)
+    return jax.nn.softplus(-d) * _pow_gamma(jax.nn.log_sigmoid(-d), gamma)
+
+
+def _margin_slope(d, gamma):
+    # dFL/dd = -sigmoid(-d)^g [sigmoid(-d) + g sigmoid(d) sp(-d)]
+    d = _finite(d)
+    s_neg = jax.nn.sigmoid(-d)
+    return -_pow_gamma(jax.nn.log_sigmoid(-d), gamma) * (
+        s_neg + gamma * jax.nn.sigmoid(d) * jax.nn.softplus(-d)
+    )
+
+
+def _row_scale(safe, alpha, active, bad, dtype):
+    if alpha is None:
+        a = jnp.ones(safe.shape, dtype)
+    elif alpha.ndim == 0:
+        a = jnp.broadcast_to(alpha.astype(dtype), safe.shape)
+    else:
+        a = alpha.astype(dtype)[safe]
+    a = jnp.where(active, a, jnp.zeros_like(a))
+    return jnp.where(bad, jnp.full_like(a, jnp.nan), a)
+
+
+def _softmax_focal_forward(x, labels, alpha, ignore_index, gamma):
+    d, lse_o, safe = _margin_rows(x, labels)
+    active, bad = _active_rows(labels, x.shape[-1], ignore_index)
+    scale = _row_scale(safe, alpha, active, bad, d.dtype)
+    loss = jnp.where(active, _margin_loss(jnp.where(active, d, 0.0), gamma), 0.0)
+    return cm.safe_mul(scale, loss), lse_o, d
+
+
+def _active_rows(labels, num_classes, ignore_index):
+    active = jnp.ones(labels.shape, jnp.bool_)
+    if ignore_index is not None:
+        active &= labels != ignore_index
+    bad = active & ((labels < 0) | (labels >= num_classes))
+    return active, bad
+
+
+def _softmax_focal_tangent(x, labels, alpha, d, lse_o, dx, ignore_index, gamma):
+    x = x.astype(cm.compute_dtype(x))
+    num_classes = x.shape[-1]
+    active, bad = _active_rows(labels, num_classes, ignore_index)
+    safe = jnp.clip(labels, 0, num_classes - 1)
+    scale = _row_scale(safe, alpha, active, bad, x.dtype)
+    slope = scale * _margin_slope(jnp.where(active, d, 0.0), gamma)
+    classes = lax.broadcasted_iota(safe.dtype, x.shape, x.ndim - 1)
+    target = classes == safe[..., None]
+    # softmax over the other classes; an empty set (lse_o = -inf) gives zeros
+    lse_safe = jnp.where(jnp.isfinite(lse_o), lse_o, jnp.zeros_like(lse_o))
+    p_o = jnp.exp(jnp.where(target, -jnp.inf, x) - lse_safe[..., None])
+    # dd/dx_c = [c == y] - [c != y] p'_c
+    g = slope[..., None] * jnp.where(target, 1.0, -p_o)
+    return jnp.sum(g * dx.astype(x.dtype), axis=-1)
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(3, 4))
+def _softmax_focal(x, labels, alpha, ignore_index, gamma):
+    return _softmax_focal_forward(x, labels, alpha, ignore_index, gamma)[0]
+
+
+@partial(_softmax_focal.defjvp, symbolic_zeros=True)
+def _softmax_focal_jvp(ignore_index, gamma, primals, tangents):
+    x, labels, alpha = primals
+    dx, _, dalpha = tangents
+    loss, lse_o, d = _softmax_focal_forward(x, labels, alpha, ignore_index, gamma)
+    if cm.is_zero(dx):
+        dloss = jnp.zeros_like(loss)
+    else:
+        # Recomputed in the backward pass: residuals are x, the labels and two row scalars.
+        tangent = jax.checkpoint(
+            partial(_softmax_focal_tangent, ignore_index=ignore_index, gamma=gamma)
+        )
+        dloss = tangent(x, labels, alpha, d, lse_o, dx)
+    if not cm.is_zero(dalpha):
+        # Learning alpha (rare): autodiff of the plain forward.
+        def of_alpha(a):
+            return _softmax_focal_forward(x, labels, a, ignore_index, gamma)[0]
+
+        dloss = dloss + jax.jvp(of_alpha, (alpha,), (dalpha,))[1]
+    return loss, dloss
+
+
+def softmax_focal_loss(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    alpha: ArrayLike | None = None,
+    gamma: float = 2.0,
+    axis: int = -1,
+    ignore_index: int | None = None,
+    reduction: str = "none",
+) -> Array:
+    r"""Softmax focal loss with integer class labels.
+
+    .. math::
+        \ell_i = -\alpha_{y_i} (1 - p_{i,y_i})^\gamma \log p_{i,y_i},
+        \qquad p_i = \mathrm{softmax}(x_i)
+
+    computed from the margin :math:`d = x_y - \mathrm{lse}_{c \ne y}(x_c)`:
+    :math:`\log p_y = \log\sigma(d)` and :math:`\log(1-p_y) = \log\sigma(-d)`,
+    so a confident row keeps full precision in :math:`1 - p_y`. The gradient is
+    the closed form :math:`D\,([c=y] - [c \ne y]\, p'_c)` with :math:`D =
+    \partial\ell/\partial d` and :math:`p'` the softmax over the other classes;
+    reverse mode keeps only the logits, labels and two scalars per row.
+
+    Args:
+      logits: unnormalized scores, any float dtype; the class axis is ``axis``.
+      labels: integer class ids with the shape of ``logits`` minus ``axis``.
+      alpha: optional scalar or per-class ``[C]`` weight :math:`\alpha_{y}`
+        (a multiplier of each example's loss).
+      gamma: focusing exponent :math:`\gamma \ge 0`; ``0`` is the softmax
+        cross-entropy.
+      axis: the class axis.
+      ignore_index: label value whose rows contribute 0 and do not count.
+      reduction: ``"none"``, ``"sum"`` or ``"mean"`` (over the rows that are
+        not ignored; ``alpha`` scales the losses and does not renormalise the
+        mean; 0 when every row is ignored).
+
+    Returns:
+      Per-row loss (``logits.shape`` minus ``axis``), or its reduction; float32
+      for bf16/f16 inputs.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> x = jnp.array([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]], dtype=jnp.float32)
+      >>> jaxloss.softmax_focal_loss(x, jnp.array([0, 2]))
+      Array([0.00414426, 0.9635032 ], dtype=float32)
+
+    Note:
+      ``-inf`` logits on other classes get zero gradient; a ``-inf`` target
+      logit gives ``inf`` with a finite gradient; a single-class row gives 0.
+      Out-of-range labels raise ``ValueError`` when concrete; under ``jit``
+      the row is NaN and ``checkify.checkify`` reports the label check.
+
+    References:
+      Lin et al., *Focal Loss for Dense Object Detection*, 2017 (the
+      multi-class form); ``torch.nn.functional.cross_entropy`` at ``gamma=0``.
+    """
+    x = cm.as_float_array(logits, "logits")
+    ax = cm.normalize_axis(axis, x.ndim)
+    x = jnp.moveaxis(x, ax, -1)
+    y = cm.as_int_array(labels, "labels")
+    if y.shape != x.shape[:-1]:
+        raise ValueError(
+            f"labels must have the shape of logits without the class axis (axis={axis}); "
+            f"got labels.shape={y.shape} for logits.shape={jnp.shape(logits)}, "
+            f"expected {x.shape[:-1]}."
+        )
+    cm.check_reduction(reduction)
+    g = cm.static_float(gamma, "gamma", low=0.0)
+    ignore_index = cm.static_int(ignore_index, "ignore_index")
+    num_classes = x.shape[-1]
+    a = None
+    if alpha is not None:
+        a = cm.as_float_array(alpha, "alpha")
+        if a.shape not in ((), (num_classes,)):
+            raise ValueError(
+                f"alpha must be a scalar or have shape ({num_classes},), one per class; "
+                f"got {a.shape}."
+            )
+        if cm.is_concrete(a) and (jax.device_get(a) < 0).any():
+            raise ValueError("alpha must be non-negative.")
+    cm.check_labels_in_range(y, num_classes, ignore_index)
+    loss = _softmax_focal(x, y, a, ignore_index, g)
+    if reduction != "mean" or ignore_index is None:
+        return cm.reduce_loss(loss, reduction)
+    return cm.reduce_loss(loss, reduction, (y != ignore_index).astype(loss.dtype))

@@ -1,0 +1,199 @@
+"""Margin losses: binary hinge, squared hinge and PyTorch's multi-class hinge.
+
+These are piecewise polynomials, so the plain formula under autodiff is
+already exact and stable; ``jax.nn.relu`` gives the kink a derivative of 0
+(PyTorch's convention, and a valid subgradient). No custom rule is needed.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxloss import _common as cm
+
+ArrayLike = jax.typing.ArrayLike
+Array = jax.Array
+
+
+def _prepare_pm1(scores, labels):
+    x = cm.as_float_array(scores, "scores")
+    y = jnp.asarray(labels)
+    if not (jnp.issubdtype(y.dtype, jnp.floating) or jnp.issubdtype(y.dtype, jnp.integer)):
+        raise TypeError(f"labels must be -1 or 1 (int or float); got dtype {y.dtype}.")
+    y = cm.broadcast_to_shape(y, x.shape, "labels", "scores")
+    if cm.is_concrete(y):
+        host = jax.device_get(y)
+        bad = (host != 1) & (host != -1)
+        if bad.any():
+            raise ValueError(
+                f"labels must be -1 or 1; found {host[bad].flat[0]}. "
+                "Map {0, 1} labels with 2 * labels - 1."
+            )
+    dtype = cm.compute_dtype(x)
+    return x.astype(dtype), y.astype(dtype)
+
+
+def hinge_loss(
+    scores: ArrayLike,
+    labels: ArrayLike,
+    *,
+    margin: float = 1.0,
+    reduction: str = "none",
+) -> Array:
+    r"""Binary hinge loss with labels in {-1, 1}, elementwise.
+
+    .. math:: \ell = \max(0,\ m - y\,s)
+
+    Args:
+      scores: float decision values of any shape.
+      labels: -1 or 1 (int or float), broadcastable to ``scores``.
+      margin: :math:`m`, the margin the score must clear.
+      reduction: ``"none"``, ``"sum"`` or ``"mean"`` (over all elements).
+
+    Returns:
+      Elementwise loss (float32 for bf16/f16 inputs) or its reduction.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> s = jnp.array([-1.5, 1.2, 0.9, -0.8], dtype=jnp.float32)
+      >>> jaxloss.hinge_loss(s, jnp.array([-1, 1, 1, -1]), reduction="mean")
+      Array(0.075, dtype=float32)
+
+    Note:
+      At the kink :math:`y s = m` the derivative is 0 (PyTorch's ``relu``
+      convention; ``optax.hinge_loss`` gives half the slope there). Concrete
+      labels other than -1 and 1 raise ``ValueError``; traced ones are used
+      as given.
+
+    References:
+      ``optax.hinge_loss`` (``margin=1``); Wikipedia, *Hinge loss*.
+    """
+    x, y = _prepare_pm1(scores, labels)
+    cm.check_reduction(reduction)
+    m = cm.static_float(margin, "margin")
+    return cm.reduce_loss(jax.nn.relu(m - y * x), reduction)
+
+
+def squared_hinge_loss(
+    scores: ArrayLike,
+    labels: ArrayLike,
+    *,
+    margin: float = 1.0,
+    reduction: str = "none",
+) -> Array:
+    r"""Squared hinge loss with labels in {-1, 1}, elementwise.
+
+    .. math:: \ell = \max(0,\ m - y\,s)^2
+
+    Args:
+      scores: float decision values of any shape.
+      labels: -1 or 1 (int or float), broadcastable to ``scores``.
+      margin: :math:`m`, the margin the score must clear.
+      reduction: ``"none"``, ``"sum"`` or ``"mean"`` (over all elements).
+
+    Returns:
+      Elementwise loss (float32 for bf16/f16 inputs) or its reduction.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> s = jnp.array([-1.5, 1.2, 0.9, -0.8], dtype=jnp.float32)
+      >>> jaxloss.squared_hinge_loss(s, jnp.array([-1, 1, 1, -1]))
+      Array([0.  , 0.  , 0.01, 0.04], dtype=float32)
+
+    Note:
+      Differentiable everywhere (the derivative is continuous at the kink);
+      the second derivative jumps from 2 to 0 there. Concrete labels other
+      than -1 and 1 raise ``ValueError``.
+
+    References:
+      scikit-learn ``LinearSVC(loss="squared_hinge")``; Keras ``SquaredHinge``.
+    """
+    x, y = _prepare_pm1(scores, labels)
+    cm.check_reduction(reduction)
+    m = cm.static_float(margin, "margin")
+    h = jax.nn.relu(m - y * x)
+    return cm.reduce_loss(h * h, reduction)
+
+
+def multiclass_hinge_loss(
+    scores: ArrayLike,
+    labels: ArrayLike,
+    *,
+    margin: float = 1.0,
+    p: int = 1,
+    weight: ArrayLike | None = None,
+    reduction: str = "none",
+) -> Array:
+    r"""Multi-class hinge loss with PyTorch ``MultiMarginLoss`` semantics.
+
+    .. math::
+        \ell_i = \frac{w_{y_i}}{C} \sum_{c \ne y_i} \max(0,\ m - s_{i,y_i} + s_{i,c})^p
+
+    Args:
+      scores: float scores ``[..., C]``; the class axis is the last one.
+      labels: integer class ids with the shape of ``scores`` minus the last axis.
+      margin: :math:`m`.
+      p: 1 or 2, the power of each hinge term.
+      weight: per-class weights ``[C]``, applied by the label's class.
+      reduction: ``"none"``, ``"sum"`` or ``"mean"``. As in PyTorch the mean
+        divides by the number of examples, not by the sum of ``weight``.
+
+    Returns:
+      Per-example loss (``scores.shape[:-1]``) or its reduction; float32 for
+      bf16/f16 inputs.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> s = jnp.array([[0.1, 0.2, 0.4, 0.8]], dtype=jnp.float32)
+      >>> jaxloss.multiclass_hinge_loss(s, jnp.array([3]))
+      Array([0.325], dtype=float32)
+
+    Note:
+      This is not ``optax.multiclass_hinge_loss`` (Crammer-Singer: the largest
+      violation, not the sum divided by C). A term exactly at the margin has
+      derivative 0, as in PyTorch. Out-of-range labels raise ``ValueError``
+      when concrete; under ``jit`` the row is NaN and ``checkify`` reports it.
+
+    References:
+      ``torch.nn.functional.multi_margin_loss``; Weston and Watkins,
+      *Multi-class support vector machines*, 1998.
+    """
+    x = cm.as_float_array(scores, "scores")
+    if x.ndim == 0:
+        raise ValueError("scores must have at least one dimension (the class axis); got a scalar.")
+    y = cm.as_int_array(labels, "labels")
+    if y.shape != x.shape[:-1]:
+        raise ValueError(
+            "labels must have the shape of scores without the last (class) axis; got "
+            f"labels.shape={y.shape} for scores.shape={x.shape}, expected {x.shape[:-1]}."
+        )
+    cm.check_reduction(reduction)
+    m = cm.static_float(margin, "margin")
+    if isinstance(p, bool) or p not in (1, 2):
+        raise ValueError(f"p must be 1 or 2 (as in PyTorch); got {p!r}.")
+    num_classes = x.shape[-1]
+    w = None
+    if weight is not None:
+        w = cm.as_float_array(weight, "weight")
+        if w.shape != (num_classes,):
+            raise ValueError(
+                f"weight must have shape ({num_classes},), one per class; got {w.shape}."
+            )
+    cm.check_labels_in_range(y, num_classes, None)
+    dtype = cm.compute_dtype(x)
+    x = x.astype(dtype)
+    safe = jnp.clip(y, 0, num_classes - 1)
+    classes = lax.broadcasted_iota(safe.dtype, x.shape, x.ndim - 1)
+    target = classes == safe[..., None]
+    s_y = jnp.sum(jnp.where(target, x, 0.0), axis=-1)
+    h = jax.nn.relu(m - s_y[..., None] + x)  # max(0, m - s_y + s_c)
+    if p == 2:
+        h = h * h
+    loss = jnp.sum(jnp.where(target, 0.0, h), axis=-1) / num_classes
+    if w is not None:
+        loss = loss * w.astype(dtype)[safe]
+    bad = (y < 0) | (y >= num_classes)
+    loss = jnp.where(bad, jnp.nan, loss)
+    return cm.reduce_loss(loss, reduction)

@@ -1,0 +1,526 @@
+"""Elementwise regression losses.
+
+Most are polynomials or a single exp/log of the error, where autodiff of the
+plain formula is exact. Two get a ``custom_jvp`` with a tangent linear in
+``(dpredictions, dtargets)``, its coefficient recomputed under
+``jax.checkpoint`` (residuals: the inputs only):
+
+- Huber / smooth L1: ``d/de = clip(e, -delta, delta)``; one fused pass instead
+  of autodiff through ``min``/``abs`` (whose tie rule splits the gradient).
+- log-cosh: ``d/de = tanh(e)``. The stable value ``|e| + log1p(exp(-2|e|)) -
+  log 2`` has a kink in ``|e|`` that autodiff turns into a second derivative of
+  0 at ``e = 0`` (the true one is 1); ``tanh`` has the right one.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+
+from jaxloss import _common as cm
+
+ArrayLike = jax.typing.ArrayLike
+Array = jax.Array
+
+_LOG2 = math.log(2.0)
+
+
+def _prepare_raw(predictions, targets, name="predictions", required=False):
+    """Checked float arrays in the caller's dtypes; ``targets=None`` means zeros (optax)."""
+    x = cm.as_float_array(predictions, name)
+    if targets is None:
+        if required:
+            raise TypeError("targets is required for this loss; got None.")
+        return x, None
+    t = cm.broadcast_to_shape(cm.as_float_array(targets, "targets"), x.shape, "targets", name)
+    return x, t
+
+
+def _prepare(predictions, targets, name="predictions", required=False):
+    """As ``_prepare_raw``, cast to the compute dtype (float32 for bf16/f16)."""
+    x, t = _prepare_raw(predictions, targets, name, required)
+    dtype = cm.compute_dtype(x) if t is None else cm.compute_dtype(x, t)
+    return x.astype(dtype), (None if t is None else t.astype(dtype))
+
+
+def _error(x, t):
+    # inputs are widened here, inside the rules, so the residuals are the caller's buffers
+    dtype = cm.compute_dtype(x) if t is None else cm.compute_dtype(x, t)
+    x = x.astype(dtype)
+    return x if t is None else x - t.astype(dtype)
+
+
+def _linear(coef, dx, dt):
+    # coef * (dx - dt), with symbolic-zero tangents skipped
+    out = jnp.zeros_like(coef)
+    if not cm.is_zero(dx):
+        out = out + coef * dx.astype(coef.dtype)
+    if not cm.is_zero(dt):
+        out = out - coef * dt.astype(coef.dtype)
+    return out
+
+
+# --------------------------------------------------------------------------
+# Squared and absolute error
+# --------------------------------------------------------------------------
+
+
+def squared_error(
+    predictions: ArrayLike,
+    targets: ArrayLike | None = None,
+    *,
+    reduction: str = "none",
+) -> Array:
+    r"""Squared error, elementwise; ``reduction="mean"`` is the MSE.
+
+    .. math:: \ell = (x - t)^2
+
+    Args:
+      predictions: float array of any shape.
+      targets: broadcastable to ``predictions``; ``None`` means zeros (optax).
+      reduction: ``"none"``, ``"sum"`` or ``"mean"`` (over all elements).
+
+    Returns:
+      Elementwise loss (float32 for bf16/f16 inputs) or its reduction.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> x = jnp.array([3.0, -0.5, 2.0, 7.0], dtype=jnp.float32)
+      >>> t = jnp.array([2.5, 0.0, 2.0, 8.0], dtype=jnp.float32)
+      >>> jaxloss.squared_error(x, t, reduction="mean")
+      Array(0.375, dtype=float32)
+
+    Note:
+      Overflows to ``inf`` for errors beyond the square root of the float
+      maximum, as the true value does.
+
+    References:
+      ``optax.squared_error``; ``torch.nn.functional.mse_loss``.
+    """
+    x, t = _prepare(predictions, targets)
+    cm.check_reduction(reduction)
+    e = _error(x, t)
+    return cm.reduce_loss(e * e, reduction)
+
+
+def l2_loss(
+    predictions: ArrayLike,
+    targets: ArrayLike | None = None,
+    *,
+    reduction: str = "none",
+) -> Array:
+    r"""Half the squared error, elementwise (optax's ``l2_loss``).
+
+    .. math:: \ell = \tfrac12 (x - t)^2
+
+    Args:
+      predictions: float array of any shape.
+      targets: broadcastable to ``predictions``; ``None`` means zeros.
+      reduction: ``"none"``, ``"sum"`` or ``"mean"`` (over all elements).
+
+    Returns:
+      Elementwise loss (float32 for bf16/f16 inputs) or its reduction.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> jaxloss.l2_loss(jnp.array([1.0, -2.0], dtype=jnp.float32))
+      Array([0.5, 2. ], dtype=float32)
+
+    Note:
+      The gradient is the error itself, :math:`x - t`.
+
+    References:
+      ``optax.l2_loss``; Bishop, *Pattern Recognition and Machine Learning*.
+    """
+    x, t = _prepare(predictions, targets)
+    cm.check_reduction(reduction)
+    e = _error(x, t)
+    return cm.reduce_loss(0.5 * (e * e), reduction)
+
+
+def absolute_error(
+    predictions: ArrayLike,
+    targets: ArrayLike | None = None,
+    *,
+    reduction: str = "none",
+) -> Array:
+    r"""Absolute error, elementwise; ``reduction="mean"`` is the L1 loss.
+
+    .. math:: \ell = |x - t|
+
+    Args:
+      predictions: float array of any shape.
+      targets: broadcastable to ``predictions``; ``None`` means zeros.
+      reduction: ``"none"``, ``"sum"`` or ``"mean"`` (over all elements).
+
+    Returns:
+      Elementwise loss (float32 for bf16/f16 inputs) or its reduction.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> x = jnp.array([3.0, -0.5, 2.0, 7.0], dtype=jnp.float32)
+      >>> t = jnp.array([2.5, 0.0, 2.0, 8.0], dtype=jnp.float32)
+      >>> jaxloss.absolute_error(x, t, reduction="mean")
+      Array(0.5, dtype=float32)
+
+    Note:
+      The derivative at a zero error is 0 (``sign(0)``), as in PyTorch.
+
+    References:
+      ``torch.nn.functional.l1_loss``.
+    """
+    x, t = _prepare(predictions, targets)
+    cm.check_reduction(reduction)
+    return cm.reduce_loss(jnp.abs(_error(x, t)), reduction)
+
+
+# --------------------------------------------------------------------------
+# Huber and smooth L1
+# --------------------------------------------------------------------------
+
+
+def _huber_value(x, t, delta, scale):
+    a = jnp.abs(_error(x, t))
+    quad = jnp.minimum(a, delta)
+    # 0.5 e^2 for |e| <= delta, delta (|e| - delta / 2) beyond
+    return scale * (0.5 * (quad * quad) + delta * (a - quad))
+
+
+def _huber_slope(x, t, delta, scale):
+    e = _error(x, t)
+    # d/de = clip(e, -delta, delta); second derivative 1 up to and at the kink, 0 beyond
+    return scale * jnp.where(jnp.abs(e) <= delta, e, delta * jnp.sign(e))
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def _huber(x, t, delta, scale):
+    return _huber_value(x, t, delta, scale)
+
+
+@partial(_huber.defjvp, symbolic_zeros=True)
+def _huber_jvp(delta, scale, primals, tangents):
+    x, t = primals
+    dx, dt = tangents
+    loss = _huber_value(x, t, delta, scale)
+    slope = jax.checkpoint(partial(_huber_slope, delta=delta, scale=scale))(x, t)
+    return loss, _linear(slope, dx, dt)
+
+
+def huber_loss(
+    predictions: ArrayLike,
+    targets: ArrayLike | None = None,
+    *,
+    delta: float = 1.0,
+    reduction: str = "none",
+) -> Array:
+    r"""Huber loss, elementwise: quadratic near zero, linear beyond ``delta``.
+
+    .. math::
+        \ell = \begin{cases} \tfrac12 e^2 & |e| \le \delta \\
+               \delta (|e| - \tfrac12 \delta) & |e| > \delta \end{cases},
+        \qquad e = x - t
+
+    The derivative is :math:`\mathrm{clip}(e, -\delta, \delta)`.
+
+    Args:
+      predictions: float array of any shape.
+      targets: broadcastable to ``predictions``; ``None`` means zeros (optax).
+      delta: :math:`\delta > 0`, where the loss turns linear.
+      reduction: ``"none"``, ``"sum"`` or ``"mean"`` (over all elements).
+
+    Returns:
+      Elementwise loss (float32 for bf16/f16 inputs) or its reduction.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> jaxloss.huber_loss(jnp.array([0.5, -3.0], dtype=jnp.float32), delta=1.0)
+      Array([0.125, 2.5  ], dtype=float32)
+
+    Note:
+      Infinite errors give ``inf`` with derivative :math:`\pm\delta`. The
+      second derivative is 1 for :math:`|e| \le \delta` and 0 beyond.
+
+    References:
+      Huber, *Robust Estimation of a Location Parameter*, 1964;
+      ``optax.huber_loss``; ``torch.nn.functional.huber_loss``.
+    """
+    x, t = _prepare_raw(predictions, targets)
+    cm.check_reduction(reduction)
+    d = cm.static_float(delta, "delta", low=0.0, low_open=True)
+    return cm.reduce_loss(_huber(x, t, d, 1.0), reduction)
+
+
+def smooth_l1_loss(
+    predictions: ArrayLike,
+    targets: ArrayLike | None = None,
+    *,
+    beta: float = 1.0,
+    reduction: str = "none",
+) -> Array:
+    r"""Smooth L1 loss, elementwise (PyTorch ``SmoothL1Loss``).
+
+    .. math::
+        \ell = \begin{cases} \tfrac12 e^2 / \beta & |e| < \beta \\
+               |e| - \tfrac12 \beta & \text{otherwise} \end{cases}
+
+    It is the Huber loss divided by :math:`\beta`; ``beta=0`` is the
+    absolute error.
+
+    Args:
+      predictions: float array of any shape.
+      targets: broadcastable to ``predictions``; ``None`` means zeros.
+      beta: :math:`\beta \ge 0`.
+      reduction: ``"none"``, ``"sum"`` or ``"mean"`` (over all elements).
+
+    Returns:
+      Elementwise loss (float32 for bf16/f16 inputs) or its reduction.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> jaxloss.smooth_l1_loss(jnp.array([0.5, -3.0], dtype=jnp.float32), beta=1.0)
+      Array([0.125, 2.5  ], dtype=float32)
+
+    Note:
+      The derivative is :math:`\mathrm{clip}(e / \beta, -1, 1)` (``sign(e)``
+      for ``beta=0``, 0 at a zero error).
+
+    References:
+      ``torch.nn.functional.smooth_l1_loss``; Girshick, *Fast R-CNN*, 2015.
+    """
+    x, t = _prepare_raw(predictions, targets)
+    cm.check_reduction(reduction)
+    b = cm.static_float(beta, "beta", low=0.0)
+    if b == 0.0:
+        return cm.reduce_loss(jnp.abs(_error(x, t)), reduction)  # beta = 0 is L1
+    return cm.reduce_loss(_huber(x, t, b, 1.0 / b), reduction)
+
+
+# --------------------------------------------------------------------------
+# log-cosh
+# --------------------------------------------------------------------------
+
+
+def _log_cosh_value(x, t):
+    e = _error(x, t)
+    a = jnp.abs(e)
+    small = a < 1.0
+    # small |e|: log cosh e = log1p(cosh e - 1) = log1p(2 sinh(e/2)^2), no cancellation
+    h = jnp.sinh(0.5 * jnp.where(small, e, 0.0))
+    near = jnp.log1p(2.0 * (h * h))
+    # otherwise: log cosh e = |e| + log1p(exp(-2|e|)) - log 2, finite up to float max
+    a_far = jnp.where(small, 1.0, a)
+    far = a_far + jnp.log1p(jnp.exp(-2.0 * a_far)) - _LOG2
+    return jnp.where(small, near, far)
+
+
+def _log_cosh_slope(x, t):
+    return jnp.tanh(_error(x, t))  # d/de log cosh e = tanh e
+
+
+@jax.custom_jvp
+def _log_cosh(x, t):
+    return _log_cosh_value(x, t)
+
+
+@partial(_log_cosh.defjvp, symbolic_zeros=True)
+def _log_cosh_jvp(primals, tangents):
+    x, t = primals
+    dx, dt = tangents
+    loss = _log_cosh_value(x, t)
+    slope = jax.checkpoint(_log_cosh_slope)(x, t)
+    return loss, _linear(slope, dx, dt)
+
+
+def log_cosh(
+    predictions: ArrayLike,
+    targets: ArrayLike | None = None,
+    *,
+    reduction: str = "none",
+) -> Array:
+    r"""log-cosh loss, elementwise: :math:`\tfrac12 e^2` near zero, :math:`|e| - \log 2` far out.
+
+    .. math:: \ell = \log\cosh(x - t)
+
+    computed as :math:`\log(1 + 2\sinh^2(e/2))` for :math:`|e| < 1` (no
+    cancellation for tiny errors) and :math:`|e| + \log(1 + e^{-2|e|}) - \log 2`
+    otherwise (finite up to the float maximum). The derivative rule is
+    :math:`\tanh(e)`, so the second derivative is right everywhere, 1 at 0.
+
+    Args:
+      predictions: float array of any shape.
+      targets: broadcastable to ``predictions``; ``None`` means zeros (optax).
+      reduction: ``"none"``, ``"sum"`` or ``"mean"`` (over all elements).
+
+    Returns:
+      Elementwise loss (float32 for bf16/f16 inputs) or its reduction.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> jaxloss.log_cosh(jnp.array([0.0, 1.0, -100.0], dtype=jnp.float32))
+      Array([ 0.       ,  0.4337808, 99.30685  ], dtype=float32)
+
+    Note:
+      Infinite errors give ``inf`` with derivative :math:`\pm 1`.
+
+    References:
+      ``optax.log_cosh``; Chen et al., *Log Hyperbolic Cosine Loss Improves
+      Variational Auto-Encoder*, 2019.
+    """
+    x, t = _prepare_raw(predictions, targets)
+    cm.check_reduction(reduction)
+    return cm.reduce_loss(_log_cosh(x, t), reduction)
+
+
+# --------------------------------------------------------------------------
+# Likelihood losses
+# --------------------------------------------------------------------------
+
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+def poisson_nll_loss(
+    input: ArrayLike,  # PyTorch's name, fixed by the API
+    targets: ArrayLike,
+    *,
+    log_input: bool = True,
+    full: bool = False,
+    eps: float = 1e-8,
+    reduction: str = "none",
+) -> Array:
+    r"""Poisson negative log-likelihood, elementwise (PyTorch ``PoissonNLLLoss``).
+
+    .. math::
+        \ell = \begin{cases} e^{x} - t\,x & \text{log\_input} \\
+               x - t \log(x + \varepsilon) & \text{otherwise} \end{cases}
+        \; + \; [\text{full}]\,[t > 1]\,\big(t \log t - t + \tfrac12 \log(2\pi t)\big)
+
+    Args:
+      input: the log-rate (``log_input=True``) or the rate, float array.
+      targets: observed counts :math:`t \ge 0`, broadcastable to ``input``.
+      log_input: whether ``input`` is the log of the rate.
+      full: add the Stirling approximation of :math:`\log t!` (for :math:`t > 1`).
+      eps: :math:`\varepsilon \ge 0`, added to the rate before the log when
+        ``log_input=False``.
+      reduction: ``"none"``, ``"sum"`` or ``"mean"`` (over all elements).
+        PyTorch's default is ``"mean"``; ours is ``"none"``.
+
+    Returns:
+      Elementwise loss (float32 for bf16/f16 inputs) or its reduction.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> jaxloss.poisson_nll_loss(jnp.array([0.0, 1.0], dtype=jnp.float32),
+      ...                          jnp.array([1.0, 2.0], dtype=jnp.float32))
+      Array([1.       , 0.7182817], dtype=float32)
+
+    Note:
+      The Stirling term is exactly 0 (with zero derivative) for
+      :math:`t \le 1`. A large log-rate overflows ``exp`` to ``inf``, as in
+      PyTorch.
+
+    References:
+      ``torch.nn.functional.poisson_nll_loss``.
+    """
+    x, t = _prepare(input, targets, "input", required=True)
+    cm.check_reduction(reduction)
+    if not isinstance(log_input, bool) or not isinstance(full, bool):
+        raise TypeError("log_input and full must be bools.")
+    e = cm.static_float(eps, "eps", low=0.0)
+    if log_input:
+        loss = jnp.exp(x) - t * x
+    else:
+        loss = x - t * jnp.log(x + e)
+    if full:
+        big = t > 1
+        ts = jnp.where(big, t, jnp.ones_like(t))
+        stirling = ts * jnp.log(ts) - ts + 0.5 * jnp.log(ts) + _HALF_LOG_2PI
+        loss = loss + jnp.where(big, stirling, 0.0)
+    return cm.reduce_loss(loss, reduction)
+
+
+def _gaussian_var(var, shape):
+    """PyTorch's rules for the shape of ``var``, then broadcast to ``shape``."""
+    v = cm.as_float_array(var, "var")
+    vs = v.shape
+    if vs == tuple(shape) or v.ndim == 0:
+        pass
+    elif len(shape) >= 1 and vs == tuple(shape[:-1]):
+        v = v[..., None]  # one variance per row of the last axis (homoscedastic)
+    elif v.ndim == len(shape) and sum(b for a, b in zip(shape, vs, strict=True) if a != b) == 1:
+        pass  # one mismatched dimension, of size 1 in var
+    else:
+        raise ValueError(
+            f"var with shape {vs} does not fit input with shape {tuple(shape)}: it must "
+            "have the shape of input, of input without its last axis, or of input with "
+            "one axis of size 1 (PyTorch's rules), or be a scalar."
+        )
+    return jnp.broadcast_to(v, shape)
+
+
+def gaussian_nll_loss(
+    input: ArrayLike,  # PyTorch's name, fixed by the API
+    targets: ArrayLike,
+    var: ArrayLike,
+    *,
+    full: bool = False,
+    eps: float = 1e-6,
+    reduction: str = "none",
+) -> Array:
+    r"""Gaussian negative log-likelihood, elementwise (PyTorch ``GaussianNLLLoss``).
+
+    .. math::
+        \ell = \tfrac12 \left(\log v + \frac{(x - t)^2}{v}\right)
+        + [\text{full}]\, \tfrac12 \log 2\pi, \qquad v = \max(\mathrm{var}, \varepsilon)
+
+    Args:
+      input: predicted means, float array.
+      targets: observations, broadcastable to ``input``.
+      var: predicted variances, non-negative: the shape of ``input``, of
+        ``input`` without its last axis (one variance per row), of ``input``
+        with one axis of size 1, or a scalar (PyTorch's rules).
+      full: add the constant :math:`\tfrac12 \log 2\pi`.
+      eps: :math:`\varepsilon \ge 0`, the floor of the variance.
+      reduction: ``"none"``, ``"sum"`` or ``"mean"`` (over all elements).
+
+    Returns:
+      Elementwise loss with the shape of ``input`` (float32 for bf16/f16
+      inputs) or its reduction.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> jaxloss.gaussian_nll_loss(jnp.array([0.0, 1.0], dtype=jnp.float32),
+      ...                           jnp.array([1.0, 1.0], dtype=jnp.float32),
+      ...                           jnp.array([1.0, 2.0], dtype=jnp.float32))
+      Array([0.5      , 0.3465736], dtype=float32)
+
+    Note:
+      As in PyTorch the clamp at ``eps`` is invisible to the gradient: the
+      derivative with respect to ``var`` is taken at :math:`v` and passed
+      straight through, even where ``var < eps``. Concrete negative variances
+      raise ``ValueError``; traced ones are clamped to ``eps``.
+
+    References:
+      ``torch.nn.functional.gaussian_nll_loss``; Nix and Weigend, *Estimating
+      the mean and variance of the target probability distribution*, 1994.
+    """
+    x, t = _prepare(input, targets, "input", required=True)
+    cm.check_reduction(reduction)
+    if not isinstance(full, bool):
+        raise TypeError(f"full must be a bool; got {full!r}.")
+    e = cm.static_float(eps, "eps", low=0.0)
+    v = _gaussian_var(var, x.shape)
+    if cm.is_concrete(v) and (jax.device_get(v) < 0).any():
+        raise ValueError("var has negative entries; variances must be >= 0.")
+    v = v.astype(cm.compute_dtype(x, v))
+    x = x.astype(v.dtype)
+    t = t.astype(v.dtype)
+    # clamp(var, eps) with an identity derivative (PyTorch clamps under no_grad)
+    v = v + jax.lax.stop_gradient(jnp.maximum(v, e) - v)
+    d = x - t
+    loss = 0.5 * (jnp.log(v) + d * d / v)
+    if full:
+        loss = loss + _HALF_LOG_2PI
+    return cm.reduce_loss(loss, reduction)
