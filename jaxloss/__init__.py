@@ -9,6 +9,20 @@ from jaxloss._classification import softmax_cross_entropy as softmax_cross_entro
 from jaxloss._classification import (
     softmax_cross_entropy_with_integer_labels as softmax_cross_entropy_with_integer_labels,
 )
+from jaxloss._divergence import kl_divergence as kl_divergence
+from jaxloss._focal import sigmoid_focal_loss as sigmoid_focal_loss
+from jaxloss._focal import softmax_focal_loss as softmax_focal_loss
+from jaxloss._hinge import hinge_loss as hinge_loss
+from jaxloss._hinge import multiclass_hinge_loss as multiclass_hinge_loss
+from jaxloss._hinge import squared_hinge_loss as squared_hinge_loss
+from jaxloss._regression import absolute_error as absolute_error
+from jaxloss._regression import gaussian_nll_loss as gaussian_nll_loss
+from jaxloss._regression import huber_loss as huber_loss
+from jaxloss._regression import l2_loss as l2_loss
+from jaxloss._regression import log_cosh as log_cosh
+from jaxloss._regression import poisson_nll_loss as poisson_nll_loss
+from jaxloss._regression import smooth_l1_loss as smooth_l1_loss
+from jaxloss._regression import squared_error as squared_error
 
 try:
     __version__ = version("jaxloss")
