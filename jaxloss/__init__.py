@@ -15,6 +15,15 @@ from jaxloss._focal import softmax_focal_loss as softmax_focal_loss
 from jaxloss._hinge import hinge_loss as hinge_loss
 from jaxloss._hinge import multiclass_hinge_loss as multiclass_hinge_loss
 from jaxloss._hinge import squared_hinge_loss as squared_hinge_loss
+from jaxloss._large_vocab import (
+    fused_linear_softmax_cross_entropy as fused_linear_softmax_cross_entropy,
+)
+from jaxloss._large_vocab import (
+    vocab_parallel_fused_linear_softmax_cross_entropy as vocab_parallel_fused_linear_softmax_cross_entropy,  # noqa: E501
+)
+from jaxloss._large_vocab import (
+    vocab_parallel_softmax_cross_entropy as vocab_parallel_softmax_cross_entropy,
+)
 from jaxloss._regression import absolute_error as absolute_error
 from jaxloss._regression import gaussian_nll_loss as gaussian_nll_loss
 from jaxloss._regression import huber_loss as huber_loss
