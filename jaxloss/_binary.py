@@ -49,21 +49,34 @@ def _apply_weight(loss, w):
 
 def _bce_forward(x, y, pw, w, eps):
     x = x.astype(cm.compute_dtype(x))
-    a, b = _bce_coeffs(x, y, pw, eps)
+    a, _ = _bce_coeffs(x, y, pw, eps)
     tail = jnp.log1p(jnp.exp(-jnp.abs(x)))
-    sp_pos = jnp.maximum(x, 0.0) + tail  # -log(1 - sigmoid(x))
-    sp_neg = jnp.maximum(-x, 0.0) + tail  # -log sigmoid(x)
-    return _apply_weight(cm.safe_mul(a, sp_neg) + cm.safe_mul(b, sp_pos), w)
+    # Clamped at the largest float so that a zero coefficient times an infinite
+    # logit gives 0 without a select, which keeps the elementwise loss fused into
+    # the reduction (XLA:CPU materialises an [N, C] temporary around a select).
+    big = jnp.finfo(x.dtype).max
+    sp_pos = jnp.minimum(jnp.maximum(x, 0.0) + tail, big)  # -log(1 - sigmoid(x))
+    sp_neg = jnp.minimum(jnp.maximum(-x, 0.0) + tail, big)  # -log sigmoid(x)
+    ys = _smooth(_widen(y, x), eps)
+    loss = a * sp_neg + (sp_pos - ys * sp_pos)
+    return loss if w is None else _widen(w, loss) * loss
 
 
 def _bce_tangent(x, y, pw, w, dx, eps):
+    # Evaluated on a trailing unit axis (a free reshape) so that XLA cannot merge
+    # this pass's broadcast constants with the forward's: a shared constant can no
+    # longer fuse into the forward's reduction and XLA:CPU materialises it as an
+    # [N, C] buffer.
+    x, y, pw, w, dx = (None if v is None else v[..., None] for v in (x, y, pw, w, dx))
     x = x.astype(cm.compute_dtype(x))
     a, b = _bce_coeffs(x, y, pw, eps)
-    # d/dx [a sp(-x) + b sp(x)] = sigmoid(x) (a + b) - a
-    g = jax.nn.sigmoid(x) * (a + b) - a
+    # d/dx [a sp(-x) + b sp(x)] = sigmoid(x) (a + b) - a, with sigmoid(x) =
+    # 1 / (1 + exp(-x)), accurate in relative terms for every x (exp(-x) = inf
+    # gives 0). XLA:CPU's own logistic lowering makes an [N, C] temporary here.
+    g = (a + b) / (1.0 + jnp.exp(-x)) - a
     if w is not None:
         g = _widen(w, g) * g
-    return g * dx.astype(x.dtype)
+    return (g * dx.astype(x.dtype))[..., 0]
 
 
 def _jvp_of_operands(fun, primals, tangents):

@@ -77,15 +77,59 @@ def _softmax_from_lse(sm: Array, lse: Array) -> Array:
     return jnp.exp(sm - lse_safe[..., None])
 
 
+def _logsumexp_parts(sm: Array) -> tuple[Array, Array]:
+    """Row logsumexp of already-masked values as ``(shift, log_sum)``, ``lse =
+    shift + log_sum``, with ``shift`` the row max (0 for an empty row, whose
+    ``log_sum`` is ``-inf``). Kept apart so that ``lse - s_c`` can be formed
+    as ``log_sum + (shift - s_c)``, exact near the maximum even for huge logits."""
+    m = jnp.max(sm, axis=-1)
+    shift = lax.stop_gradient(jnp.where(jnp.isfinite(m), m, jnp.zeros_like(m)))
+    return shift, jnp.log(jnp.sum(jnp.exp(sm - shift[..., None]), axis=-1))
+
+
+def _logsumexp_from_label(sm: Array, sm_y: Array, skip: Array) -> tuple[Array, Array]:
+    """Row logsumexp in one pass over the logits, shifted by the label's logit.
+
+    ``CE = log sum_c exp(s_c - s_y) >= 0``: with the label's own logit as the
+    shift the sum is at least 1, so it cannot underflow, and it only overflows
+    when some logit exceeds the label's by ~88 (float32). That saves the pass
+    that finds the row maximum. If any counted row falls outside ``[1, inf)``
+    (overflow, a ``-inf`` or masked label logit, NaN) the whole batch takes the
+    max-shifted two-pass path instead. ``skip`` marks rows whose value is unused.
+    Returns ``(shift, log_sum)`` as :func:`_logsumexp_parts` does.
+    """
+    shift = lax.stop_gradient(jnp.where(jnp.isfinite(sm_y), sm_y, jnp.zeros_like(sm_y)))
+    total = jnp.sum(jnp.exp(sm - shift[..., None]), axis=-1)
+    ok = ((total >= 1.0) & (total < jnp.inf)) | skip
+    return lax.cond(jnp.all(ok), lambda: (shift, jnp.log(total)), lambda: _logsumexp_parts(sm))
+
+
+def _softmax_from_parts(sm: Array, shift: Array, log_sum: Array, rows: Array) -> Array:
+    # p = exp((s - shift) - log_sum); 0 on rows that do not count (no NaN, no overflow).
+    z = (sm - shift[..., None]) - log_sum[..., None]
+    return jnp.exp(jnp.where(rows[..., None], z, _NEG_INF))
+
+
+def _gap_sum(coef: Array, shift: Array, log_sum: Array, s: Array) -> Array:
+    """``sum_c coef_c (lse - s_c)`` with ``lse = shift + log_sum``.
+
+    A zero ``coef_c`` contributes 0 even where ``s_c = -inf``. The gap is formed
+    as ``log_sum + (shift - s_c)``, exact for ``s_c`` near the shift; where
+    ``shift - s_c`` overflows (logits of both signs near the float limit) the
+    product is split so that a small ``coef_c`` still gives a finite term.
+    """
+    d = shift[..., None] - s
+    overflow = jnp.isinf(d) & jnp.isfinite(s)
+    d = jnp.where(overflow, jnp.zeros_like(d), d)
+    term = cm.safe_mul(coef, log_sum[..., None] + d)
+    split = coef * (shift + log_sum)[..., None] - coef * jnp.where(overflow, s, 0.0)
+    return jnp.sum(jnp.where(overflow, split, term), axis=-1)
+
+
 def _valid_classes(s: Array, mask: Array | None) -> Array:
     # ``!=`` rather than ``>``: a NaN logit stays "valid" so that it propagates.
     valid = s != _NEG_INF
     return valid if mask is None else valid & mask
-
-
-def _rows_with_classes(s: Array, mask: Array | None) -> Array:
-    """Rows with at least one class that is allowed by ``where`` and not ``-inf``."""
-    return jnp.any(_valid_classes(s, mask), axis=-1)
 
 
 def _weighted_sum(coef: Array, s: Array) -> Array:
@@ -101,23 +145,26 @@ def _weighted_sum(coef: Array, s: Array) -> Array:
 def _int_rows(x, labels, weight, mask, ignore_index, eps, cap):
     """Row quantities that do not need the logits' tangent.
 
-    Returns ``s`` (soft-capped float32 logits), ``sm`` (masked), ``lse``, the
-    label's weight ``w_y`` (0 where the row does not count), the smoothing
-    coefficient per class weight ``e = eps / K`` (0 where the row does not
-    count), ``bad`` (label out of range on a counted row) and ``active`` (the
-    row counts: not ignored, not fully masked). ``lse`` is 0 on inactive rows.
+    Returns ``s`` (soft-capped float32 logits), ``shift`` and ``log_sum``
+    (``lse = shift + log_sum``, both 0 on rows that do not count), the clipped
+    label ``safe``, the label's weight ``w_y`` (0 where the row does not
+    count), the smoothing coefficient per class weight ``e = eps / K`` (0 where
+    the row does not count), ``bad`` (label out of range on a counted row) and
+    ``active`` (the row counts: not ignored, some class allowed and not -inf).
     """
     num_classes = x.shape[-1]
     s = _softcap(_upcast(x), cap)
     sm = _masked(s, mask)
-    lse = _logsumexp(sm)
+    safe = jnp.clip(labels, 0, num_classes - 1)
     in_range = (labels >= 0) & (labels < num_classes)
     active = jnp.ones(labels.shape, jnp.bool_)
     if ignore_index is not None:
         active &= labels != ignore_index
-    # A row with no allowed class (all masked or all -inf) contributes 0.
-    active &= _rows_with_classes(s, mask)
-    safe = jnp.clip(labels, 0, num_classes - 1)
+    sm_y = jnp.take_along_axis(sm, safe[..., None], axis=-1)[..., 0]
+    shift, log_sum = _logsumexp_from_label(sm, sm_y, ~active)
+    # A row with no allowed class (all masked or all -inf) has lse = -inf and
+    # contributes 0; a NaN logit keeps its row active so the NaN propagates.
+    active &= log_sum != _NEG_INF
     w_y = jnp.ones(labels.shape, s.dtype) if weight is None else weight[safe].astype(s.dtype)
     w_y = jnp.where(active, w_y, jnp.zeros_like(w_y))
     bad = active & ~in_range
@@ -126,8 +173,9 @@ def _int_rows(x, labels, weight, mask, ignore_index, eps, cap):
         e = jnp.where(active, eps / jnp.maximum(k, 1.0), jnp.zeros_like(k))
     else:
         e = None
-    lse = jnp.where(active, lse, jnp.zeros_like(lse))
-    return s, sm, lse, safe, w_y, e, bad, active
+    shift = jnp.where(active, shift, jnp.zeros_like(shift))
+    log_sum = jnp.where(active, log_sum, jnp.zeros_like(log_sum))
+    return s, shift, log_sum, safe, w_y, e, bad, active
 
 
 def _class_weights(weight, s):
@@ -137,28 +185,27 @@ def _class_weights(weight, s):
     return jnp.broadcast_to(weight.astype(s.dtype), s.shape)
 
 
-def _int_loss_from_rows(s, sm, lse, safe, w_y, e, bad, active, weight, mask, eps, z):
+def _int_loss_from_rows(s, shift, log_sum, safe, w_y, e, bad, active, weight, mask, eps, z):
     s_y = jnp.take_along_axis(s, safe[..., None], axis=-1)[..., 0]
     s_y = jnp.where(active, s_y, jnp.zeros_like(s_y))
-    lse_c = lse
-    # CE = logsumexp(s) - s[y]
-    loss = (1.0 - eps) * w_y * (lse_c - s_y)
+    # CE = logsumexp(s) - s[y] = log_sum + (shift - s[y]); exact when s[y] is the shift
+    loss = cm.safe_mul((1.0 - eps) * w_y, log_sum + (shift - s_y))
     if e is not None:
         coef = jnp.where(_valid_classes(s, mask), e[..., None] * _class_weights(weight, s), 0.0)
-        # sum_c coef_c (lse - s_c), written to stay finite for logits near float max
-        loss = loss + lse_c * jnp.sum(coef, axis=-1) - _weighted_sum(coef, s)
+        loss = loss + _gap_sum(coef, shift, log_sum, s)
     if z > 0.0:
-        loss = loss + z * w_y * lse_c * lse_c  # PaLM z-loss
+        lse = shift + log_sum
+        loss = loss + z * w_y * lse * lse  # PaLM z-loss
     return jnp.where(bad, jnp.full_like(loss, jnp.nan), loss)
 
 
-def _int_coeffs(x, lse, safe, w_y, e, bad, active, weight, mask, eps, z, cap):
+def _int_coeffs(x, shift, log_sum, safe, w_y, e, bad, active, weight, mask, eps, z, cap):
     """dloss/dx for every element: softmax * A - q (times the softcap slope)."""
     x = _upcast(x)
     s = _softcap(x, cap)
-    # Inactive rows have lse = 0 and A = q = 0, so their gradient is exactly 0.
-    p = _softmax_from_lse(_masked(s, mask), lse)
-    a = (1.0 - eps) * w_y + 2.0 * z * w_y * lse
+    # Rows that do not count have p = 0 and A = q = 0, so their gradient is exactly 0.
+    p = _softmax_from_parts(_masked(s, mask), shift, log_sum, active)
+    a = (1.0 - eps) * w_y + 2.0 * z * w_y * (shift + log_sum)
     classes = lax.broadcasted_iota(safe.dtype, s.shape, s.ndim - 1)
     q = jnp.where(classes == safe[..., None], ((1.0 - eps) * w_y)[..., None], 0.0)
     if e is not None:
@@ -173,38 +220,47 @@ def _int_coeffs(x, lse, safe, w_y, e, bad, active, weight, mask, eps, z, cap):
     return g
 
 
-def _int_tangent(x, lse, safe, w_y, e, bad, active, weight, mask, dx, eps, z, cap):
-    g = _int_coeffs(x, lse, safe, w_y, e, bad, active, weight, mask, eps, z, cap)
+def _int_tangent(x, shift, log_sum, safe, w_y, e, bad, active, weight, mask, dx, eps, z, cap):
+    g = _int_coeffs(x, shift, log_sum, safe, w_y, e, bad, active, weight, mask, eps, z, cap)
     return jnp.sum(g * dx.astype(g.dtype), axis=-1)
+
+
+def _int_forward(x, labels, weight, mask, ignore_index, eps, z, cap):
+    """Per-row loss and the row's share of the mean's divisor (``w[y]``, 0 when
+    the row is ignored or has no allowed class), from one pass over ``x``."""
+    rows = _int_rows(x, labels, weight, mask, ignore_index, eps, cap)
+    return _int_loss_from_rows(*rows, weight, mask, eps, z), rows[4]
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(4, 5, 6, 7))
 def _ce_int(x, labels, weight, mask, ignore_index, eps, z, cap):
-    rows = _int_rows(x, labels, weight, mask, ignore_index, eps, cap)
-    return _int_loss_from_rows(*rows, weight, mask, eps, z)
+    return _int_forward(x, labels, weight, mask, ignore_index, eps, z, cap)
 
 
 @partial(_ce_int.defjvp, symbolic_zeros=True)
 def _ce_int_jvp(ignore_index, eps, z, cap, primals, tangents):
     x, labels, weight, mask = primals
     dx, _, dweight, _ = tangents
-    s, sm, lse, safe, w_y, e, bad, active = _int_rows(
+    s, shift, log_sum, safe, w_y, e, bad, active = _int_rows(
         x, labels, weight, mask, ignore_index, eps, cap
     )
-    loss = _int_loss_from_rows(s, sm, lse, safe, w_y, e, bad, active, weight, mask, eps, z)
+    loss = _int_loss_from_rows(s, shift, log_sum, safe, w_y, e, bad, active, weight, mask, eps, z)
     if cm.is_zero(dx):
         dloss = jnp.zeros_like(loss)
     else:
-        # Recomputed in the backward pass: residuals are x, lse and row scalars.
+        # Recomputed in the backward pass: residuals are x and row scalars.
         tangent = jax.checkpoint(partial(_int_tangent, eps=eps, z=z, cap=cap))
-        dloss = tangent(x, lse, safe, w_y, e, bad, active, weight, mask, dx)
+        dloss = tangent(x, shift, log_sum, safe, w_y, e, bad, active, weight, mask, dx)
+    dden = jnp.zeros_like(w_y)
     if not cm.is_zero(dweight):
-        # Rare path (learning class weights): autodiff of the plain forward.
+        # Rare path (learning class weights): autodiff of the plain forward (not of
+        # _ce_int itself, whose rule would call this branch again without end).
         def of_weight(w):
-            return _ce_int(x, labels, w, mask, ignore_index, eps, z, cap)
+            return _int_forward(x, labels, w, mask, ignore_index, eps, z, cap)
 
-        dloss = dloss + jax.jvp(of_weight, (weight,), (dweight,))[1]
-    return loss, dloss
+        dloss_w, dden = jax.jvp(of_weight, (weight,), (dweight,))[1]
+        dloss = dloss + dloss_w
+    return (loss, w_y), (dloss, dden)
 
 
 # --------------------------------------------------------------------------
@@ -213,9 +269,13 @@ def _ce_int_jvp(ignore_index, eps, z, cap, primals, tangents):
 
 
 def _prob_rows(x, labels, mask, eps):
+    """Upcast logits, ``(shift, log_sum)`` (0 on an empty row), the smoothed
+    targets ``t`` and ``nonempty`` (some class allowed and not -inf)."""
     x = _upcast(x)
     sm = _masked(x, mask)
-    lse = _logsumexp(sm)
+    shift, log_sum = _logsumexp_parts(sm)
+    nonempty = log_sum != _NEG_INF
+    log_sum = jnp.where(nonempty, log_sum, jnp.zeros_like(log_sum))
     t = labels.astype(x.dtype)
     if mask is not None:
         t = jnp.where(mask, t, jnp.zeros_like(t))
@@ -223,54 +283,53 @@ def _prob_rows(x, labels, mask, eps):
         valid = _valid_classes(x, mask)
         k = jnp.maximum(jnp.sum(valid, axis=-1).astype(x.dtype), 1.0)
         t = (1.0 - eps) * t + jnp.where(valid, eps / k[..., None], 0.0)
-    return sm, lse, t
+    return x, shift, log_sum, nonempty, t
 
 
-def _prob_loss(x, lse, t, z):
-    x = _upcast(x)
-    total = jnp.sum(t, axis=-1)
-    nonempty = jnp.isfinite(lse)
-    lse_c = jnp.where(nonempty, lse, jnp.zeros_like(lse))
-    # CE = sum_c t_c (lse - x_c) = lse sum_c t_c - sum_c t_c x_c
-    loss = lse_c * total - _weighted_sum(t, x)
+def _prob_loss(x, shift, log_sum, t, z):
+    # CE = sum_c t_c (lse - x_c), each gap formed as log_sum + (shift - x_c)
+    loss = _gap_sum(t, shift, log_sum, x)
     if z > 0.0:
-        loss = loss + z * jnp.where(total != 0, lse_c * lse_c, 0.0)
+        total = jnp.sum(t, axis=-1)
+        lse = shift + log_sum
+        loss = loss + z * jnp.where(total != 0, lse * lse, 0.0)
     return loss
 
 
-def _prob_tangent(x, lse, labels, mask, dx, eps, z):
-    _, _, t = _prob_rows(x, labels, mask, eps)
-    x = _upcast(x)
-    p = _softmax_from_lse(_masked(x, mask), lse)
+def _prob_tangent(x, shift, log_sum, nonempty, labels, mask, dx, eps, z):
+    x, _, _, _, t = _prob_rows(x, labels, mask, eps)
+    p = _softmax_from_parts(_masked(x, mask), shift, log_sum, nonempty)
     total = jnp.sum(t, axis=-1)
-    lse_c = jnp.where(jnp.isfinite(lse), lse, jnp.zeros_like(lse))
-    a = total + 2.0 * z * jnp.where(total != 0, lse_c, 0.0)
+    a = total + 2.0 * z * jnp.where(total != 0, shift + log_sum, 0.0)
     g = p * a[..., None] - t
     return jnp.sum(g * dx.astype(g.dtype), axis=-1)
 
 
+def _prob_forward(x, labels, mask, eps, z):
+    xu, shift, log_sum, _, t = _prob_rows(x, labels, mask, eps)
+    return _prob_loss(xu, shift, log_sum, t, z)
+
+
 @partial(jax.custom_jvp, nondiff_argnums=(3, 4))
 def _ce_prob(x, labels, mask, eps, z):
-    _, lse, t = _prob_rows(x, labels, mask, eps)
-    return _prob_loss(x, lse, t, z)
+    return _prob_forward(x, labels, mask, eps, z)
 
 
 @partial(_ce_prob.defjvp, symbolic_zeros=True)
 def _ce_prob_jvp(eps, z, primals, tangents):
     x, labels, mask = primals
     dx, dlabels, _ = tangents
-    _, lse, t = _prob_rows(x, labels, mask, eps)
-    loss = _prob_loss(x, lse, t, z)
+    xu, shift, log_sum, nonempty, t = _prob_rows(x, labels, mask, eps)
+    loss = _prob_loss(xu, shift, log_sum, t, z)
     if cm.is_zero(dx):
         dloss = jnp.zeros_like(loss)
     else:
         tangent = jax.checkpoint(partial(_prob_tangent, eps=eps, z=z))
-        dloss = tangent(x, lse, labels, mask, dx)
+        dloss = tangent(x, shift, log_sum, nonempty, labels, mask, dx)
     if not cm.is_zero(dlabels):
         # Distillation differentiates the targets too: autodiff of the plain forward.
         def of_labels(lab):
-            _, lse_, t_ = _prob_rows(x, lab, mask, eps)
-            return _prob_loss(x, lse_, t_, z)
+            return _prob_forward(x, lab, mask, eps, z)
 
         dloss = dloss + jax.jvp(of_labels, (labels,), (dlabels,))[1]
     return loss, dloss
@@ -384,16 +443,8 @@ def softmax_cross_entropy_with_integer_labels(
     num_classes = x.shape[-1]
     w = _prepare_class_weight(weight, num_classes)
     cm.check_labels_in_range(y, num_classes, ignore_index)
-    dtype = cm.compute_dtype(x)
-    loss = _ce_int(x, y, w, mask, ignore_index, eps, z, cap)
-    if reduction != "mean":
-        return cm.reduce_loss(loss, reduction)
-    # The soft cap maps -inf to -cap, so with a cap only `where` can empty a row.
-    if cap is None:
-        rows = _rows_with_classes(x, mask)
-    else:
-        rows = None if mask is None else jnp.any(mask, axis=-1)
-    return cm.reduce_loss(loss, reduction, _counted_weight(y, w, rows, ignore_index, dtype))
+    loss, divisor = _ce_int(x, y, w, mask, ignore_index, eps, z, cap)
+    return cm.reduce_loss(loss, reduction, divisor if reduction == "mean" else None)
 
 
 def _active_rows(y, rows, ignore_index):
