@@ -56,10 +56,10 @@ def _kl_elements(lp, t, mask, log_target):
 
 def _kl_tangent(lp, t, mask, dlp, dt, log_target):
     lp, t = _upcast(lp, t)
-    out = jnp.zeros(lp.shape, lp.dtype)
+    terms = []
     prob = jnp.exp(t) if log_target else t
     if dlp is not None:
-        out = out - prob * dlp.astype(lp.dtype)
+        terms.append(-(prob * dlp.astype(lp.dtype)))
     if dt is not None:
         if log_target:
             coef = cm.safe_mul(prob, t - lp + 1.0)
@@ -67,8 +67,8 @@ def _kl_tangent(lp, t, mask, dlp, dt, log_target):
             nz = t != 0
             log_t = jnp.log(jnp.where(nz, t, jnp.ones_like(t)))
             coef = jnp.where(nz, log_t + 1.0 - jnp.where(nz, lp, 0.0), 0.0)
-        out = out + coef * dt.astype(lp.dtype)
-    return jnp.sum(_masked(out, mask), axis=-1)
+        terms.append(coef * dt.astype(lp.dtype))
+    return jnp.sum(_masked(sum(terms[1:], terms[0]), mask), axis=-1)
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(3,))

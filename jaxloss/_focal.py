@@ -131,21 +131,21 @@ def _sigmoid_tangent(x, y, alpha, dx, dy, dalpha, gamma):
     p, q, log_u, w_a, w_b, ce = _sigmoid_parts(x, y)
     ug = _pow_gamma(log_u, gamma)
     a_t = _alpha_t(y, alpha)
-    out = jnp.zeros(jnp.broadcast_shapes(x.shape, y.shape), x.dtype)
+    terms = []
     if dx is not None:
         # dFL/dx = u^g [(p - y) + g ce (1 - 2y) pq/u],  pq/u = w_a q + w_b p
         g = ug * ((p - y) + gamma * (1.0 - 2.0 * y) * (ce * (w_a * q + w_b * p)))
-        out = out + (g if a_t is None else a_t * g) * dx.astype(x.dtype)
+        terms.append((g if a_t is None else a_t * g) * dx.astype(x.dtype))
     if dy is not None:
         xf = _finite(x)
         # dFL/dy = u^g [-x + g (q - p) ce/u],  ce/u = w_a h(x) + w_b h(-x)
         g = ug * (-xf + gamma * (q - p) * (w_a * _h(xf) + w_b * _h(-xf)))
         if a_t is not None:
             g = a_t * g + (2.0 * alpha - 1.0) * ce * ug
-        out = out + g * dy.astype(x.dtype)
+        terms.append(g * dy.astype(x.dtype))
     if dalpha is not None:
-        out = out + (2.0 * y - 1.0) * ce * ug * dalpha.astype(x.dtype)
-    return out
+        terms.append((2.0 * y - 1.0) * ce * ug * dalpha.astype(x.dtype))
+    return sum(terms[1:], terms[0])
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(3,))

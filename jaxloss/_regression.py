@@ -19,6 +19,7 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from jaxloss import _common as cm
 
@@ -54,13 +55,17 @@ def _error(x, t):
 
 
 def _linear(coef, dx, dt):
-    # coef * (dx - dt), with symbolic-zero tangents skipped
-    out = jnp.zeros_like(coef)
-    if not cm.is_zero(dx):
-        out = out + coef * dx.astype(coef.dtype)
-    if not cm.is_zero(dt):
-        out = out - coef * dt.astype(coef.dtype)
-    return out
+    # coef * (dx - dt); None is a zero tangent, the callers skip the all-zero case
+    if dt is None:
+        return coef * dx.astype(coef.dtype)
+    if dx is None:
+        return -(coef * dt.astype(coef.dtype))
+    return coef * (dx.astype(coef.dtype) - dt.astype(coef.dtype))
+
+
+def _abs(e):
+    # |e| = e sign(e): derivative sign(e), 0 at e = 0 as in PyTorch (jnp.abs gives 1)
+    return e * lax.stop_gradient(jnp.sign(e))
 
 
 # --------------------------------------------------------------------------
@@ -174,7 +179,7 @@ def absolute_error(
     """
     x, t = _prepare(predictions, targets)
     cm.check_reduction(reduction)
-    return cm.reduce_loss(jnp.abs(_error(x, t)), reduction)
+    return cm.reduce_loss(_abs(_error(x, t)), reduction)
 
 
 # --------------------------------------------------------------------------
@@ -189,10 +194,11 @@ def _huber_value(x, t, delta, scale):
     return scale * (0.5 * (quad * quad) + delta * (a - quad))
 
 
-def _huber_slope(x, t, delta, scale):
+def _huber_tangent(x, t, dx, dt, delta, scale):
     e = _error(x, t)
     # d/de = clip(e, -delta, delta); second derivative 1 up to and at the kink, 0 beyond
-    return scale * jnp.where(jnp.abs(e) <= delta, e, delta * jnp.sign(e))
+    slope = scale * jnp.where(jnp.abs(e) <= delta, e, delta * jnp.sign(e))
+    return _linear(slope, dx, dt)
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(2, 3))
@@ -203,10 +209,13 @@ def _huber(x, t, delta, scale):
 @partial(_huber.defjvp, symbolic_zeros=True)
 def _huber_jvp(delta, scale, primals, tangents):
     x, t = primals
-    dx, dt = tangents
+    dx, dt = (None if cm.is_zero(d) else d for d in tangents)
     loss = _huber_value(x, t, delta, scale)
-    slope = jax.checkpoint(partial(_huber_slope, delta=delta, scale=scale))(x, t)
-    return loss, _linear(slope, dx, dt)
+    if dx is None and dt is None:
+        return loss, jnp.zeros_like(loss)
+    # Recomputed in the backward pass: the residuals are the inputs only.
+    tangent = jax.checkpoint(partial(_huber_tangent, delta=delta, scale=scale))
+    return loss, tangent(x, t, dx, dt)
 
 
 def huber_loss(
@@ -294,7 +303,7 @@ def smooth_l1_loss(
     cm.check_reduction(reduction)
     b = cm.static_float(beta, "beta", low=0.0)
     if b == 0.0:
-        return cm.reduce_loss(jnp.abs(_error(x, t)), reduction)  # beta = 0 is L1
+        return cm.reduce_loss(_abs(_error(x, t)), reduction)  # beta = 0 is L1
     return cm.reduce_loss(_huber(x, t, b, 1.0 / b), reduction)
 
 
@@ -316,8 +325,8 @@ def _log_cosh_value(x, t):
     return jnp.where(small, near, far)
 
 
-def _log_cosh_slope(x, t):
-    return jnp.tanh(_error(x, t))  # d/de log cosh e = tanh e
+def _log_cosh_tangent(x, t, dx, dt):
+    return _linear(jnp.tanh(_error(x, t)), dx, dt)  # d/de log cosh e = tanh e
 
 
 @jax.custom_jvp
@@ -328,10 +337,11 @@ def _log_cosh(x, t):
 @partial(_log_cosh.defjvp, symbolic_zeros=True)
 def _log_cosh_jvp(primals, tangents):
     x, t = primals
-    dx, dt = tangents
+    dx, dt = (None if cm.is_zero(d) else d for d in tangents)
     loss = _log_cosh_value(x, t)
-    slope = jax.checkpoint(_log_cosh_slope)(x, t)
-    return loss, _linear(slope, dx, dt)
+    if dx is None and dt is None:
+        return loss, jnp.zeros_like(loss)
+    return loss, jax.checkpoint(_log_cosh_tangent)(x, t, dx, dt)
 
 
 def log_cosh(
