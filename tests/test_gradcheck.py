@@ -594,7 +594,7 @@ def _b_fused(regime, rng):
 
 
 def _mesh():
-    return jax.make_mesh((1,), ("v",))
+    return jax.make_mesh((1,), ("v",), axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def _b_vocab_parallel(regime, rng):
