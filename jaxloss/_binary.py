@@ -71,9 +71,13 @@ def _bce_tangent(x, y, pw, w, dx, eps):
     x = x.astype(cm.compute_dtype(x))
     a, b = _bce_coeffs(x, y, pw, eps)
     # d/dx [a sp(-x) + b sp(x)] = sigmoid(x) (a + b) - a, with sigmoid(x) =
-    # 1 / (1 + exp(-x)), accurate in relative terms for every x (exp(-x) = inf
-    # gives 0). XLA:CPU's own logistic lowering makes an [N, C] temporary here.
-    g = (a + b) / (1.0 + jnp.exp(-x)) - a
+    # (h + (1 - h) e) / (1 + e), e = exp(-|x|), h = (1 + sign(x)) / 2: accurate in
+    # relative terms for every x, select-free (XLA:CPU's own logistic lowering
+    # makes an [N, C] temporary here), and e <= 1 never overflows, so the
+    # derivatives stay finite at x = +-inf (1 / (1 + exp(-x)) gives NaN there).
+    e = jnp.exp(-jnp.abs(x))
+    h = 0.5 * (1.0 + jnp.sign(x))
+    g = (a + b) * ((h + (1.0 - h) * e) / (1.0 + e)) - a
     if w is not None:
         g = _widen(w, g) * g
     return (g * dx.astype(x.dtype))[..., 0]
@@ -177,7 +181,8 @@ def sigmoid_binary_cross_entropy(
 
     Note:
       Logits of ``+inf`` with label 1 (or ``-inf`` with label 0) give loss 0
-      and gradient 0; a disagreeing label gives ``inf``. Never NaN for finite
+      and gradient 0; a disagreeing label saturates at the largest float
+      (PyTorch gives ``inf``) with gradient :math:`\pm 1`. Never NaN for finite
       or infinite logits and labels in [0, 1].
 
     References:
@@ -200,7 +205,9 @@ def sigmoid_binary_cross_entropy(
 # BCELoss on probabilities ---------------------------------------------------
 
 _LOG_CLAMP = -100.0  # PyTorch clamps each log at -100
-_GRAD_EPS = 1e-12  # PyTorch's backward divides by max(p (1 - p), 1e-12)
+# PyTorch's backward divides by max(p (1 - p), 1e-12), its 1e-12 being a float32
+# constant: 9.99999996e-13 (the float64 gradient then matches PyTorch's to the bit).
+_GRAD_EPS = float(np.float32(1e-12))
 
 
 def _clamped_logs(p):
