@@ -49,11 +49,17 @@ Array = jax.Array
 # --------------------------------------------------------------------------
 
 
-def _finite(x: Array) -> Array:
+def _finite(x: Array, bound: float | None = None) -> Array:
     # +-inf -> +-float max: the limits of every derivative formula below are
     # then reached without inf * 0.
-    big = jnp.finfo(x.dtype).max
+    big = jnp.finfo(x.dtype).max if bound is None else bound
     return jnp.clip(x, -big, big)
+
+
+# Beyond |x| = 1000 every factor of the slopes w.r.t. the logits is saturated
+# (exp(-1000) is 0 even in float64), so clipping there changes no slope and keeps
+# their own derivatives (Hessians) free of float-max * 0 products.
+_SATURATED = 1e3
 
 
 def _safe_log(a: Array) -> Array:
@@ -83,9 +89,9 @@ def _h(z: Array) -> Array:
 # --------------------------------------------------------------------------
 
 
-def _sigmoid_parts(x, y):
-    """p, q, log u, w_a, w_b and ce (of the finite-clipped ``x``)."""
-    x = _finite(x)
+def _sigmoid_parts(x, y, bound=None):
+    """p, q, log u, w_a, w_b and ce of ``x`` clipped to +-``bound`` (float max by default)."""
+    x = _finite(x, bound)
     e = jnp.exp(-jnp.abs(x))
     tail = jnp.log1p(e)
     log_p = jnp.minimum(x, 0.0) - tail  # log sigmoid(x)
@@ -128,14 +134,18 @@ def _sigmoid_forward(x, y, alpha, gamma):
 def _sigmoid_tangent(x, y, alpha, dx, dy, dalpha, gamma):
     x = x.astype(cm.compute_dtype(x))
     y = y.astype(x.dtype)
-    p, q, log_u, w_a, w_b, ce = _sigmoid_parts(x, y)
-    ug = _pow_gamma(log_u, gamma)
     a_t = _alpha_t(y, alpha)
     terms = []
     if dx is not None:
+        p, q, log_u, w_a, w_b, ce = _sigmoid_parts(x, y, _SATURATED)
+        ug = _pow_gamma(log_u, gamma)
         # dFL/dx = u^g [(p - y) + g ce (1 - 2y) pq/u],  pq/u = w_a q + w_b p
         g = ug * ((p - y) + gamma * (1.0 - 2.0 * y) * (ce * (w_a * q + w_b * p)))
         terms.append((g if a_t is None else a_t * g) * dx.astype(x.dtype))
+    if dy is not None or dalpha is not None:
+        # linear in x for large |x|: the full range is needed here
+        p, q, log_u, w_a, w_b, ce = _sigmoid_parts(x, y)
+        ug = _pow_gamma(log_u, gamma)
     if dy is not None:
         xf = _finite(x)
         # dFL/dy = u^g [-x + g (q - p) ce/u],  ce/u = w_a h(x) + w_b h(-x)
@@ -230,12 +240,14 @@ def sigmoid_focal_loss(
     dtype = cm.compute_dtype(x)
     a = None
     if alpha is not None:
-        a = cm.broadcast_to_shape(cm.as_float_array(alpha, "alpha"), x.shape, "alpha", "logits")
+        a = cm.as_float_array(alpha, "alpha")
+        if a.ndim:  # a scalar stays a scalar (no [N] copy kept for the backward pass)
+            a = cm.broadcast_to_shape(a, x.shape, "alpha", "logits")
         if cm.is_concrete(a) and (((av := jax.device_get(a)) < 0) | (av > 1)).any():
             raise ValueError("alpha must lie in [0, 1].")
         a = a.astype(dtype)
-    # x stays in the caller's dtype: the rule widens it, so the gradient comes back in it.
-    y = y if jnp.issubdtype(y.dtype, jnp.floating) else y.astype(dtype)
+    # x and y stay in the caller's dtypes: the rule widens them, so the residuals are
+    # the caller's buffers and the gradient comes back in the input dtype.
     loss = _sigmoid_focal(x, y, a, g)
     return cm.reduce_loss(loss, reduction)
 
@@ -269,7 +281,7 @@ def _margin_loss(d, gamma):
 
 def _margin_slope(d, gamma):
     # dFL/dd = -sigmoid(-d)^g [sigmoid(-d) + g sigmoid(d) sp(-d)]
-    d = _finite(d)
+    d = _finite(d, _SATURATED)
     s_neg = jax.nn.sigmoid(-d)
     return -_pow_gamma(jax.nn.log_sigmoid(-d), gamma) * (
         s_neg + gamma * jax.nn.sigmoid(d) * jax.nn.softplus(-d)
