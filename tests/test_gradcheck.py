@@ -357,6 +357,7 @@ def _b_int_ce(regime, rng):
         ref = lambda x, y, w: jnp.sum(_ce_ref(x, y, weight=w))
         return Case(lambda x, y, w: fn(x, y, weight=w, reduction="sum"), (f32(x), y, w), 0, ref)
     y = jnp.array([0, -100, 1, 4])  # row 1 ignored, row 2 fully masked
+    x[3, 2] = -np.inf  # and a -inf logit in a row that counts
     return Case(
         lambda x, y, w, m: fn(
             x, y, weight=w, where=m, ignore_index=-100, label_smoothing=0.2, reduction="mean"
