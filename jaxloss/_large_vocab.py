@@ -51,6 +51,7 @@ all-reduce that sums each shard's ``g @ kernel_shard.T``.
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -601,9 +602,61 @@ def fused_linear_softmax_cross_entropy(
     )
     n, v = h.shape[0], w.shape[1]
     cm.check_labels_in_range(y, v, ignore_index)
+    row_axes = _explicit_row_axes(h)
+    if row_axes is not None:
+        return _data_parallel(h, w, b, y, row_axes, ignore_index, eps, z, cap, reduction, chunk)
     chunk = _default_chunk(n, v) if chunk is None else min(chunk, max(n, 1))
     opts = _Opts(ignore_index, eps, z, cap, reduction, chunk, v, None, "fused")
     return _fused(h, w, b, y, opts)
+
+
+def _explicit_row_axes(h):
+    """Mesh axes that ``hidden``'s rows are explicitly sharded over (jit with
+    ``AxisType.Explicit`` meshes, the ``jax.make_mesh`` default), else ``None``."""
+    sharding = getattr(jax.typeof(h), "sharding", None)
+    spec = getattr(sharding, "spec", None)
+    if not spec or spec[0] is None:
+        return None
+    return spec[0]
+
+
+def _data_parallel(h, w, b, y, row_axes, ignore_index, eps, z, cap, reduction, chunk):
+    """Rows sharded over a data-parallel mesh: each device runs the fused loss on
+    its own rows (``shard_map``); per-device sums are added with one ``psum`` and
+    the kernel's gradient is summed once, at the end, by the ``psum``'s transpose.
+    """
+    from jax.sharding import PartitionSpec as P
+
+    mesh = jax.typeof(h).sharding.mesh
+    axes = row_axes if isinstance(row_axes, tuple) else (row_axes,)
+    shards = math.prod(mesh.shape[a] for a in axes)
+    n_local, v = h.shape[0] // shards, w.shape[1]
+    chunk = _default_chunk(n_local, v) if chunk is None else min(chunk, max(n_local, 1))
+    local_reduction = "none" if reduction == "none" else "sum"
+    opts = _Opts(ignore_index, eps, z, cap, local_reduction, chunk, v, None, "fused")
+
+    # The kernel and bias are used whole on every device.
+    def put(x, spec):
+        return jax.sharding.reshard(x, jax.NamedSharding(mesh, spec))
+
+    w = put(w, P())
+    b = None if b is None else put(b, P())
+    h, y = put(h, P(row_axes)), put(y, P(row_axes))
+
+    def local(h, w, b, y):
+        loss = _fused(h, w, b, y, opts)
+        return loss if reduction == "none" else lax.psum(loss, axes)
+
+    out = jax.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=(P(row_axes), P(), P(), P(row_axes)),
+        out_specs=P(row_axes) if reduction == "none" else P(),
+    )(h, w, b, y)
+    if reduction != "mean":
+        return out
+    count = jnp.sum(y != ignore_index) if ignore_index is not None else y.shape[0]
+    return cm.safe_divide(out, jnp.asarray(count, out.dtype))
 
 
 def vocab_parallel_fused_linear_softmax_cross_entropy(

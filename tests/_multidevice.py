@@ -1,0 +1,595 @@
+"""Checks that need several devices, run as a script with 8 simulated CPU devices.
+
+``tests/test_sharding.py`` runs ``python tests/_multidevice.py`` in a subprocess
+with ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` (the flag must be
+set before JAX is imported, so these checks cannot run in the pytest process).
+Each check is a function below; the script runs the ones named on the command
+line (all by default), prints one JSON line ``{"check": "ok" | traceback}``
+and exits non-zero when any failed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+import traceback
+from functools import partial
+
+import numpy as np
+
+DEVICES = 8
+
+
+def _setup():
+    flag = f"--xla_force_host_platform_device_count={DEVICES}"
+    if flag not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    jax.config.update("jax_numpy_dtype_promotion", "strict")
+    jax.config.update("jax_numpy_rank_promotion", "raise")
+    assert jax.device_count() == DEVICES, jax.devices()
+
+
+# --------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------
+
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute", "all-to-all")
+
+
+def collectives(hlo_text: str) -> list[tuple[str, str]]:
+    """(op, result shape) for every collective in compiled HLO text.
+
+    Async pairs (``all-gather-start``/``-done``) count once, at the start.
+    """
+    found = []
+    pattern = re.compile(r"=\s*(\(?[^=]*?\)?)\s+(" + "|".join(COLLECTIVES) + r")(-start)?\(")
+    for line in hlo_text.splitlines():
+        m = pattern.search(line)
+        if m:
+            found.append((m.group(2), m.group(1).strip()))
+    return found
+
+
+def _mesh(name="v"):
+    import jax
+
+    return jax.make_mesh((DEVICES,), (name,))
+
+
+def _put(x, mesh, spec):
+    import jax
+
+    return jax.device_put(x, jax.NamedSharding(mesh, spec))
+
+
+def _close(a, b, tol, what):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=tol, atol=tol, err_msg=what)
+
+
+# --------------------------------------------------------------------------
+# Vocabulary-parallel cross-entropy on sharded logits
+# --------------------------------------------------------------------------
+
+VP_OPTIONS = [
+    {},
+    # every row option at once: class weights, ignored rows, smoothing, z-loss, soft cap
+    {
+        "weight": True,
+        "label_smoothing": 0.1,
+        "ignore_index": -100,
+        "z_loss": 1e-3,
+        "logit_softcap": 4.0,
+    },
+    # masks: `where` (with an empty row), -inf logits (whole shards, an all -inf row)
+    {"where": True, "neg_inf": True, "label_smoothing": 0.3, "ignore_index": -100},
+]
+
+
+def _vp_case(opts, dtype, n=12, c=64, seed=0):
+    """NumPy data (no eager JAX ops: each would compile for 8 devices)."""
+    rng = np.random.default_rng(seed)
+    x = (3.0 * rng.standard_normal((n, c))).astype(dtype)
+    y = rng.integers(0, c, n).astype(np.int32)
+    kwargs = {}
+    if opts.get("ignore_index") is not None:
+        y[[1, 5]] = -100
+        kwargs["ignore_index"] = -100
+    for name in ("label_smoothing", "z_loss", "logit_softcap"):
+        if name in opts:
+            kwargs[name] = opts[name]
+    if opts.get("weight"):
+        kwargs["weight"] = rng.uniform(0.5, 2.0, c).astype(dtype)
+    if opts.get("where"):
+        mask = rng.uniform(size=(n, c)) < 0.7
+        mask[np.arange(n), np.clip(y, 0, c - 1)] = True
+        mask[3] = False  # a row with no allowed class
+        kwargs["where"] = mask
+    if opts.get("neg_inf"):
+        x[:, 5:20] = -np.inf  # whole shards of -inf, and a partial one
+        y = np.where((y >= 5) & (y < 20), 0, y).astype(np.int32)
+        x[7] = -np.inf  # a row with every logit -inf
+    return x, y, kwargs
+
+
+def _vp_sharded(kwargs, reduction, mesh):
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import PartitionSpec as P
+
+    import jaxloss
+
+    has_where = "where" in kwargs
+    has_weight = "weight" in kwargs
+    static = {k: v for k, v in kwargs.items() if k not in ("where", "weight")}
+
+    def local(x, y, mask, weight):
+        return jaxloss.vocab_parallel_softmax_cross_entropy(
+            x, y, axis_name="v", where=mask, weight=weight, reduction=reduction, **static
+        )
+
+    in_specs = (P(None, "v"), P(), P(None, "v") if has_where else None, P() if has_weight else None)
+    f = jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=P())
+
+    def call(x, y):
+        mask = _put(kwargs["where"], mesh, P(None, "v")) if has_where else None
+        weight = _put(kwargs["weight"], mesh, P()) if has_weight else None
+        return f(x, y, mask, weight)
+
+    del jnp
+    return call
+
+
+def _value_grad_jvp(f, r, reduction):
+    """One jitted function: f's value, the gradient of a scalar summary, and a jvp."""
+    import jax
+    import jax.numpy as jnp
+
+    def scal(*a):
+        out = f(*a)
+        return (jnp.sum(out * r) if reduction == "none" else out), out
+
+    def run(args, tangent):
+        (_, value), grads = jax.value_and_grad(scal, argnums=tuple(range(len(args))), has_aux=True)(
+            *args
+        )
+        tan = jax.jvp(lambda a0: f(a0, *args[1:]), (args[0],), (tangent,))[1]
+        return value, grads, tan
+
+    return run
+
+
+def check_vocab_parallel_matches_unsharded():
+    """Loss, gradient and jvp equal the unsharded loss for every option, two reductions."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import PartitionSpec as P
+
+    import jaxloss
+
+    mesh = _mesh()
+    cases = [(jnp.float64, 1e-10, opts) for opts in VP_OPTIONS]
+    cases += [(jnp.float32, 1e-6, VP_OPTIONS[1])]
+    for dtype, tol, opts in cases:
+        x, y, kwargs = _vp_case(opts, dtype)
+        xs, ys = _put(x, mesh, P(None, "v")), _put(y, mesh, P())
+        r = np.linspace(0.5, 1.5, x.shape[0]).astype(dtype)
+        dx = np.where(np.isfinite(x), np.cos(np.where(np.isfinite(x), x, 0.0)), 0.0).astype(dtype)
+        for reduction in ("none", "mean"):
+            f = _vp_sharded(kwargs, reduction, mesh)
+
+            def ref(x_, kw=kwargs, red=reduction, y=y):
+                return jaxloss.softmax_cross_entropy_with_integer_labels(x_, y, reduction=red, **kw)
+
+            what = f"{dtype.__name__} {opts} {reduction}"
+            got = jax.jit(_value_grad_jvp(lambda x_: f(x_, ys), r, reduction))(
+                (xs,), _put(dx, mesh, P(None, "v"))
+            )
+            want = jax.jit(_value_grad_jvp(ref, r, reduction))((x,), dx)
+            _close(got[0], want[0], tol, what + " value")
+            _close(got[1][0], want[1][0], tol, what + " grad")
+            _close(got[2], want[2], tol, what + " jvp")
+            # The gradient stays sharded like the logits.
+            assert got[1][0].sharding.spec in (P(None, "v"), P(None, ("v",))), got[1][0].sharding
+
+
+def check_vocab_parallel_batch_and_axis():
+    """Leading batch axes and a class axis other than the last."""
+    import jax
+    from jax.sharding import PartitionSpec as P
+
+    import jaxloss
+
+    mesh = _mesh()
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 32, 5))  # class axis 1
+    y = rng.integers(0, 32, (3, 5)).astype(np.int32)
+
+    def local(x, y):
+        return jaxloss.vocab_parallel_softmax_cross_entropy(
+            x, y, axis_name="v", axis=1, label_smoothing=0.1, reduction="mean"
+        )
+
+    f = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(None, "v"), P()), out_specs=P()))
+    ref = jax.jit(
+        lambda x: jaxloss.softmax_cross_entropy_with_integer_labels(
+            x, y, axis=1, label_smoothing=0.1, reduction="mean"
+        )
+    )(x)
+    _close(f(_put(x, mesh, P(None, "v")), _put(y, mesh, P())), ref, 1e-10, "axis=1")
+
+
+def check_vocab_parallel_weight_gradient():
+    """Differentiating the (replicated) class weights."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import PartitionSpec as P
+
+    import jaxloss
+
+    mesh = _mesh()
+    x, y, kwargs = _vp_case({"weight": True, "label_smoothing": 0.1}, jnp.float64)
+    w = kwargs.pop("weight")
+
+    def local(x, y, w):
+        return jaxloss.vocab_parallel_softmax_cross_entropy(
+            x, y, axis_name="v", weight=w, reduction="mean", **kwargs
+        )
+
+    f = jax.shard_map(local, mesh=mesh, in_specs=(P(None, "v"), P(), P()), out_specs=P())
+    g = jax.jit(jax.grad(f, argnums=2))(_put(x, mesh, P(None, "v")), _put(y, mesh, P()), w)
+    gr = jax.jit(
+        jax.grad(
+            lambda w_: jaxloss.softmax_cross_entropy_with_integer_labels(
+                x, y, weight=w_, reduction="mean", **kwargs
+            )
+        )
+    )(w)
+    _close(g, gr, 1e-10, "d weight")
+
+
+def check_vocab_parallel_collectives():
+    """One O(N) all-gather in the forward pass; nothing added by the backward pass."""
+    import jax
+    from jax.sharding import PartitionSpec as P
+
+    import jaxloss
+
+    mesh = _mesh()
+    n, c = 16, 1024
+    x = _put(np.zeros((n, c), np.float32), mesh, P(None, "v"))
+    y = _put(np.zeros((n,), np.int32), mesh, P())
+    for opts in ({}, {"label_smoothing": 0.1, "z_loss": 1e-4, "ignore_index": -1}):
+
+        def local(x, y, opts=opts):
+            return jaxloss.vocab_parallel_softmax_cross_entropy(
+                x, y, axis_name="v", reduction="mean", **opts
+            )
+
+        f = jax.shard_map(local, mesh=mesh, in_specs=(P(None, "v"), P()), out_specs=P())
+        fwd = collectives(jax.jit(f).lower(x, y).compile().as_text())
+        both = collectives(jax.jit(jax.value_and_grad(f)).lower(x, y).compile().as_text())
+        for ops in (fwd, both):
+            assert [op for op, _ in ops] == ["all-gather"], ops
+            shape = ops[0][1]
+            dims = [int(d) for d in re.findall(r"\[([\d,]*)\]", shape)[0].split(",")]
+            # [P, k, N] statistics with k <= 5: O(N), never [N, C].
+            assert dims[0] == DEVICES and dims[-1] == n and dims[1] <= 5, shape
+
+
+def check_vocab_parallel_check_vma_false():
+    """shard_map(check_vma=False): same loss and gradient, still one all-gather."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import PartitionSpec as P
+
+    import jaxloss
+
+    mesh = _mesh()
+    x, y, _ = _vp_case({}, jnp.float64)
+
+    def local(x, y):
+        return jaxloss.vocab_parallel_softmax_cross_entropy(x, y, axis_name="v", reduction="sum")
+
+    f = jax.shard_map(
+        local, mesh=mesh, in_specs=(P(None, "v"), P()), out_specs=P(), check_vma=False
+    )
+    xs, ys = _put(x, mesh, P(None, "v")), _put(y, mesh, P())
+    vg = jax.jit(jax.value_and_grad(f))
+    got = vg(xs, ys)
+    want = jax.jit(
+        jax.value_and_grad(
+            lambda x: jaxloss.softmax_cross_entropy_with_integer_labels(x, y, reduction="sum")
+        )
+    )(x)
+    _close(got[0], want[0], 1e-10, "check_vma=False value")
+    _close(got[1], want[1], 1e-10, "check_vma=False grad")
+    ops = [op for op, _ in collectives(vg.lower(xs, ys).compile().as_text())]
+    assert ops == ["all-gather"], ops
+
+
+# --------------------------------------------------------------------------
+# Vocabulary-parallel fused linear cross-entropy
+# --------------------------------------------------------------------------
+
+FUSED_OPTIONS = [
+    {},
+    {"ignore_index": -100, "label_smoothing": 0.1, "z_loss": 1e-3, "logit_softcap": 2.0},
+]
+
+
+def _fused_case(dtype, n=20, d=6, v=64, seed=2):
+    rng = np.random.default_rng(seed)
+    h, w, b = (rng.standard_normal(shape).astype(dtype) for shape in ((n, d), (d, v), (v,)))
+    y = rng.integers(0, v, n).astype(np.int32)
+    y[[0, 9]] = -100
+    return h, w, b, y
+
+
+def _fused_sharded(mesh, reduction, opts, chunk_size=8):
+    import jax
+    from jax.sharding import PartitionSpec as P
+
+    import jaxloss
+
+    def local(h, w, b, y):
+        return jaxloss.vocab_parallel_fused_linear_softmax_cross_entropy(
+            h,
+            w,
+            y,
+            axis_name="v",
+            bias_shard=b,
+            reduction=reduction,
+            chunk_size=chunk_size,
+            **opts,
+        )
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(None, "v"), P("v"), P()), out_specs=P())
+
+
+def check_vocab_parallel_fused_matches_unsharded():
+    """Loss, gradients w.r.t. hidden, kernel and bias, and jvp equal the materialised loss."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import PartitionSpec as P
+
+    import jaxloss
+
+    mesh = _mesh()
+    # "mean": gradients formed in the forward pass; "none": the recompute path.
+    cases = [(jnp.float64, 1e-10, FUSED_OPTIONS[1], red) for red in ("mean", "none")]
+    cases += [(jnp.float32, 1e-5, FUSED_OPTIONS[0], "sum")]
+    for dtype, tol, opts, reduction in cases:
+        h, w, b, y = _fused_case(dtype)
+        if "ignore_index" not in opts:
+            y = np.maximum(y, 0)
+        r = np.linspace(0.5, 1.5, h.shape[0]).astype(dtype)
+        args = (_put(h, mesh, P()), _put(w, mesh, P(None, "v")), _put(b, mesh, P("v")))
+        ys = _put(y, mesh, P())
+        f = _fused_sharded(mesh, reduction, opts)
+
+        def ref(h_, w_, b_, opts=opts, red=reduction, y=y):
+            return jaxloss.softmax_cross_entropy_with_integer_labels(
+                h_ @ w_ + b_[None, :], y, reduction=red, **opts
+            )
+
+        what = f"{dtype.__name__} {opts} {reduction}"
+        dh = _put(h * 0.5, mesh, P())
+        got = jax.jit(_value_grad_jvp(lambda *a: f(*a, ys), r, reduction))(args, dh)
+        want = jax.jit(_value_grad_jvp(ref, r, reduction))((h, w, b), h * 0.5)
+        _close(got[0], want[0], tol, what + " value")
+        for name, a, e in zip("hWb", got[1], want[1], strict=True):
+            _close(a, e, tol, f"{what} d{name}")
+        _close(got[2], want[2], tol, what + " jvp")
+
+
+def check_vocab_parallel_fused_collectives():
+    """Forward: one all-gather. With d hidden: plus exactly one [N, D] all-reduce."""
+    import jax
+    from jax.sharding import PartitionSpec as P
+
+    mesh = _mesh()
+    n, d, v = 32, 16, 512
+    h = _put(np.zeros((n, d), np.float32), mesh, P())
+    w = _put(np.zeros((d, v), np.float32), mesh, P(None, "v"))
+    b = _put(np.zeros((v,), np.float32), mesh, P("v"))
+    y = _put(np.zeros((n,), np.int32), mesh, P())
+    f = _fused_sharded(mesh, "mean", {"label_smoothing": 0.1})
+    fwd = collectives(jax.jit(f).lower(h, w, b, y).compile().as_text())
+    assert [op for op, _ in fwd] == ["all-gather"], fwd
+    vg = jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)))
+    both = collectives(vg.lower(h, w, b, y).compile().as_text())
+    ops = sorted(op for op, _ in both)
+    assert ops == ["all-gather", "all-reduce"], both
+    reduce_shape = next(s for op, s in both if op == "all-reduce")
+    assert reduce_shape.replace(" ", "").startswith(f"f32[{n},{d}]"), both
+    only_kernel = jax.jit(jax.value_and_grad(f, argnums=1))
+    ops = [op for op, _ in collectives(only_kernel.lower(h, w, b, y).compile().as_text())]
+    assert ops == ["all-gather"], ops
+
+
+# --------------------------------------------------------------------------
+# Every exported loss under data parallelism
+# --------------------------------------------------------------------------
+
+
+def _builders():
+    """Small argument builders per public loss: name -> (args, list of kwargs)."""
+
+    b, c = 16, 5  # batch divisible by the 8 devices
+    rng = np.random.default_rng(3)
+
+    def softmax(a):
+        e = np.exp(a - a.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    logits = rng.standard_normal((b, c))
+    labels = rng.integers(0, c, b).astype(np.int32)
+    probs = softmax(rng.standard_normal((b, c)))
+    x = rng.standard_normal((b, 3))
+    t = rng.standard_normal((b, 3))
+    binary = (rng.uniform(size=(b, 3)) > 0.5).astype(np.float64)
+    pm1 = 2.0 * binary - 1.0
+    p01 = 1.0 / (1.0 + np.exp(-x))
+    log_probs = np.log(softmax(logits))
+    hidden = rng.standard_normal((b, 4))
+    kernel = rng.standard_normal((4, 7))
+    reds = [{}]  # each case checks reduction="none" and "mean" (or the "reduction" given)
+    return {
+        "softmax_cross_entropy": ((logits, probs), [{"label_smoothing": 0.1}]),
+        "softmax_cross_entropy_with_integer_labels": (
+            (logits, labels),
+            [{"label_smoothing": 0.1, "z_loss": 0.001}],
+        ),
+        "nll_loss": ((log_probs, labels), reds),
+        "softmax_focal_loss": ((logits, labels), reds),
+        "multiclass_hinge_loss": ((logits, labels), reds),
+        "kl_divergence": (
+            (log_probs, probs),
+            [{"reduction": "batchmean"}],
+        ),
+        "sigmoid_binary_cross_entropy": ((x, binary), reds),
+        "binary_cross_entropy": ((p01, binary), reds),
+        "sigmoid_focal_loss": ((x, binary), reds),
+        "hinge_loss": ((x, pm1), reds),
+        "squared_hinge_loss": ((x, pm1), reds),
+        "squared_error": ((x, t), reds),
+        "l2_loss": ((x, t), reds),
+        "absolute_error": ((x, t), reds),
+        "huber_loss": ((x, t), reds),
+        "smooth_l1_loss": ((x, t), reds),
+        "log_cosh": ((x, t), reds),
+        "poisson_nll_loss": ((x, np.abs(t)), reds),
+        "gaussian_nll_loss": ((x, t, np.exp(0.3 * t)), reds),
+        "fused_linear_softmax_cross_entropy": (
+            (hidden, kernel, rng.integers(0, 7, b).astype(np.int32)),
+            [{"ignore_index": 0, "label_smoothing": 0.1}],
+        ),
+    }
+
+
+# Exports that are not per-example losses over a batch axis.
+NOT_BATCH_LOSSES = {
+    "vocab_parallel_softmax_cross_entropy": "class axis sharded; checked above",
+    "vocab_parallel_fused_linear_softmax_cross_entropy": "vocab sharded; checked above",
+}
+
+
+def check_data_parallel_every_loss():
+    """Each exported loss: batch sharded over 8 devices == unsharded (value and grad)."""
+    import inspect
+
+    from jax.sharding import PartitionSpec as P
+
+    import jaxloss
+
+    mesh = _mesh("data")
+    builders = _builders()
+    public = sorted(
+        n
+        for n in dir(jaxloss)
+        if not n.startswith("_")
+        and inspect.isfunction(getattr(jaxloss, n))
+        and n not in ("version",)
+    )
+    covered, missing, failures = [], [], []
+    for name in public:
+        if name in NOT_BATCH_LOSSES:
+            continue
+        if name not in builders:
+            missing.append(name)
+            continue
+        fn = getattr(jaxloss, name)
+        args, kwargs_list = builders[name]
+        # Shard every batched argument along its first axis; kernel-like args replicate.
+        sharded = tuple(
+            _put(a, mesh, P("data") if a.shape[0] == args[0].shape[0] else P()) for a in args
+        )
+        for kw in kwargs_list:
+            try:
+                _data_parallel_case(fn, args, sharded, kw, mesh, name)
+            except Exception as e:  # collect every failing case
+                failures.append(f"{name} {kw}: {type(e).__name__}: {str(e).splitlines()[0]}")
+        covered.append(name)
+    required = {
+        "softmax_cross_entropy",
+        "softmax_cross_entropy_with_integer_labels",
+        "nll_loss",
+        "sigmoid_binary_cross_entropy",
+        "binary_cross_entropy",
+        "fused_linear_softmax_cross_entropy",
+    }
+    assert required <= set(covered), (required - set(covered), covered)
+    assert not missing, f"exported losses without a sharding builder: {missing}"
+    assert not failures, "\n".join(failures)
+
+
+def _data_parallel_case(fn, args, sharded, kw, mesh, name):
+    """Values and first-argument gradients for reduction "none" and "mean" in one jit."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import PartitionSpec as P
+
+    def both(*a, kw):
+        def none(*a):
+            out = fn(*a, reduction="none", **kw)
+            return jnp.sum(out * jnp.cos(out)), out
+
+        mean_red = kw.pop("reduction", "mean")
+        (_, rows), g_rows = jax.value_and_grad(none, has_aux=True)(*a)
+        mean, g_mean = jax.value_and_grad(lambda *a: fn(*a, reduction=mean_red, **kw))(*a)
+        return rows, g_rows, mean, g_mean
+
+    want = jax.jit(partial(both, kw=dict(kw)))(*args)
+    # Array options (class weights) live replicated on the mesh, as in training.
+    kw_put = {k: _put(v, mesh, P()) if hasattr(v, "shape") else v for k, v in kw.items()}
+    got = jax.jit(partial(both, kw=kw_put))(*sharded)
+    for what, a, e in zip(("none", "grad none", "mean", "grad mean"), got, want, strict=True):
+        _close(a, e, 1e-10, f"{name} {kw} {what}")
+
+
+def check_data_parallel_class_weight():
+    """Integer-label CE with class weights under data parallelism (weight[labels] gather)."""
+    from jax.sharding import PartitionSpec as P
+
+    import jaxloss
+
+    mesh = _mesh("data")
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((16, 5))
+    y = rng.integers(0, 5, 16).astype(np.int32)
+    w = np.linspace(0.5, 2.0, 5)
+    for name in ("softmax_cross_entropy_with_integer_labels", "nll_loss"):
+        fn = getattr(jaxloss, name)
+        lp = x - np.log(np.exp(x).sum(-1, keepdims=True))
+        args = (x, y) if name != "nll_loss" else (lp, y)
+        sharded = tuple(_put(a, mesh, P("data")) for a in args)
+        _data_parallel_case(fn, args, sharded, {"weight": w}, mesh, name)
+
+
+CHECKS = {name[len("check_") :]: fn for name, fn in globals().items() if name.startswith("check_")}
+
+
+def main(argv: list[str]) -> int:
+    _setup()
+    names = argv or list(CHECKS)
+    results = {}
+    for name in names:
+        start = time.process_time()
+        try:
+            CHECKS[name]()
+            results[name] = "ok"
+        except Exception:  # report every failure, not only the first
+            results[name] = traceback.format_exc()
+        print(f"{name}: {time.process_time() - start:.1f} s cpu", file=sys.stderr)
+    print(json.dumps(results))
+    return 0 if all(v == "ok" for v in results.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
