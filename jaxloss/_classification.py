@@ -327,12 +327,24 @@ def _ce_prob_jvp(eps, z, primals, tangents):
         tangent = jax.checkpoint(partial(_prob_tangent, eps=eps, z=z))
         dloss = tangent(x, shift, log_sum, nonempty, labels, mask, dx)
     if not cm.is_zero(dlabels):
-        # Distillation differentiates the targets too: autodiff of the plain forward.
-        def of_labels(lab):
-            return _prob_forward(x, lab, mask, eps, z)
-
-        dloss = dloss + jax.jvp(of_labels, (labels,), (dlabels,))[1]
+        # Distillation differentiates the targets too. Written out rather than
+        # autodiffed: the forward's zero-target guard would drop the classes whose
+        # target is 0, whose slope is lse - x_c like any other's.
+        tangent = jax.checkpoint(partial(_prob_label_tangent, eps=eps))
+        dloss = dloss + tangent(x, shift, log_sum, mask, dlabels)
     return loss, dloss
+
+
+def _prob_label_tangent(x, shift, log_sum, mask, dlabels, eps):
+    """``(1 - eps) sum_c (lse - x_c) dt_c`` over the allowed classes.
+
+    ``-inf`` logits count as masked (slope 0), as everywhere in this module; the
+    z-loss term does not depend on the targets.
+    """
+    x = _upcast(x)
+    gap = log_sum[..., None] + (shift[..., None] - x)
+    gap = jnp.where(_valid_classes(x, mask), gap, jnp.zeros_like(gap))
+    return (1.0 - eps) * jnp.sum(gap * dlabels.astype(x.dtype), axis=-1)
 
 
 # --------------------------------------------------------------------------

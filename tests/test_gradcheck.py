@@ -756,21 +756,9 @@ HARD_LABEL_CASES = {
         lambda x, y: y * _softplus(-x) + (1 - y) * _softplus(x),
     ),
 }
-KNOWN_BAD = {
-    "softmax_cross_entropy": "d/dt of a class whose target is exactly 0 comes out 0, "
-    "not lse(x) - x_c",
-}
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=KNOWN_BAD[n]))
-        if n in KNOWN_BAD
-        else n
-        for n in sorted(HARD_LABEL_CASES)
-    ],
-)
+@pytest.mark.parametrize("name", sorted(HARD_LABEL_CASES))
 def test_label_derivative_at_hard_labels(name):
     fn, x, t, ref = HARD_LABEL_CASES[name]()
     r = gradcheck(fn, x, t, argnums=1, reference=ref, order=1, jax_check_grads=False)
