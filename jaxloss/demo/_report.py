@@ -79,7 +79,7 @@ def _smooth(y, span: int):
     return out
 
 
-def plot_curves(path: pathlib.Path, rows: Sequence[dict[str, Any]], dpi: int = 90) -> None:
+def plot_curves(path: pathlib.Path, rows: Sequence[dict[str, Any]], dpi: int = 80) -> None:
     """One panel per run: the loss at every step and its moving average."""
     import matplotlib
 
@@ -89,14 +89,18 @@ def plot_curves(path: pathlib.Path, rows: Sequence[dict[str, Any]], dpi: int = 9
 
     cols = 4
     nrows = max(1, math.ceil(len(rows) / cols))
-    fig, axes = plt.subplots(nrows, cols, figsize=(4.0 * cols, 2.6 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols, 2.4 * nrows), squeeze=False)
+    fig.subplots_adjust(
+        left=0.05, right=0.99, bottom=0.2 / nrows, top=1 - 0.3 / nrows, hspace=0.6, wspace=0.25
+    )
     for ax in axes.flat[len(rows) :]:
         ax.axis("off")
     for ax, r in zip(axes.flat, rows, strict=False):
         y = np.asarray(r["loss_curve"], dtype=float)
         x = np.arange(1, len(y) + 1)
-        ax.plot(x, y, color="tab:blue", alpha=0.3, lw=0.8)
-        ax.plot(x, _smooth(y, max(5, len(y) // 30)), color="tab:blue", lw=1.5)
+        keep = slice(None, None, max(1, len(y) // 400))  # a few hundred points suffice
+        ax.plot(x[keep], y[keep], color="tab:blue", alpha=0.3, lw=0.8)
+        ax.plot(x[keep], _smooth(y, max(5, len(y) // 30))[keep], color="tab:blue", lw=1.5)
         if np.all(y > 0) and y.max() / max(y.min(), 1e-12) > 20:
             ax.set_yscale("log")
         ax.set_title(r["name"], fontsize=8)
@@ -104,12 +108,11 @@ def plot_curves(path: pathlib.Path, rows: Sequence[dict[str, Any]], dpi: int = 9
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     fig.suptitle("training loss (global-batch mean) per step", fontsize=10)
-    fig.tight_layout()
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
 
 
-def plot_summary(path: pathlib.Path, rows: Sequence[dict[str, Any]], dpi: int = 90) -> None:
+def plot_summary(path: pathlib.Path, rows: Sequence[dict[str, Any]], dpi: int = 80) -> None:
     """Held-out metric against its trivial baseline, one panel per kind of metric."""
     import matplotlib
 
@@ -118,38 +121,32 @@ def plot_summary(path: pathlib.Path, rows: Sequence[dict[str, Any]], dpi: int = 
     import numpy as np
 
     metrics = list(dict.fromkeys(r["metric"] for r in rows))
-    heights = [sum(r["metric"] == m for r in rows) for m in metrics]
+    counts = [sum(r["metric"] == m for r in rows) for m in metrics]
+    height = 0.6 + 0.3 * sum(counts) + 0.7 * len(metrics)
     fig, axes = plt.subplots(
         len(metrics),
         1,
-        figsize=(8, 0.9 + 0.38 * sum(heights) + 0.6 * len(metrics)),
-        gridspec_kw={"height_ratios": heights},
+        figsize=(9, height),
+        gridspec_kw={"height_ratios": counts},
         squeeze=False,
+        layout="constrained",
     )
     for ax, m in zip(axes[:, 0], metrics, strict=True):
         sel = [r for r in rows if r["metric"] == m]
         y = np.arange(len(sel))
-        ax.barh(
-            y + 0.2,
-            [r["test_metric"] for r in sel],
-            height=0.4,
-            label="model (test)",
-            color="tab:blue",
-        )
-        ax.barh(
-            y - 0.2,
-            [r["baseline"] for r in sel],
-            height=0.4,
-            label=sel[0]["baseline_name"],
-            color="tab:gray",
-        )
+        model = [r["test_metric"] for r in sel]
+        base = [r["baseline"] for r in sel]
+        ax.barh(y - 0.2, model, height=0.4, label="model (test)", color="tab:blue")
+        ax.barh(y + 0.2, base, height=0.4, label=sel[0]["baseline_name"], color="tab:gray")
+        for yi, v in zip(y, model, strict=True):
+            ax.text(v, yi - 0.2, f" {_num(v, m)}", va="center", fontsize=6)
+        ax.set_xlim(0, 1.25 * max(*model, *base))
         ax.set_yticks(y, [r["name"] for r in sel], fontsize=7)
         ax.invert_yaxis()
         better = "higher" if sel[0]["higher_is_better"] else "lower"
-        ax.set_title(f"{m} ({better} is better)", fontsize=9)
+        ax.set_title(f"{m} on the test split ({better} is better)", fontsize=9)
         ax.tick_params(axis="x", labelsize=7)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
         ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
     fig.savefig(path, dpi=dpi)
     plt.close(fig)

@@ -227,7 +227,8 @@ class Diabetes(Task):
         rmse = float(np.sqrt(np.mean((y_hat - target) ** 2)))
         mean = float(ds.train[spec.target].mean())
         base = float(np.sqrt(np.mean((mean - target) ** 2)))
-        return Metric("RMSE", rmse, base, "mean predictor", False)
+        name = "RMSE" if spec.target == "y_raw" else f"RMSE ({spec.target})"
+        return Metric(name, rmse, base, "mean predictor", False)
 
 
 class PythonText(Task):
@@ -235,7 +236,7 @@ class PythonText(Task):
 
     name = "python_text"
     data_label = "Python source (chars)"
-    default_steps = 1200
+    default_steps = 1000
     learning_rate = 3e-3
     context = 12
     dim = 32
