@@ -65,6 +65,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="output folder (default benchmarks/results; benchmarks/results/quick with --quick)",
     )
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per peer (>= 5)")
+    parser.add_argument(
+        "--render",
+        action="store_true",
+        help="run nothing: rewrite the report and plots from <out>/<device-kind>.json",
+    )
     args = parser.parse_args(argv)
     if args.cases:
         chosen = [c.strip() for c in args.cases.split(",") if c.strip()]
@@ -155,7 +160,7 @@ def run_extra(name: str, quick: bool, out: Path) -> dict[str, Any]:
             result = {"status": "failed", "reason": f"timed out after {exc.timeout} s"}
     sys.stdout.write(output[-2000:])
     result.update(
-        stdout_tail=output[-4000:],
+        stdout_tail=output[-20000:],
         wall_s=time.perf_counter() - t0,
         run_at=time.strftime("%Y-%m-%d %H:%M:%S"),
     )
@@ -360,8 +365,21 @@ def extra_section(name: str, e: dict[str, Any]) -> list[str]:
     if returned is not None:
         text = json.dumps(returned, indent=1)[:6000]
         return [*lines, "```json", text, "```", ""]
-    tail = e.get("stdout_tail", "").rstrip()
-    return [*lines, "```", tail or "(no output)", "```", ""]
+    printed = e.get("stdout_tail", "").rstrip()
+    report = _printed_markdown(printed)
+    if report:
+        return [*lines, *report, ""]
+    return [*lines, "```", printed or "(no output)", "```", ""]
+
+
+def _printed_markdown(text: str) -> list[str]:
+    """The markdown report a script printed (from its first heading on, headings
+    moved under this section), or nothing when it printed no table."""
+    rows = text.splitlines()
+    start = next((i for i, r in enumerate(rows) if r.startswith("# ")), None)
+    if start is None or not any(r.startswith("|---") for r in rows[start:]):
+        return []
+    return ["###" + r if r.startswith("#") else r for r in rows[start:]]
 
 
 def _cell(v: Any) -> str:
@@ -374,7 +392,7 @@ def render_markdown(results: dict[str, Any], out: Path, stem: str) -> str:
     d = results["device"]
     bw = results["stream_bandwidth"]
     mode = "quick (tiny shapes: timings are not representative)" if results["quick"] else "full"
-    out = [
+    lines = [
         f"# jaxloss benchmarks: {d['name']}",
         "",
         f"Device kind `{d['kind']}` ({d['platform']}, {d['device_count']} device(s)); "
@@ -400,17 +418,17 @@ def render_markdown(results: dict[str, Any], out: Path, stem: str) -> str:
         "",
     ]
     if (out / f"{stem}-cases.png").exists():
-        out += [f"![cases]({stem}-cases.png)", ""]
-    out += ["## Cases", ""]
+        lines += [f"![cases]({stem}-cases.png)", ""]
+    lines += ["## Cases", ""]
     for name, c in results.get("cases", {}).items():
-        out += case_section(name, c)
+        lines += case_section(name, c)
     if "scaling" in results:
-        out += ["## Scaling", "", *scaling_section(results["scaling"], stem)]
+        lines += ["## Scaling", "", *scaling_section(results["scaling"], stem)]
     if results.get("extras"):
-        out += ["## Other benchmark scripts", ""]
+        lines += ["## Other benchmark scripts", ""]
         for name, e in results["extras"].items():
-            out += extra_section(name, e)
-    out += [
+            lines += extra_section(name, e)
+    lines += [
         "## Method",
         "",
         "- Peers run in one process on the same inputs. Each gets one warm-up call, then the "
@@ -430,7 +448,7 @@ def render_markdown(results: dict[str, Any], out: Path, stem: str) -> str:
         "- Other processes may share the machine; the min–max spread shows the noise.",
         "",
     ]
-    return "\n".join(out)
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------
@@ -460,11 +478,31 @@ def _merge_previous(results: dict[str, Any], path: Path, selected: list[str]) ->
         results["extras"].setdefault(name, extra)
 
 
+def write_report(results: dict[str, Any], out: Path, stem: str) -> list[Path]:
+    """Targets, plots, ``<stem>.json`` and ``<stem>.md`` from a results dict."""
+    from benchmarks import cases as cs
+    from benchmarks import plot
+
+    results["targets"] = cs.evaluate_targets(results) + extra_targets(results)
+    plots = plot.plot_all(results, out, stem)
+    json_path = out / f"{stem}.json"
+    json_path.write_text(json.dumps(results, indent=1, default=repr) + "\n")
+    md_path = out / f"{stem}.md"
+    md_path.write_text(render_markdown(results, out, stem))
+    return [md_path, json_path, *plots]
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = _parse(argv)
     t_start = time.perf_counter()
-
     from benchmarks import _harness as h
+
+    if args.render:
+        stem = h.device_kind()
+        results = json.loads((args.out / f"{stem}.json").read_text())
+        for p in write_report(results, args.out, stem):
+            print(f"wrote {p}")
+        return results
 
     threads = h.cpu_threads()
     import torch
@@ -472,7 +510,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(threads)
 
     from benchmarks import cases as cs
-    from benchmarks import plot
 
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -525,19 +562,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             e = results["extras"][name]
             print(f"{name:18s} {e['status']} {e.get('reason', '')}")
 
-    json_path = out / f"{stem}.json"
     if args.cases:
-        _merge_previous(results, json_path, args.selected)
-    results["targets"] = cs.evaluate_targets(results) + extra_targets(results)
+        _merge_previous(results, out / f"{stem}.json", args.selected)
     results["finished_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
     results["wall_s"] = time.perf_counter() - t_start
-
-    plots = plot.plot_all(results, out, stem)
-    json_path.write_text(json.dumps(results, indent=1, default=repr) + "\n")
-    md_path = out / f"{stem}.md"
-    md_path.write_text(render_markdown(results, out, stem))
+    written = write_report(results, out, stem)
     print("\n".join(targets_table(results["targets"])))
-    for p in (md_path, json_path, *plots):
+    for p in written:
         print(f"wrote {p}")
     print(f"total {results['wall_s']:.1f} s")
     return results

@@ -49,6 +49,10 @@ def call_main(name: str, quick: bool, out: Path | None) -> dict[str, Any]:
     try:
         returned = main(**kwargs)
     except SystemExit as exc:  # an argparse main
+        if exc.code == 2 and quick and "quick" not in kwargs:
+            # argparse's usage error: the script has no --quick option
+            reason = f"not run: {module_name} has no --quick mode"
+            return {"status": "skipped", "reason": reason, "call": call}
         if exc.code not in (0, None):
             return {"status": "failed", "reason": f"exited with {exc.code}", "call": call}
         returned = None

@@ -547,7 +547,7 @@ def _ratio_target(results, case, peer, limit, scratch_limit=None, f32_loss=False
     if ours is None or theirs is None:
         return None, why or why2
     ratio = ours["vag"]["median_s"] / theirs["vag"]["median_s"]
-    parts = [f"{ratio:.2f}x {peer}"]
+    parts = [f"{ratio:.3f}x {peer}"]
     met = ratio <= limit
     if scratch_limit is not None:
         scratch = ours["scratch_vag_bytes"]
