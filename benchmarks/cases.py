@@ -417,7 +417,11 @@ def run_case(case: Case, *, repeats: int, warmup: int, stream_gbps: float) -> di
         result.update(status="skipped", reason=f"not run: jaxloss.{missing[0]} missing")
         return result
     t0 = time.perf_counter()
-    thunks = case.build()
+    try:
+        thunks = case.build()
+    except Exception as exc:
+        result.update(status="failed", reason=f"inputs failed: {_error(exc)}")
+        return result
     peers: list[h.Peer] = []
     failed: dict[str, str] = {}
     for name, thunk in thunks.items():
