@@ -1,0 +1,471 @@
+"""Fused linear + softmax cross-entropy and vocabulary-parallel CE on one device.
+
+References are the materialised computation
+``softmax_cross_entropy_with_integer_labels(hidden @ kernel + bias, labels)``
+in float64 (its own parity with PyTorch and optax is tested in
+``test_classification.py``). Multi-device behaviour (sharded classes,
+collective counts, data parallelism) is in ``test_sharding.py``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+from jax.test_util import check_grads
+
+import jaxloss
+from jaxloss import _large_vocab
+
+N, D, V = 13, 5, 24  # N not a multiple of the chunk sizes used below
+CHUNK = 4
+
+OPTIONS = {
+    "plain": {},
+    "ignore_index": {"ignore_index": -100},
+    "label_smoothing": {"label_smoothing": 0.2},
+    "z_loss": {"z_loss": 1e-2},
+    "logit_softcap": {"logit_softcap": 2.5},
+    "all": {"ignore_index": -100, "label_smoothing": 0.1, "z_loss": 1e-3, "logit_softcap": 3.0},
+}
+
+
+def _data(dtype=np.float64, n=N, d=D, v=V, seed=0, ignore=True):
+    rng = np.random.default_rng(seed)
+    h = rng.standard_normal((n, d)).astype(dtype)
+    w = rng.standard_normal((d, v)).astype(dtype)
+    b = rng.standard_normal((v,)).astype(dtype)
+    y = rng.integers(0, v, n).astype(np.int32)
+    if ignore:
+        y[[2, min(7, n - 1)]] = -100
+    return h, w, b, y
+
+
+def _ref(h, w, b, y, **kw):
+    logits = h @ w if b is None else h @ w + b[None, :]
+    return jaxloss.softmax_cross_entropy_with_integer_labels(logits, y, **kw)
+
+
+def _summary(f, reduction, n):
+    """A scalar of the loss: a weighted row sum for reduction="none"."""
+    r = jnp.linspace(0.5, 1.5, n, dtype=jnp.float64)
+    return lambda *a: jnp.sum(f(*a) * r) if reduction == "none" else f(*a)
+
+
+def _all_derivatives(f, h, w, b, reduction, jit=True):
+    """Value, gradients w.r.t. (hidden, kernel, bias) and a jvp in hidden, one jit."""
+
+    def run(h, w, b):
+        value = f(h, w, b)
+        grads = jax.grad(_summary(f, reduction, h.shape[0]), argnums=(0, 1, 2))(h, w, b)
+        tangent = jax.jvp(lambda h_: f(h_, w, b), (h,), (jnp.cos(h),))[1]
+        return value, grads, tangent
+
+    return (jax.jit(run) if jit else run)(h, w, b)
+
+
+def _one_device_mesh():
+    # Auto axes: shard_map accepts unsharded arrays (check_grads perturbs its inputs).
+    return jax.make_mesh((1,), ("v",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def _assert_close(a, b, tol, what=""):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=tol, atol=tol, err_msg=what)
+
+
+# --------------------------------------------------------------------------
+# Equality with the materialised computation
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_fused_matches_materialised(reduction):
+    """Value, gradients w.r.t. hidden, kernel and bias, and jvp in hidden, per option.
+
+    All options of one reduction compile as one program (compiles dominate).
+    """
+    names = list(OPTIONS) if reduction == "mean" else ["plain", "all"]
+    h, w, b, y_ignore = _data()
+    y_plain = np.maximum(y_ignore, 0)
+
+    def every_option(loss):
+        def run(h, w, b):
+            out = {}
+            for name in names:
+                kw = OPTIONS[name]
+                y = y_ignore if "ignore_index" in kw else y_plain
+                f = lambda h, w, b, kw=kw, y=y: loss(h, w, b, y, reduction=reduction, **kw)
+                out[name] = _all_derivatives(f, h, w, b, reduction, jit=False)
+            return out
+
+        return jax.jit(run)(h, w, b)
+
+    got = every_option(
+        lambda h, w, b, y, **kw: jaxloss.fused_linear_softmax_cross_entropy(
+            h, w, y, bias=b, chunk_size=CHUNK, **kw
+        )
+    )
+    want = every_option(_ref)
+    for name in names:
+        (v, grads, t), (v0, grads0, t0) = got[name], want[name]
+        _assert_close(v, v0, 1e-12, f"{name}: value")
+        for arg, a, e in zip(("hidden", "kernel", "bias"), grads, grads0, strict=True):
+            _assert_close(a, e, 1e-12, f"{name}: d {arg}")
+        _assert_close(t, t0, 1e-12, f"{name}: jvp in hidden")
+
+
+def test_fused_jvp_in_every_argument():
+    """Forward mode w.r.t. kernel and bias too ("none" uses the recompute path)."""
+    h, w, b, y = _data()
+    kw = {"ignore_index": -100, "label_smoothing": 0.1, "logit_softcap": 3.0}
+    tangents = (jnp.cos(h), jnp.sin(w), jnp.cos(b))
+
+    def both(loss):
+        return jax.jit(
+            lambda *p: [
+                jax.jvp(lambda *q: loss(*q, reduction=r), p, tangents)[1] for r in ("mean", "none")
+            ]
+        )(h, w, b)
+
+    got = both(
+        lambda h, w, b, reduction: jaxloss.fused_linear_softmax_cross_entropy(
+            h, w, y, bias=b, reduction=reduction, chunk_size=CHUNK, **kw
+        )
+    )
+    want = both(lambda h, w, b, reduction: _ref(h, w, b, y, reduction=reduction, **kw))
+    for a, e in zip(got, want, strict=True):
+        _assert_close(a, e, 1e-12)
+
+
+def test_fused_forward_over_reverse():
+    """Hessian-vector product in hidden (forward mode over the reverse-mode rule)."""
+    h, w, _, y = _data()
+
+    def ours(h):
+        return jaxloss.fused_linear_softmax_cross_entropy(
+            h, w, y, ignore_index=-100, z_loss=1e-2, chunk_size=CHUNK
+        )
+
+    def hvp(f):
+        return jax.jit(lambda h, v: jax.jvp(jax.grad(f), (h,), (v,))[1])
+
+    want = hvp(lambda h: _ref(h, w, None, y, ignore_index=-100, z_loss=1e-2, reduction="mean"))
+    _assert_close(hvp(ours)(h, np.cos(h)), want(h, np.cos(h)), 1e-11)
+
+
+def test_fused_check_grads_finite_differences():
+    """float64 finite differences, forward and reverse, w.r.t. all three arrays."""
+    h, w, b, y = _data(n=6, d=3, v=7)
+
+    def f(h, w, b):
+        return jaxloss.fused_linear_softmax_cross_entropy(
+            h,
+            w,
+            y,
+            bias=b,
+            ignore_index=-100,
+            label_smoothing=0.1,
+            z_loss=1e-2,
+            logit_softcap=2.0,
+            chunk_size=4,
+        )
+
+    check_grads(jax.jit(f), (h, w, b), order=1, modes=("fwd", "rev"), eps=1e-6)
+    g = lambda h, w, b: jnp.sum(
+        jaxloss.fused_linear_softmax_cross_entropy(
+            h, w, y, bias=b, reduction="none", ignore_index=-100, chunk_size=4
+        )
+        ** 2
+    )
+    check_grads(jax.jit(g), (h, w, b), order=1, modes=("fwd", "rev"), eps=1e-6)
+
+
+def test_fused_chunk_size_does_not_change_the_result():
+    h, w, b, y = _data()
+    sizes = (None, 1, 5, N, 100)
+
+    def run(h, w):
+        out = []
+        for c in sizes:
+            f = lambda h, w, c=c: jaxloss.fused_linear_softmax_cross_entropy(
+                h, w, y, bias=b, ignore_index=-100, chunk_size=c
+            )
+            out.append(jax.value_and_grad(f, argnums=(0, 1))(h, w))
+        return out
+
+    want = jax.value_and_grad(
+        lambda h, w: _ref(h, w, b, y, ignore_index=-100, reduction="mean"), argnums=(0, 1)
+    )(h, w)
+    for c, got in zip(sizes, jax.jit(run)(h, w), strict=True):
+        for a, e in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            _assert_close(a, e, 1e-12, f"chunk_size={c}")
+
+
+def test_fused_eager_equals_jit():
+    h, w, b, y = _data()
+    f = lambda h: jaxloss.fused_linear_softmax_cross_entropy(
+        h, w, y, bias=b, ignore_index=-100, reduction="none", chunk_size=CHUNK
+    )
+    _assert_close(f(h), jax.jit(f)(h), 1e-14)
+
+
+def test_fused_vmap_over_a_leading_batch():
+    hb = np.stack([_data(seed=s)[0] for s in range(3)])
+    yb = np.stack([_data(seed=s)[3] for s in range(3)])
+    _, w, b, _ = _data()
+
+    def f(h, y, w):
+        return jaxloss.fused_linear_softmax_cross_entropy(
+            h, w, y, bias=b, ignore_index=-100, label_smoothing=0.1, chunk_size=CHUNK
+        )
+
+    def vg(fn):
+        return jax.jit(jax.vmap(jax.value_and_grad(fn, argnums=(0, 2)), in_axes=(0, 0, None)))
+
+    got = vg(f)(hb, yb, w)
+    want = vg(
+        lambda h, y, w: _ref(h, w, b, y, ignore_index=-100, label_smoothing=0.1, reduction="mean")
+    )(hb, yb, w)
+    for a, e in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        _assert_close(a, e, 1e-12)
+
+
+# --------------------------------------------------------------------------
+# Edge cases
+# --------------------------------------------------------------------------
+
+
+def test_ignored_rows_contribute_nothing():
+    h, w, b, y = _data()
+    ignored = y == -100
+    f = lambda h, w, b: jaxloss.fused_linear_softmax_cross_entropy(
+        h, w, y, bias=b, ignore_index=-100, chunk_size=CHUNK
+    )
+    vg = jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)))
+    value, (dh, dw, db) = vg(h, w, b)
+    # Changing the ignored rows (even to huge values) changes nothing.
+    h2 = h.copy()
+    h2[ignored] = 1e4 * np.cos(h2[ignored])
+    value2, (dh2, dw2, db2) = vg(h2, w, b)
+    _assert_close(value2, value, 0.0)
+    assert np.all(np.asarray(dh)[ignored] == 0) and np.all(np.asarray(dh2)[ignored] == 0)
+    _assert_close(dw2, dw, 0.0)
+    _assert_close(db2, db, 0.0)
+    # The mean divides by the counted rows only.
+    rows = jaxloss.fused_linear_softmax_cross_entropy(
+        h, w, y, bias=b, ignore_index=-100, reduction="none", chunk_size=CHUNK
+    )
+    assert np.all(np.asarray(rows)[ignored] == 0)
+    _assert_close(value, np.sum(np.asarray(rows)) / np.sum(~ignored), 1e-14)
+
+
+def test_all_rows_ignored_gives_zero_not_nan():
+    h, w, b, _ = _data()
+    y = np.full((N,), -1, np.int32)
+    f = lambda h, w, b: jaxloss.fused_linear_softmax_cross_entropy(
+        h, w, y, bias=b, ignore_index=-1, chunk_size=CHUNK
+    )
+    value, grads = jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)))(h, w, b)
+    assert float(value) == 0.0
+    for g in grads:
+        assert np.all(np.asarray(g) == 0)
+
+
+def test_out_of_range_labels():
+    h, w, _, y = _data(ignore=False)
+    bad = y.copy()
+    bad[3] = V
+    with pytest.raises(ValueError, match="labels must lie in"):
+        jaxloss.fused_linear_softmax_cross_entropy(h, w, bad)
+    bad[3] = -1  # a negative label never wraps to the last class
+    with pytest.raises(ValueError, match="labels must lie in"):
+        jaxloss.fused_linear_softmax_cross_entropy(h, w, bad)
+    rows = jax.jit(lambda y: jaxloss.fused_linear_softmax_cross_entropy(h, w, y, reduction="none"))(
+        bad
+    )
+    assert np.isnan(rows[3]) and np.all(np.isfinite(np.delete(np.asarray(rows), 3)))
+
+
+def test_low_precision_accumulates_in_float32():
+    """bf16 inputs: float32 loss, bf16 gradients close to float32 math on the same inputs."""
+    dtype = jnp.bfloat16
+    h, w, b, y = _data(np.float32, n=32, d=16, v=64)
+    h, w, b = (jnp.asarray(a, dtype) for a in (h, w, b))
+    f = lambda h, w, b: jaxloss.fused_linear_softmax_cross_entropy(
+        h, w, y, bias=b, ignore_index=-100, chunk_size=8
+    )
+    value, grads = jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)))(h, w, b)
+    assert value.dtype == jnp.float32
+    assert [g.dtype for g in grads] == [dtype] * 3
+
+    def ref(h, w, b):  # float32 logits of the same low-precision inputs
+        h32, w32, b32 = (a.astype(jnp.float32) for a in (h, w, b))
+        return _ref(h32, w32, b32, y, ignore_index=-100, reduction="mean")
+
+    want, want_grads = jax.jit(jax.value_and_grad(ref, argnums=(0, 1, 2)))(h, w, b)
+    _assert_close(value, want, 1e-5)
+    for a, e in zip(grads, want_grads, strict=True):
+        np.testing.assert_allclose(
+            np.asarray(a, np.float32), np.asarray(e, np.float32), rtol=2e-2, atol=2e-3
+        )
+    # Mixed dtypes multiply in the wider one; each gradient keeps its input's dtype.
+    gh, gw = jax.jit(jax.grad(lambda h, w: f(h, w, None), argnums=(0, 1)))(
+        h, jnp.asarray(w, jnp.float32)
+    )
+    assert gh.dtype == jnp.bfloat16 and gw.dtype == jnp.float32
+
+
+# --------------------------------------------------------------------------
+# Memory: no [N, V] buffer
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_compiled_scratch_is_below_a_quarter_of_the_logits(reduction):
+    n, d, v = 1024, 64, 8192
+    h = jax.ShapeDtypeStruct((n, d), jnp.float32)
+    w = jax.ShapeDtypeStruct((d, v), jnp.float32)
+    y = jnp.zeros((n,), jnp.int32)
+
+    def f(h, w):
+        out = jaxloss.fused_linear_softmax_cross_entropy(h, w, y, reduction=reduction)
+        return jnp.sum(out)
+
+    compiled = jax.jit(jax.value_and_grad(f, argnums=(0, 1))).lower(h, w).compile()
+    temp = compiled.memory_analysis().temp_size_in_bytes
+    assert temp < n * v * 4 / 4, (temp, n * v * 4)
+
+    def naive(h, w):
+        return jnp.sum(jaxloss.softmax_cross_entropy_with_integer_labels(h @ w, y))
+
+    naive_temp = (
+        jax.jit(jax.value_and_grad(naive, argnums=(0, 1)))
+        .lower(h, w)
+        .compile()
+        .memory_analysis()
+        .temp_size_in_bytes
+    )
+    assert naive_temp >= n * v * 4  # the materialised logits are there
+
+
+def test_no_n_by_v_residual():
+    """Reverse mode keeps no [N, V] array between the forward and backward passes."""
+    n, d, v = 64, 8, 512
+    h, w, b, y = _data(np.float32, n=n, d=d, v=v)
+    for reduction in ("mean", "none"):
+        f = lambda h, w, b: jaxloss.fused_linear_softmax_cross_entropy(
+            h, w, y, bias=b, ignore_index=-100, reduction=reduction, chunk_size=16
+        )
+        _, vjp = jax.vjp(f, h, w, b)
+        sizes = [np.size(leaf) for leaf in jax.tree.leaves(vjp)]
+        assert max(sizes) <= max(n * d, d * v), sorted(sizes)[-5:]
+
+
+def test_default_chunk():
+    assert _large_vocab._default_chunk(4096, 32768) == 256  # 32 MiB of float32 logits
+    assert _large_vocab._default_chunk(4096, 131072) == 128  # capped at 64 MiB
+    assert _large_vocab._default_chunk(5, 10) == 1  # at most 1/16 of [N, V]
+    assert 1 <= _large_vocab._default_chunk(1, 10**7) <= 1
+
+
+# --------------------------------------------------------------------------
+# Bad input
+# --------------------------------------------------------------------------
+
+
+def test_bad_shapes_and_arguments_give_clear_errors():
+    h, w, b, y = _data(ignore=False)
+    f = jaxloss.fused_linear_softmax_cross_entropy
+    with pytest.raises(ValueError, match=r"kernel must have shape \[D, V\] with D = hidden"):
+        f(h, w[:-1], y)
+    with pytest.raises(ValueError, match=r"kernel must have shape \[D, V\]"):
+        f(h, w.T, y)
+    with pytest.raises(ValueError, match=r"labels must have shape \[N\]"):
+        f(h, w, y[:-1])
+    with pytest.raises(ValueError, match=r"labels must have shape \[N\]"):
+        f(h, w, y[:, None])
+    with pytest.raises(ValueError, match=r"hidden must have shape \[N, D\]"):
+        f(h[None], w, y)
+    with pytest.raises(ValueError, match=r"bias must have shape \(24,\)"):
+        f(h, w, y, bias=b[:-1])
+    with pytest.raises(TypeError, match="labels must be an integer array"):
+        f(h, w, y.astype(np.float64))
+    with pytest.raises(TypeError, match="hidden must be a floating-point array"):
+        f(h.astype(np.int32), w, y)
+    with pytest.raises(ValueError, match="chunk_size must be a positive"):
+        f(h, w, y, chunk_size=0)
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        f(h, w, y, reduction="batchmean")
+    with pytest.raises(ValueError, match="label_smoothing"):
+        f(h, w, y, label_smoothing=1.5)
+
+
+def test_axis_name_not_bound():
+    x = np.zeros((2, 4))
+    y = np.zeros((2,), np.int32)
+    with pytest.raises(ValueError, match="axis_name='v' is not bound"):
+        jaxloss.vocab_parallel_softmax_cross_entropy(x, y, axis_name="v")
+    with pytest.raises(ValueError, match="axis_name='v' is not bound"):
+        jaxloss.vocab_parallel_fused_linear_softmax_cross_entropy(
+            np.zeros((2, 3)), np.zeros((3, 4)), y, axis_name="v"
+        )
+    mesh = _one_device_mesh()
+    wrong = jax.shard_map(
+        lambda x, y: jaxloss.vocab_parallel_softmax_cross_entropy(x, y, axis_name="model"),
+        mesh=mesh,
+        in_specs=(P(None, "v"), P()),
+        out_specs=P(),
+    )
+    with pytest.raises(ValueError, match="axis_name='model' is not bound"):
+        jax.jit(wrong)(x, y)
+
+
+def test_vocab_parallel_fused_bad_kernel_shard():
+    mesh = _one_device_mesh()
+    f = jax.shard_map(
+        lambda h, w, y: jaxloss.vocab_parallel_fused_linear_softmax_cross_entropy(
+            h, w, y, axis_name="v"
+        ),
+        mesh=mesh,
+        in_specs=(P(), P(None, "v"), P()),
+        out_specs=P(),
+    )
+    with pytest.raises(ValueError, match=r"kernel_shard must have shape \[D, V\]"):
+        jax.jit(f)(np.zeros((2, 3)), np.zeros((4, 8)), np.zeros((2,), np.int32))
+
+
+# --------------------------------------------------------------------------
+# Vocabulary parallelism on a one-device mesh (multi-device: test_sharding.py)
+# --------------------------------------------------------------------------
+
+
+def test_vocab_parallel_one_shard_equals_unsharded_with_check_grads():
+    mesh = _one_device_mesh()
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((4, 6))
+    y = np.array([0, 5, 2, -100], np.int32)
+    kw = {"ignore_index": -100, "label_smoothing": 0.1, "z_loss": 1e-2, "logit_softcap": 3.0}
+    f = jax.shard_map(
+        lambda x: jaxloss.vocab_parallel_softmax_cross_entropy(x, y, axis_name="v", **kw),
+        mesh=mesh,
+        in_specs=P(None, "v"),
+        out_specs=P(),
+    )
+    _assert_close(
+        jax.jit(f)(x), jaxloss.softmax_cross_entropy_with_integer_labels(x, y, **kw), 1e-12
+    )
+    check_grads(jax.jit(f), (x,), order=1, modes=("fwd", "rev"), eps=1e-6)
+
+    h, w, b, yy = _data(n=6, d=3, v=8)
+    ref = _ref(h, w, b, yy, ignore_index=-100, reduction="mean")
+    fused = jax.shard_map(
+        lambda h, w, b: jaxloss.vocab_parallel_fused_linear_softmax_cross_entropy(
+            h, w, yy, axis_name="v", bias_shard=b, ignore_index=-100, chunk_size=4
+        ),
+        mesh=mesh,
+        in_specs=(P(), P(None, "v"), P("v")),
+        out_specs=P(),
+    )
+    _assert_close(jax.jit(fused)(h, w, b), ref, 1e-12)
