@@ -2,7 +2,9 @@
 
 The two quick runs start side by side in subprocesses (the eight-device one
 with ``--xla_force_host_platform_device_count=8``); the tests then read their
-tables and JSON files. Bad flags are checked in-process through ``main``.
+tables and JSON files. The demo's per-loss gradient check runs in the
+single-device run (the eight-device run skips it to keep CI fast: it only
+compares losses). Bad flags are checked in-process through ``main``.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ def runs(tmp_path_factory):
             "--out",
             str(out),
         ]
+        if devices > 1:
+            cmd.append("--no-gradcheck")
         proc = subprocess.Popen(
             cmd, env=_env(devices), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
@@ -95,9 +99,8 @@ def test_table_lists_every_loss(runs, devices):
     assert set(public) <= covered
 
 
-@pytest.mark.parametrize("devices", [1, 8])
-def test_gradcheck_ok_for_every_loss(runs, devices):
-    _, payload, _ = runs[devices]
+def test_gradcheck_ok_for_every_loss(runs):
+    _, payload, _ = runs[1]
     bad = {
         r["name"]: r["gradcheck"] for r in payload["results"] if r["gradcheck"]["ok"] is not True
     }

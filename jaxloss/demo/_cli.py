@@ -82,7 +82,7 @@ def build_parser(loss_names: Sequence[str]) -> argparse.ArgumentParser:
     p.add_argument(
         "--no-gradcheck",
         action="store_true",
-        help="skip the per-loss jaxloss.testing.gradcheck (it runs on one device anyway)",
+        help="skip the per-loss gradient check (jaxloss.testing.gradcheck)",
     )
     return p
 
@@ -193,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     text = _report.table(rows)
     print(text)
-    print(f"\n{len(rows)} runs on {n_dev} {devices[0].platform} device(s) in {wall:.1f} s")
+    print(f"\n{len(rows)} run(s) on {n_dev} {devices[0].platform} device(s) in {wall:.1f} s")
 
     args.out.mkdir(parents=True, exist_ok=True)
     payload = {
