@@ -95,6 +95,8 @@ def static_float(
             "got a traced value."
         )
     try:
+        if isinstance(value, (str, bytes)):  # float("0.1") would accept it silently
+            raise TypeError
         v = float(np.asarray(value))
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be a number; got {value!r}.") from None

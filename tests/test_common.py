@@ -1,0 +1,350 @@
+"""Shared mechanics: reduction, weighting, validation, dtypes, the public contract.
+
+The helpers in ``jaxloss._common`` are exercised directly and through the five
+foundation losses, so that every loss follows the same conventions.
+"""
+
+import inspect
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.experimental import checkify
+
+import jaxloss as jl
+from jaxloss import _common as cm
+
+# --------------------------------------------------------------------------
+# The public contract (DESIGN.md): names, keyword-only hyperparameters, defaults
+# --------------------------------------------------------------------------
+
+CONTRACT = {
+    "softmax_cross_entropy": (
+        ["logits", "labels"],
+        {"axis": -1, "where": None, "label_smoothing": 0.0, "z_loss": 0.0, "reduction": "none"},
+    ),
+    "softmax_cross_entropy_with_integer_labels": (
+        ["logits", "labels"],
+        {
+            "axis": -1,
+            "where": None,
+            "weight": None,
+            "ignore_index": None,
+            "label_smoothing": 0.0,
+            "z_loss": 0.0,
+            "logit_softcap": None,
+            "reduction": "none",
+        },
+    ),
+    "nll_loss": (
+        ["log_probs", "labels"],
+        {"axis": -1, "weight": None, "ignore_index": None, "reduction": "none"},
+    ),
+    "sigmoid_binary_cross_entropy": (
+        ["logits", "labels"],
+        {"weight": None, "pos_weight": None, "label_smoothing": 0.0, "reduction": "none"},
+    ),
+    "binary_cross_entropy": (["probs", "labels"], {"weight": None, "reduction": "none"}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONTRACT))
+def test_signature_matches_design(name):
+    positional, keywords = CONTRACT[name]
+    params = inspect.signature(getattr(jl, name)).parameters
+    assert list(params) == positional + list(keywords)
+    for p in positional:
+        assert params[p].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+    for k, default in keywords.items():
+        assert params[k].kind is inspect.Parameter.KEYWORD_ONLY, k
+        assert params[k].default == default, k
+
+
+# --------------------------------------------------------------------------
+# Reduction, through every loss
+# --------------------------------------------------------------------------
+
+R = np.random.default_rng(0)
+N, C = 6, 4
+X = R.normal(size=(N, C))
+Y_INT = np.array([0, 3, 1, -1, 2, 3])
+W_CLASS = R.uniform(0.5, 2.0, size=C)
+T = np.exp(X) / np.exp(X).sum(-1, keepdims=True)
+Y_BIN = R.uniform(size=(N, C))
+P = 1 / (1 + np.exp(-X))
+
+
+def _ce_int(x, **kw):
+    return jl.softmax_cross_entropy_with_integer_labels(
+        x, Y_INT, weight=W_CLASS, ignore_index=-1, **kw
+    )
+
+
+def _nll(x, **kw):
+    return jl.nll_loss(x, Y_INT, weight=W_CLASS, ignore_index=-1, **kw)
+
+
+def _ce_prob(x, **kw):
+    return jl.softmax_cross_entropy(x, T, **kw)
+
+
+def _bce(x, **kw):
+    return jl.sigmoid_binary_cross_entropy(x, Y_BIN, weight=W_CLASS, pos_weight=W_CLASS, **kw)
+
+
+def _bce_p(x, **kw):
+    return jl.binary_cross_entropy(x, Y_BIN, weight=W_CLASS, **kw)
+
+
+# Each loss, its input, and the divisor of its "mean" (PyTorch's): the summed
+# class weight of the counted rows for CE/NLL, the row count for probability
+# CE, the element count for BCE (weights rescale, they do not renormalise).
+COUNTED = Y_INT != -1
+LOSSES = {
+    "ce_int": (_ce_int, X, W_CLASS[np.where(COUNTED, Y_INT, 0)][COUNTED].sum()),
+    "nll": (_nll, np.log(T), W_CLASS[np.where(COUNTED, Y_INT, 0)][COUNTED].sum()),
+    "ce_prob": (_ce_prob, X, N),
+    "bce": (_bce, X, N * C),
+    "bce_probs": (_bce_p, P, N * C),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_reductions(name):
+    f, x, divisor = LOSSES[name]
+    x = jnp.asarray(x)
+
+    @jax.jit
+    def run(x):
+        out = {r: f(x, reduction=r) for r in ("none", "sum", "mean")}
+        grads = {r: jax.grad(lambda x, r=r: f(x, reduction=r).sum())(x) for r in out}
+        return out, grads
+
+    out, grads = run(x)
+    none = np.asarray(out["none"])
+    # The default is optax's: one loss per example, elementwise for BCE.
+    assert none.shape == ((N,) if name in ("ce_int", "nll", "ce_prob") else (N, C))
+    np.testing.assert_allclose(f(x), none, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(out["sum"], none.sum(), rtol=1e-12)
+    np.testing.assert_allclose(out["mean"], none.sum() / divisor, rtol=1e-12)
+    np.testing.assert_allclose(grads["mean"], grads["sum"] / divisor, rtol=1e-12, atol=1e-15)
+    for r in ("sum", "mean"):
+        assert out[r].shape == ()
+    if name in ("ce_int", "nll"):
+        # An ignored row contributes exactly 0 and has a zero gradient.
+        assert none[~COUNTED] == 0.0
+        assert jnp.all(grads["none"][~COUNTED] == 0.0)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_empty_batch_mean_is_zero(name):
+    x = jnp.zeros((0, C))
+    labels = {
+        "ce_int": jnp.zeros((0,), jnp.int32),
+        "nll": jnp.zeros((0,), jnp.int32),
+        "ce_prob": jnp.zeros((0, C)),
+        "bce": jnp.zeros((0, C)),
+        "bce_probs": jnp.zeros((0, C)),
+    }[name]
+    fn = {
+        "ce_int": jl.softmax_cross_entropy_with_integer_labels,
+        "nll": jl.nll_loss,
+        "ce_prob": jl.softmax_cross_entropy,
+        "bce": jl.sigmoid_binary_cross_entropy,
+        "bce_probs": jl.binary_cross_entropy,
+    }[name]
+    value, grad = jax.value_and_grad(lambda x: fn(x, labels, reduction="mean"))(x)
+    assert value == 0.0 and grad.shape == (0, C)
+
+
+# --------------------------------------------------------------------------
+# reduce_loss, safe_divide, safe_mul
+# --------------------------------------------------------------------------
+
+
+def test_reduce_loss_mechanics():
+    loss = jnp.array([1.0, 2.0, 0.0, 3.0])
+    assert cm.reduce_loss(loss, "none") is loss
+    assert cm.reduce_loss(loss, "sum") == 6.0
+    assert cm.reduce_loss(loss, "mean") == 1.5
+    den = jnp.array([0.5, 1.0, 0.0, 1.5])
+    assert cm.reduce_loss(loss, "mean", den) == 2.0
+    assert cm.reduce_loss(loss, "batchmean", batch_size=3) == 2.0
+    # Nothing counts: 0, never NaN, and the gradient is 0 (PyTorch: NaN).
+    f = lambda loss: cm.reduce_loss(loss, "mean", jnp.zeros(4))
+    assert f(loss) == 0.0
+    assert jnp.all(jax.grad(f)(loss) == 0.0)
+
+
+def test_safe_divide_and_safe_mul_have_no_nan_in_derivatives():
+    num, den = jnp.array([1.0, 2.0]), jnp.array([0.0, 4.0])
+    np.testing.assert_array_equal(cm.safe_divide(num, den), [0.0, 0.5])
+    g_num, g_den = jax.grad(lambda n, d: cm.safe_divide(n, d).sum(), argnums=(0, 1))(num, den)
+    np.testing.assert_array_equal(g_num, [0.0, 0.25])
+    np.testing.assert_array_equal(g_den, [0.0, -2.0 / 16.0])
+
+    coef, value = jnp.array([0.0, 2.0]), jnp.array([jnp.inf, 3.0])
+    np.testing.assert_array_equal(cm.safe_mul(coef, value), [0.0, 6.0])
+    g_coef, g_value = jax.grad(lambda c, v: cm.safe_mul(c, v).sum(), argnums=(0, 1))(coef, value)
+    np.testing.assert_array_equal(g_value, [0.0, 2.0])
+    assert g_coef[1] == 3.0 and not jnp.isnan(g_coef[0])
+
+
+# --------------------------------------------------------------------------
+# Validation helpers
+# --------------------------------------------------------------------------
+
+
+def test_check_reduction():
+    assert cm.check_reduction("mean") == "mean"
+    assert cm.check_reduction("batchmean", extra=("batchmean",)) == "batchmean"
+    for bad in ("avg", "batchmean", None, 1, "Mean"):
+        with pytest.raises(ValueError, match=r"reduction must be one of 'none', 'sum', 'mean'"):
+            cm.check_reduction(bad)
+
+
+def test_static_float():
+    assert cm.static_float(0.1, "label_smoothing", low=0.0, high=1.0) == 0.1
+    assert cm.static_float(np.float32(0.5), "x") == 0.5
+    assert cm.static_float(jnp.asarray(0.25), "x") == 0.25
+    assert cm.static_float(None, "logit_softcap", allow_none=True) is None
+    with pytest.raises(TypeError, match="logit_softcap"):
+        cm.static_float(None, "logit_softcap")
+    with pytest.raises(ValueError, match=r"z_loss must be >= 0"):
+        cm.static_float(-1.0, "z_loss", low=0.0)
+    with pytest.raises(ValueError, match=r"logit_softcap must be > 0"):
+        cm.static_float(0.0, "logit_softcap", low=0.0, low_open=True)
+    with pytest.raises(ValueError, match=r"label_smoothing must be <= 1"):
+        cm.static_float(1.5, "label_smoothing", low=0.0, high=1.0)
+    with pytest.raises(ValueError, match="label_smoothing must not be NaN"):
+        cm.static_float(float("nan"), "label_smoothing", low=0.0, high=1.0)
+    with pytest.raises(TypeError, match="z_loss must be a number"):
+        cm.static_float("0.1", "z_loss")
+    with pytest.raises(TypeError, match="z_loss must be a concrete Python number"):
+        jax.jit(lambda z: cm.static_float(z, "z_loss"))(0.1)
+
+
+def test_static_int_and_axis():
+    assert cm.static_int(None, "ignore_index") is None
+    assert cm.static_int(np.int64(-100), "ignore_index") == -100
+    for bad in (1.0, True, "1", jnp.asarray(1.5)):
+        with pytest.raises(TypeError, match="ignore_index must be a Python int"):
+            cm.static_int(bad, "ignore_index")
+    assert cm.normalize_axis(-1, 3) == 2
+    assert cm.normalize_axis(np.int32(1), 3) == 1
+    with pytest.raises(ValueError, match=r"axis=3 is out of range"):
+        cm.normalize_axis(3, 3)
+    with pytest.raises(TypeError, match="axis must be an int"):
+        cm.normalize_axis(True, 3)
+    with pytest.raises(ValueError, match="at least one dimension"):
+        cm.normalize_axis(-1, 0)
+
+
+def test_array_kind_checks():
+    assert cm.as_float_array([1, 2], "logits").dtype == jnp.float32  # Python numbers
+    assert cm.as_float_array(jnp.ones(2, jnp.bfloat16), "logits").dtype == jnp.bfloat16
+    with pytest.raises(TypeError, match=r"logits must be a floating-point array; got dtype int32"):
+        cm.as_float_array(jnp.ones(2, jnp.int32), "logits")
+    with pytest.raises(TypeError, match="astype"):
+        cm.as_float_array(np.ones(2, np.int64), "weight")
+    with pytest.raises(TypeError, match="probs"):
+        cm.as_float_array(True, "probs")
+    assert cm.as_int_array(np.array([1, 2]), "labels").dtype.kind == "i"
+    with pytest.raises(TypeError, match="labels must be an integer array"):
+        cm.as_int_array(jnp.ones(2), "labels")
+
+
+def test_dtypes():
+    f32, f64 = jnp.ones(1, jnp.float32), jnp.ones(1, jnp.float64)
+    assert cm.compute_dtype(jnp.ones(1, jnp.bfloat16)) == jnp.float32
+    assert cm.compute_dtype(jnp.ones(1, jnp.float16)) == jnp.float32
+    assert cm.compute_dtype(f32) == jnp.float32
+    assert cm.compute_dtype(f64) == jnp.float64
+    assert cm.compute_dtype(f32, f64) == jnp.float64
+    assert cm.compute_dtype(f32, None) == jnp.float32
+
+
+def test_broadcasting_checks():
+    w = jnp.ones(4)
+    # check_broadcastable validates without materialising the broadcast.
+    assert cm.check_broadcastable(w, (3, 4), "weight", "logits").shape == (4,)
+    assert cm.broadcast_to_shape(w, (3, 4), "weight", "logits").shape == (3, 4)
+    for bad in (jnp.ones(3), jnp.ones((2, 3, 4)), jnp.ones((3, 1, 1))):
+        with pytest.raises(ValueError, match=r"weight with shape .* does not broadcast .*\(3, 4\)"):
+            cm.check_broadcastable(bad, (3, 4), "weight", "logits")
+    assert cm.as_mask(None, (3, 4)) is None
+    assert cm.as_mask(jnp.ones(4, bool), (3, 4)).shape == (3, 4)
+    with pytest.raises(TypeError, match="where must be a boolean mask"):
+        cm.as_mask(jnp.ones(4), (3, 4))
+    with pytest.raises(ValueError, match="where with shape"):
+        cm.as_mask(jnp.ones(3, bool), (3, 4))
+    with pytest.raises(ValueError, match=r"labels and logits must have the same shape"):
+        cm.check_same_shape(jnp.ones(2), jnp.ones(3), "labels", "logits")
+
+
+def test_check_labels_in_range():
+    cm.check_labels_in_range(np.array([0, 2, -100]), 3, -100)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\).*found -1.*never wraps"):
+        cm.check_labels_in_range(np.array([0, -1]), 3, None)
+    with pytest.raises(ValueError, match="found 3"):
+        cm.check_labels_in_range(np.array([3, 0]), 3, -100)
+
+    # Traced labels: nothing raised at trace time; checkify reports it at run time.
+    def f(y):
+        cm.check_labels_in_range(y, 3, -100)
+        return y
+
+    jax.jit(f)(jnp.array([5]))  # no error unless checkified
+    err, _ = checkify.checkify(jax.jit(f))(jnp.array([0, 5]))
+    assert "labels out of range [0, 3)" in err.get()
+    err, _ = checkify.checkify(jax.jit(f))(jnp.array([0, -100]))
+    assert err.get() is None
+
+
+# --------------------------------------------------------------------------
+# No recompilation on repeated calls with the same shapes
+# --------------------------------------------------------------------------
+
+CALLS = {
+    "ce_int": (
+        lambda x, y: jl.softmax_cross_entropy_with_integer_labels(
+            x, y, ignore_index=-1, label_smoothing=0.1, z_loss=1e-4, reduction="mean"
+        ),
+        lambda r: (r.normal(size=(N, C)), r.integers(0, C, size=N)),
+    ),
+    "nll": (
+        lambda x, y: jl.nll_loss(x, y, reduction="mean"),
+        lambda r: (r.normal(size=(N, C)), r.integers(0, C, size=N)),
+    ),
+    "ce_prob": (
+        lambda x, t: jl.softmax_cross_entropy(x, t, label_smoothing=0.1, reduction="mean"),
+        lambda r: (r.normal(size=(N, C)), r.uniform(size=(N, C))),
+    ),
+    "bce": (
+        lambda x, y: jl.sigmoid_binary_cross_entropy(x, y, label_smoothing=0.1, reduction="mean"),
+        lambda r: (r.normal(size=(N, C)), r.uniform(size=(N, C))),
+    ),
+    "bce_probs": (
+        lambda p, y: jl.binary_cross_entropy(p, y, reduction="mean"),
+        lambda r: (r.uniform(size=(N, C)), r.uniform(size=(N, C))),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CALLS))
+def test_no_recompilation(name):
+    f, make = CALLS[name]
+    traces = []
+
+    @jax.jit
+    def step(x, y):
+        traces.append(1)  # runs only while tracing
+        return jax.value_and_grad(f)(x, y)
+
+    r = np.random.default_rng(1)
+    for _ in range(3):
+        x, y = make(r)
+        step(jnp.asarray(x, jnp.float32), jnp.asarray(y))
+    assert len(traces) == 1
+    assert step._cache_size() == 1
