@@ -312,7 +312,7 @@ TASKS: dict[str, Task] = {
 _T = Distillation.temperature
 
 
-def _logit(p: np.ndarray, info: dict[str, Any]) -> np.ndarray:
+def _prob_score(p: np.ndarray, info: dict[str, Any]) -> np.ndarray:
     return p - 0.5  # probabilities: decide at 1/2
 
 
@@ -414,7 +414,7 @@ SPECS: tuple[Spec, ...] = (
         "on sigmoid probabilities",
         lambda x, b, p, e: _lib("binary_cross_entropy")(x, b["y"], reduction="mean"),
         head=jax.nn.sigmoid,
-        score=_logit,
+        score=_prob_score,
     ),
     Spec(
         "sigmoid_focal_loss",

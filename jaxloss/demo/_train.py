@@ -28,7 +28,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxloss.demo import _data
-from jaxloss.demo._runs import SPECS_BY_NAME, TASKS, Env, Metric, Spec, Task
+from jaxloss.demo._runs import TASKS, Env, Metric, Spec, Task
 
 CHUNK_STEPS = 200  # batch indices are uploaded this many steps at a time
 GRADCHECK_ROWS = 4  # test rows the gradient check looks at
@@ -318,4 +318,4 @@ class Runner:
         }
 
 
-__all__ = ["SPECS_BY_NAME", "Placement", "Runner", "batch_indices"]
+__all__ = ["Placement", "Runner", "batch_indices", "make_step"]
