@@ -61,8 +61,19 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def _plain(x: Any) -> Any:
+    """JSON-ready: non-finite floats become ``null``."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
+
+
 def write_json(path: pathlib.Path, payload: dict[str, Any]) -> None:
-    path.write_text(json.dumps(payload, indent=1, allow_nan=True) + "\n")
+    path.write_text(json.dumps(_plain(payload), indent=1, allow_nan=False) + "\n")
 
 
 def _smooth(y, span: int):
