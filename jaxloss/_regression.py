@@ -2,14 +2,16 @@
 
 Most are polynomials or a single exp/log of the error, where autodiff of the
 plain formula is exact. Two get a ``custom_jvp`` with a tangent linear in
-``(dpredictions, dtargets)``, its coefficient recomputed under
-``jax.checkpoint`` (residuals: the inputs only):
+``(dpredictions, dtargets)``:
 
-- Huber / smooth L1: ``d/de = clip(e, -delta, delta)``; one fused pass instead
-  of autodiff through ``min``/``abs`` (whose tie rule splits the gradient).
-- log-cosh: ``d/de = tanh(e)``. The stable value ``|e| + log1p(exp(-2|e|)) -
-  log 2`` has a kink in ``|e|`` that autodiff turns into a second derivative of
-  0 at ``e = 0`` (the true one is 1); ``tanh`` has the right one.
+- Huber / smooth L1: ``d/de = clip(e, -delta, delta)``, recomputed under
+  ``jax.checkpoint`` (residuals: the inputs only); one fused pass instead of
+  autodiff through ``min``/``abs`` (whose tie rule splits the gradient).
+- log-cosh: ``d/de = tanh(e)``, read off the loss value
+  (``sign(e) sqrt(1 - exp(-2 loss))``) with its own rule ``1 - tanh^2``, so the
+  second derivative is right at ``e = 0`` (autodiff of a stable ``|e|`` form
+  gives 0 there, the truth is 1). This rule keeps the slope, one array of the
+  input's shape, as its residual: recomputing it would cost a pass and save nothing.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from jaxloss import _common as cm
 
@@ -63,9 +64,13 @@ def _linear(coef, dx, dt):
     return coef * (dx.astype(coef.dtype) - dt.astype(coef.dtype))
 
 
+@jax.custom_jvp
 def _abs(e):
-    # |e| = e sign(e): derivative sign(e), 0 at e = 0 as in PyTorch (jnp.abs gives 1)
-    return e * lax.stop_gradient(jnp.sign(e))
+    return jnp.abs(e)
+
+
+# d|e|/de = sign(e): 0 at e = 0 as in PyTorch (jnp.abs gives 1 there)
+_abs.defjvps(lambda de, ans, e: jnp.sign(e) * de)
 
 
 # --------------------------------------------------------------------------
@@ -312,36 +317,47 @@ def smooth_l1_loss(
 # --------------------------------------------------------------------------
 
 
-def _log_cosh_value(x, t):
-    e = _error(x, t)
+def _log_cosh_value(e):
     a = jnp.abs(e)
+    w = -jnp.expm1(-a)  # 1 - exp(-|e|), exact near 0
+    u = 1.0 - w  # exp(-|e|); only its square enters below 1e-7
     small = a < 1.0
-    # small |e|: log cosh e = log1p(cosh e - 1) = log1p(2 sinh(e/2)^2), no cancellation
-    h = jnp.sinh(0.5 * jnp.where(small, e, 0.0))
-    near = jnp.log1p(2.0 * (h * h))
-    # otherwise: log cosh e = |e| + log1p(exp(-2|e|)) - log 2, finite up to float max
-    a_far = jnp.where(small, 1.0, a)
-    far = a_far + jnp.log1p(jnp.exp(-2.0 * a_far)) - _LOG2
-    return jnp.where(small, near, far)
+    # |e| < 1: log cosh e = log1p(cosh e - 1), cosh e - 1 = w^2 / (2u)  (no cancellation)
+    # else:    log cosh e = |e| - log 2 + log1p(u^2)                       (finite to float max)
+    arg = jnp.where(small, w * w / (2.0 * jnp.where(small, u, 1.0)), u * u)
+    return jnp.where(small, 0.0, a - _LOG2) + jnp.log1p(arg)
 
 
-def _log_cosh_tangent(x, t, dx, dt):
-    return _linear(jnp.tanh(_error(x, t)), dx, dt)  # d/de log cosh e = tanh e
+@jax.custom_jvp
+def _tanh_from_log_cosh(e, log_cosh_e):
+    # tanh e = sign(e) sqrt(1 - 1 / cosh^2 e): the slope read off the loss itself,
+    # so XLA computes the gradient in place of the loss buffer (one pass, no scratch)
+    return jnp.sign(e) * jnp.sqrt(-jnp.expm1(-2.0 * log_cosh_e))
+
+
+@_tanh_from_log_cosh.defjvp
+def _tanh_from_log_cosh_jvp(primals, tangents):
+    e, lc = primals
+    de, _ = tangents  # lc = log cosh(e) is a function of e: d tanh e = (1 - tanh^2 e) de
+    s = _tanh_from_log_cosh(e, lc)
+    return s, (1.0 - s * s) * de
 
 
 @jax.custom_jvp
 def _log_cosh(x, t):
-    return _log_cosh_value(x, t)
+    return _log_cosh_value(_error(x, t))
 
 
 @partial(_log_cosh.defjvp, symbolic_zeros=True)
 def _log_cosh_jvp(primals, tangents):
     x, t = primals
     dx, dt = (None if cm.is_zero(d) else d for d in tangents)
-    loss = _log_cosh_value(x, t)
+    e = _error(x, t)
+    loss = _log_cosh_value(e)
     if dx is None and dt is None:
         return loss, jnp.zeros_like(loss)
-    return loss, jax.checkpoint(_log_cosh_tangent)(x, t, dx, dt)
+    # d/de log cosh e = tanh e; its own derivative 1 - tanh^2 e is 1 at e = 0
+    return loss, _linear(_tanh_from_log_cosh(e, loss), dx, dt)
 
 
 def log_cosh(

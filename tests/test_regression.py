@@ -6,6 +6,8 @@ smooth_l1_loss, poisson_nll_loss, gaussian_nll_loss) and ``optax.losses``
 float64 formulas written in the tests; the MSE worked example of DESIGN.md.
 """
 
+import contextlib
+import io
 import math
 
 import jax
@@ -271,18 +273,23 @@ def test_absolute_error_zero_gradient_at_zero():
     np.testing.assert_array_equal(g, [0.0, 0.0])
 
 
-def test_residuals_are_the_inputs():
+def _residuals(fn, *args):
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        print_saved_residuals(fn, *args)
+    return [ln for ln in buf.getvalue().splitlines() if ln.strip()]
+
+
+def test_residuals():
     x = jnp.ones((8,), jnp.float32)
     t = jnp.zeros((8,), jnp.float32)
-    for fn in (jaxloss.huber_loss, jaxloss.log_cosh, jaxloss.smooth_l1_loss):
-        import contextlib
-        import io
-
-        buf = io.StringIO()
-        with contextlib.redirect_stdout(buf):
-            print_saved_residuals(lambda a, b, f=fn: jnp.sum(f(a, b)), x, t)
-        lines = [ln for ln in buf.getvalue().splitlines() if ln.strip()]
-        assert all("from the argument" in ln for ln in lines), lines
+    # Huber and smooth L1 recompute their slope: the inputs are the only residuals
+    for fn in (jaxloss.huber_loss, jaxloss.smooth_l1_loss):
+        lines = _residuals(lambda a, b, f=fn: jnp.sum(f(a, b)), x, t)
+        assert lines == ["f32[8] from the argument a", "f32[8] from the argument b"], lines
+    # log-cosh keeps its slope, one array of the input's shape, and nothing else
+    lines = _residuals(lambda a, b: jnp.sum(jaxloss.log_cosh(a, b)), x, t)
+    assert len(lines) == 1 and lines[0].startswith("f32[8] "), lines
 
 
 # --------------------------------------------------------------------------
