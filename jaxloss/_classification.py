@@ -23,6 +23,7 @@ logsumexp_V(s)``, ``p = softmax_V(s)`` and class weights ``w`` (ones by default)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 
 import jax
@@ -87,7 +88,9 @@ def _logsumexp_parts(sm: Array) -> tuple[Array, Array]:
     return shift, jnp.log(jnp.sum(jnp.exp(sm - shift[..., None]), axis=-1))
 
 
-def _logsumexp_from_label(sm: Array, sm_y: Array, skip: Array) -> tuple[Array, Array]:
+def _logsumexp_from_label(
+    sm: Array, sm_y: Array, skip: Array, remake: Callable[[], Array]
+) -> tuple[Array, Array]:
     """Row logsumexp in one pass over the logits, shifted by the label's logit.
 
     ``CE = log sum_c exp(s_c - s_y) >= 0``: with the label's own logit as the
@@ -96,12 +99,17 @@ def _logsumexp_from_label(sm: Array, sm_y: Array, skip: Array) -> tuple[Array, A
     that finds the row maximum. If any counted row falls outside ``[1, inf)``
     (overflow, a ``-inf`` or masked label logit, NaN) the whole batch takes the
     max-shifted two-pass path instead. ``skip`` marks rows whose value is unused.
+    ``remake()`` rebuilds ``sm`` from the caller's own input inside that branch:
+    an ``sm`` computed outside it (upcast, masked, soft-capped) would become an
+    operand of the ``cond`` and be materialised as an ``[N, C]`` buffer.
     Returns ``(shift, log_sum)`` as :func:`_logsumexp_parts` does.
     """
     shift = lax.stop_gradient(jnp.where(jnp.isfinite(sm_y), sm_y, jnp.zeros_like(sm_y)))
     total = jnp.sum(jnp.exp(sm - shift[..., None]), axis=-1)
     ok = ((total >= 1.0) & (total < jnp.inf)) | skip
-    return lax.cond(jnp.all(ok), lambda: (shift, jnp.log(total)), lambda: _logsumexp_parts(sm))
+    return lax.cond(
+        jnp.all(ok), lambda: (shift, jnp.log(total)), lambda: _logsumexp_parts(remake())
+    )
 
 
 def _softmax_from_parts(sm: Array, shift: Array, log_sum: Array, rows: Array) -> Array:
@@ -153,6 +161,10 @@ def _int_rows(x, labels, weight, mask, ignore_index, eps, cap):
     ``active`` (the row counts: not ignored, some class allowed and not -inf).
     """
     num_classes = x.shape[-1]
+
+    def remake():
+        return _masked(_softcap(_upcast(x), cap), mask)
+
     s = _softcap(_upcast(x), cap)
     sm = _masked(s, mask)
     safe = jnp.clip(labels, 0, num_classes - 1)
@@ -160,8 +172,11 @@ def _int_rows(x, labels, weight, mask, ignore_index, eps, cap):
     active = jnp.ones(labels.shape, jnp.bool_)
     if ignore_index is not None:
         active &= labels != ignore_index
-    sm_y = jnp.take_along_axis(sm, safe[..., None], axis=-1)[..., 0]
-    shift, log_sum = _logsumexp_from_label(sm, sm_y, ~active)
+    sm_y = _label_logit(x, safe, cap)
+    if mask is not None:
+        allowed = jnp.take_along_axis(mask, safe[..., None], axis=-1)[..., 0]
+        sm_y = jnp.where(allowed, sm_y, _NEG_INF)
+    shift, log_sum = _logsumexp_from_label(sm, sm_y, ~active, remake)
     # A row with no allowed class (all masked or all -inf) has lse = -inf and
     # contributes 0; a NaN logit keeps its row active so the NaN propagates.
     active &= log_sum != _NEG_INF
@@ -185,8 +200,15 @@ def _class_weights(weight, s):
     return jnp.broadcast_to(weight.astype(s.dtype), s.shape)
 
 
-def _int_loss_from_rows(s, shift, log_sum, safe, w_y, e, bad, active, weight, mask, eps, z):
-    s_y = jnp.take_along_axis(s, safe[..., None], axis=-1)[..., 0]
+def _label_logit(x: Array, safe: Array, cap: float | None) -> Array:
+    # Gathered from the caller's buffer and widened afterwards: gathering from the
+    # widened array would share it between two consumers, and XLA would then
+    # materialise the float32 copy of bf16 logits.
+    return _softcap(_upcast(jnp.take_along_axis(x, safe[..., None], axis=-1)[..., 0]), cap)
+
+
+def _int_loss_from_rows(x, s, shift, log_sum, safe, w_y, e, bad, active, weight, mask, eps, z, cap):
+    s_y = _label_logit(x, safe, cap)
     s_y = jnp.where(active, s_y, jnp.zeros_like(s_y))
     # CE = logsumexp(s) - s[y] = log_sum + (shift - s[y]); exact when s[y] is the shift
     loss = cm.safe_mul((1.0 - eps) * w_y, log_sum + (shift - s_y))
@@ -211,7 +233,11 @@ def _int_coeffs(x, shift, log_sum, safe, w_y, e, bad, active, weight, mask, eps,
     if e is not None:
         cw = _class_weights(weight, s)
         valid = _valid_classes(s, mask)
-        a = a + e * jnp.sum(jnp.where(valid, cw, 0.0), axis=-1)
+        if weight is None:
+            # sum_c [c valid] eps / K = eps on every counted row: no pass over classes.
+            a = a + jnp.where(active, eps, 0.0)
+        else:
+            a = a + e * jnp.sum(jnp.where(valid, cw, 0.0), axis=-1)
         q = q + jnp.where(valid, e[..., None] * cw, 0.0)
     a = jnp.where(bad, jnp.full_like(a, jnp.nan), a)
     g = jnp.where(active[..., None], p * a[..., None] - q, 0.0)
@@ -229,7 +255,7 @@ def _int_forward(x, labels, weight, mask, ignore_index, eps, z, cap):
     """Per-row loss and the row's share of the mean's divisor (``w[y]``, 0 when
     the row is ignored or has no allowed class), from one pass over ``x``."""
     rows = _int_rows(x, labels, weight, mask, ignore_index, eps, cap)
-    return _int_loss_from_rows(*rows, weight, mask, eps, z), rows[4]
+    return _int_loss_from_rows(x, *rows, weight, mask, eps, z, cap), rows[4]
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(4, 5, 6, 7))
@@ -244,7 +270,9 @@ def _ce_int_jvp(ignore_index, eps, z, cap, primals, tangents):
     s, shift, log_sum, safe, w_y, e, bad, active = _int_rows(
         x, labels, weight, mask, ignore_index, eps, cap
     )
-    loss = _int_loss_from_rows(s, shift, log_sum, safe, w_y, e, bad, active, weight, mask, eps, z)
+    loss = _int_loss_from_rows(
+        x, s, shift, log_sum, safe, w_y, e, bad, active, weight, mask, eps, z, cap
+    )
     if cm.is_zero(dx):
         dloss = jnp.zeros_like(loss)
     else:
