@@ -112,8 +112,7 @@ def squared_error(
     """
     x, t = _prepare(predictions, targets)
     cm.check_reduction(reduction)
-    e = _error(x, t)
-    return cm.reduce_loss(e * e, reduction)
+    return cm.reduce_loss(jnp.square(_error(x, t)), reduction)
 
 
 def l2_loss(
@@ -147,8 +146,7 @@ def l2_loss(
     """
     x, t = _prepare(predictions, targets)
     cm.check_reduction(reduction)
-    e = _error(x, t)
-    return cm.reduce_loss(0.5 * (e * e), reduction)
+    return cm.reduce_loss(0.5 * jnp.square(_error(x, t)), reduction)
 
 
 def absolute_error(
