@@ -248,39 +248,56 @@ def softplus64(x):
 def test_infinite_logits():
     x = jnp.array([jnp.inf, -jnp.inf, jnp.inf, -jnp.inf])
     agree = jnp.array([1.0, 0.0, 1.0, 0.0])
+    disagree = 1.0 - agree
     pw = jnp.array([2.0, 2.0, 0.5, 0.5])
-    for opts in ({}, {"pos_weight": pw}, {"weight": pw}):
-        f = lambda x: bce_logits(x, agree, reduction="sum", **opts)
-        assert f(x) == 0.0
-        assert jnp.all(jax.grad(f)(x) == 0.0)
-        assert all_finite(jax.hessian(f)(x))
+    w0 = jnp.array([0.0, 0.0, 1.0, 1.0])
+
+    @jax.jit
+    def run(x):
+        agreeing = []
+        for opts in ({}, {"pos_weight": pw}, {"weight": pw}):
+            f = lambda x, opts=opts: bce_logits(x, agree, reduction="sum", **opts)
+            agreeing.append((f(x), jax.grad(f)(x), jax.hessian(f)(x)))
+        g = jax.grad(lambda x: bce_logits(x, disagree).sum())(x)
+        return agreeing, bce_logits(x, disagree), g, bce_logits(x, disagree, weight=w0)
+
+    agreeing, loss, grad, weighted = run(x)
+    for value, g, h in agreeing:
+        assert value == 0.0
+        assert jnp.all(g == 0.0)
+        assert all_finite(h)
     # A disagreeing label saturates at the largest float (README; PyTorch gives
     # inf), with the finite gradient +-1.
     big = np.finfo(np.float64).max
-    disagree = 1.0 - agree
-    assert jnp.all(bce_logits(x, disagree) == big)
-    close(jax.grad(lambda x: bce_logits(x, disagree).sum())(x), [1.0, -1.0, 1.0, -1.0])
+    assert jnp.all(loss == big)
+    close(grad, [1.0, -1.0, 1.0, -1.0])
     # A zero weight keeps a saturated element out.
-    w = jnp.array([0.0, 0.0, 1.0, 1.0])
-    close(bce_logits(x, disagree, weight=w), [0.0, 0.0, big, big])
+    close(weighted, [0.0, 0.0, big, big])
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
-@pytest.mark.parametrize("big", [1e4, 3e38])
-def test_huge_logits(big, dtype):
-    x = jnp.array([big, -big, big, -big], dtype)
+def test_huge_logits(dtype):
     y = jnp.array([1.0, 0.0, 0.0, 1.0], dtype)
     pw = jnp.array([1.5, 1.5, 0.5, 0.5], dtype)
-    for opts in ({}, {"pos_weight": pw}, {"label_smoothing": 0.1}):
-        grad = jax.grad(lambda x: bce_logits(x, y, reduction="sum", **opts))(x)
-        assert all_finite(grad)
-    # Float64 formula: y sp(-x) + (1 - y) sp(x); every value here fits in float32.
-    x64 = np.asarray(x, np.float64)
-    y64 = np.asarray(y, np.float64)
-    ref = y64 * softplus64(-x64) + (1 - y64) * softplus64(x64)
-    close(bce_logits(x, y), ref, rtol=1e-7, atol=0)
-    grad = jax.grad(lambda x: bce_logits(x, y).sum())(x)
-    close(grad, scipy.special.expit(x64) - y64, rtol=1e-7, atol=0)
+
+    @jax.jit
+    def run(x):
+        grads = [
+            jax.grad(lambda x, o=opts: bce_logits(x, y, reduction="sum", **o))(x)
+            for opts in ({}, {"pos_weight": pw}, {"label_smoothing": 0.1})
+        ]
+        return bce_logits(x, y), grads
+
+    for big in (1e4, 3e38):
+        x = jnp.array([big, -big, big, -big], dtype)
+        loss, grads = run(x)
+        assert all_finite(grads)
+        # Float64 formula: y sp(-x) + (1 - y) sp(x); every value here fits in float32.
+        x64 = np.asarray(x, np.float64)
+        y64 = np.asarray(y, np.float64)
+        ref = y64 * softplus64(-x64) + (1 - y64) * softplus64(x64)
+        close(loss, ref, rtol=1e-7, atol=0)
+        close(grads[0], scipy.special.expit(x64) - y64, rtol=1e-7, atol=0)
 
 
 @pytest.mark.parametrize("low", [jnp.bfloat16, jnp.float16])
@@ -296,13 +313,21 @@ def test_low_precision_computes_in_float32(low):
         ),
         (lambda p: bce_probs(p, y, weight=w), jnp.asarray(r.uniform(size=(N, C)), low)),
     ]
-    for f, x_low in cases:
-        x32 = x_low.astype(jnp.float32)
-        assert f(x_low).dtype == jnp.float32
-        close(f(x_low), f(x32), rtol=1e-5, atol=0)
-        g_low = jax.grad(lambda x: f(x).sum())(x_low)
-        g32 = jax.grad(lambda x: f(x).sum())(x32)
+
+    @jax.jit
+    def run(inputs):
+        out = []
+        for (f, _), x_low in zip(cases, inputs, strict=True):
+            for x in (x_low, x_low.astype(jnp.float32)):
+                out.append((f(x), jax.grad(lambda x: f(x).sum())(x)))
+        return out
+
+    results = run([x for _, x in cases])
+    for (loss_low, g_low), (loss32, g32) in zip(results[::2], results[1::2], strict=True):
+        assert loss_low.dtype == jnp.float32
+        close(loss_low, loss32, rtol=1e-5, atol=0)
         assert g_low.dtype == low
+        # The same float32 gradient, rounded once to the input's dtype.
         close(g_low.astype(jnp.float32), g32.astype(low).astype(jnp.float32), rtol=0, atol=0)
 
 
@@ -323,26 +348,44 @@ def test_broadcast_weights_vmap_and_jit():
     r = rng(9)
     xs = jnp.asarray(r.normal(size=(3, N, C)))
     ys = jnp.asarray(r.uniform(size=(3, N, C)))
+    ps = jnp.asarray(1 / (1 + np.exp(-np.asarray(xs))))
     pw = jnp.asarray(r.uniform(0.5, 2.0, size=C))
     w = jnp.asarray(r.uniform(0.5, 2.0, size=C))
     full = lambda a: jnp.broadcast_to(a, (N, C))
     f = lambda x, y: bce_logits(x, y, weight=w, pos_weight=pw, label_smoothing=0.1)
-    close(
-        f(xs[0], ys[0]),
-        bce_logits(xs[0], ys[0], weight=full(w), pos_weight=full(pw), label_smoothing=0.1),
-    )
-    # Labels broadcast too (one label row for the whole batch).
-    close(bce_logits(xs[0], ys[0, 0]), bce_logits(xs[0], jnp.broadcast_to(ys[0, 0], (N, C))))
     g = lambda p, y: bce_probs(p, y, weight=w, reduction="mean")
-    ps = jax.nn.sigmoid(xs)
-    for fn, args in ((f, (xs, ys)), (g, (ps, ys))):
-        eager = jnp.stack([fn(args[0][i], args[1][i]) for i in range(3)])
-        close(jax.vmap(fn)(*args), eager)
-        close(jax.jit(jax.vmap(fn))(*args), eager)
-        grads = jnp.stack(
-            [jax.grad(lambda a: fn(a, args[1][i]).sum())(args[0][i]) for i in range(3)]
-        )
-        close(jax.jit(jax.vmap(jax.grad(lambda a, b: fn(a, b).sum())))(*args), grads)
+    fns = [(f, xs), (g, ps)]
+
+    @jax.jit
+    def run(xs, ps, ys):
+        x, y = xs[0], ys[0]
+        broadcast = [
+            # [C] weights equal fully broadcast ones.
+            (f(x, y), bce_logits(x, y, weight=full(w), pos_weight=full(pw), label_smoothing=0.1)),
+            # Labels broadcast too (one label row for the whole batch).
+            (bce_logits(x, y[0]), bce_logits(x, full(y[0]))),
+        ]
+        batched, looped = [], []
+        for fn, a in ((f, xs), (g, ps)):
+            grad = jax.grad(lambda a, b, fn=fn: fn(a, b).sum())
+            batched.append((jax.vmap(fn)(a, ys), jax.vmap(grad)(a, ys)))
+            looped.append(
+                (
+                    jnp.stack([fn(a[i], ys[i]) for i in range(3)]),
+                    jnp.stack([grad(a[i], ys[i]) for i in range(3)]),
+                )
+            )
+        return broadcast, batched, looped
+
+    broadcast, batched, looped = run(xs, ps, ys)
+    for a, b in broadcast:
+        close(a, b)
+    for (value, grad), (ref_value, ref_grad) in zip(batched, looped, strict=True):
+        close(value, ref_value)
+        close(grad, ref_grad)
+    # Eager (op by op) equals the compiled program.
+    for (fn, a), (ref_value, _) in zip(fns, looped, strict=True):
+        close(fn(a[0], ys[0]), ref_value[0])
 
 
 # --------------------------------------------------------------------------
