@@ -191,10 +191,10 @@ def absolute_error(
 
 
 def _huber_value(x, t, delta, scale):
-    a = jnp.abs(_error(x, t))
-    quad = jnp.minimum(a, delta)
-    # 0.5 e^2 for |e| <= delta, delta (|e| - delta / 2) beyond
-    return scale * (0.5 * (quad * quad) + delta * (a - quad))
+    e = _error(x, t)
+    a = jnp.abs(e)
+    # 0.5 e^2 for |e| <= delta, delta (|e| - delta / 2) beyond (times scale)
+    return jnp.where(a <= delta, (0.5 * scale) * (e * e), (scale * delta) * (a - 0.5 * delta))
 
 
 def _huber_tangent(x, t, dx, dt, delta, scale):
