@@ -225,7 +225,13 @@ def _bce_probs_tangent(p, y, w, dp):
     p = p.astype(cm.compute_dtype(p))
     y = _widen(y, p)
     # PyTorch's rule: (p - y) / max(p (1 - p), eps); equals the derivative inside (0, 1).
-    g = (p - y) / jnp.maximum(p * (1.0 - p), _GRAD_EPS)
+    # Where p (1 - p) >= eps it is evaluated as (1 - y) / (1 - p) - y / p, whose own
+    # derivative (1 - y) / (1 - p)^2 + y / p^2 has no cancellation: the quotient
+    # form loses ~eps32 / p of the Hessian for confident predictions.
+    clamped = p * (1.0 - p) < _GRAD_EPS
+    one = jnp.ones_like(p)
+    split = (1.0 - y) / jnp.where(clamped, one, 1.0 - p) - y / jnp.where(clamped, one, p)
+    g = jnp.where(clamped, (p - y) / _GRAD_EPS, split)
     if w is not None:
         g = _widen(w, g) * g
     return g * dp.astype(p.dtype)
