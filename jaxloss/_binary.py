@@ -176,7 +176,8 @@ def sigmoid_binary_cross_entropy(
 
     Example:
       >>> import jax.numpy as jnp, jaxloss
-      >>> jaxloss.sigmoid_binary_cross_entropy(jnp.array([0.0, 2.0]), jnp.array([1.0, 0.0]))
+      >>> logits = jnp.array([0.0, 2.0], jnp.float32)
+      >>> jaxloss.sigmoid_binary_cross_entropy(logits, jnp.array([1.0, 0.0], jnp.float32))
       Array([0.6931472, 2.126928 ], dtype=float32)
 
     Note:
@@ -283,8 +284,9 @@ def binary_cross_entropy(
 
     Example:
       >>> import jax.numpy as jnp, jaxloss
-      >>> jaxloss.binary_cross_entropy(jnp.array([0.1, 0.8, 0.9, 0.2]),
-      ...                              jnp.array([0.0, 1.0, 1.0, 0.0]), reduction="mean")
+      >>> probs = jnp.array([0.1, 0.8, 0.9, 0.2], jnp.float32)
+      >>> labels = jnp.array([0.0, 1.0, 1.0, 0.0], jnp.float32)
+      >>> jaxloss.binary_cross_entropy(probs, labels, reduction="mean")
       Array(0.16425204, dtype=float32)
 
     Note:

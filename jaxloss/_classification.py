@@ -455,7 +455,7 @@ def softmax_cross_entropy_with_integer_labels(
 
     Example:
       >>> import jax.numpy as jnp, jaxloss
-      >>> logits = jnp.array([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+      >>> logits = jnp.array([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]], jnp.float32)
       >>> jaxloss.softmax_cross_entropy_with_integer_labels(logits, jnp.array([0, 1]))
       Array([0.169846, 0.551445], dtype=float32)
 
@@ -538,8 +538,8 @@ def softmax_cross_entropy(
 
     Example:
       >>> import jax.numpy as jnp, jaxloss
-      >>> jaxloss.softmax_cross_entropy(jnp.log(jnp.array([[0.5, 0.4, 0.1]])),
-      ...                               jnp.array([[1.0, 0.0, 0.0]]))
+      >>> probs = jnp.array([[0.5, 0.4, 0.1]], jnp.float32)
+      >>> jaxloss.softmax_cross_entropy(jnp.log(probs), jnp.array([[1.0, 0.0, 0.0]], jnp.float32))
       Array([0.6931472], dtype=float32)
 
     Note:
@@ -599,7 +599,7 @@ def nll_loss(
 
     Example:
       >>> import jax, jax.numpy as jnp, jaxloss
-      >>> logp = jax.nn.log_softmax(jnp.array([[2.0, 0.0, -1.0]]))
+      >>> logp = jax.nn.log_softmax(jnp.array([[2.0, 0.0, -1.0]], jnp.float32))
       >>> jaxloss.nll_loss(logp, jnp.array([0]))
       Array([0.16984604], dtype=float32)
 
