@@ -77,9 +77,11 @@ ArrayLike = jax.typing.ArrayLike
 Array = jax.Array
 
 # Logits scratch per chunk chosen when ``chunk_size=None``: at most this many
-# bytes, and at most 1/16 of the full [N, V] float32 logits.
-_CHUNK_BYTES = 64 * 2**20
-_CHUNK_FRACTION = 16
+# bytes, and at most 1/8 of the full [N, V] float32 logits.
+_CHUNK_BYTES = 256 * 2**20
+_CHUNK_FRACTION = 8
+# Within a chunk, the vocabulary is walked in tiles of about this many bytes.
+_TILE_BYTES = 2 * 2**20
 
 
 # --------------------------------------------------------------------------
@@ -119,7 +121,7 @@ def _match_varying(x: Array, *refs: Array | None) -> Array:
 
 
 def _default_chunk(n: int, v: int) -> int:
-    """Token rows per chunk: [chunk, V] float32 logits of at most min(64 MiB, N*V*4/16)."""
+    """Token rows per chunk: [chunk, V] float32 logits of at most min(256 MiB, N*V*4/8)."""
     budget = min(_CHUNK_BYTES, n * v * 4 // _CHUNK_FRACTION)
     rows = max(budget // (4 * max(v, 1)), 1)
     if rows >= 8:
@@ -197,22 +199,6 @@ def _logits(h_c, w, b, dtype, cap):
     return _softcap(x, cap)
 
 
-def _target(s, y_c):
-    """``s[y]`` where the label falls in this shard's classes, else 0."""
-    v_local = s.shape[-1]
-    inside = (y_c >= 0) & (y_c < v_local)
-    picked = jnp.take_along_axis(s, jnp.clip(y_c, 0, v_local - 1)[:, None], axis=-1)[:, 0]
-    return jnp.where(inside, picked, jnp.zeros_like(picked))
-
-
-def _local_stats(s, y_c, eps):
-    """Per-row statistics of one chunk of (local) logits: lse, s_y and sum_c s_c."""
-    stats = [_logsumexp(s), _target(s, y_c)]
-    if eps > 0.0:
-        stats.append(jnp.sum(s, axis=-1))
-    return stats
-
-
 def _row_loss(lse, s_y, sum_s, active, bad, opts: _Opts):
     # CE = lse - s_y; smoothing adds eps (lse - mean_c s_c); PaLM z-loss z lse^2
     loss = (1.0 - opts.eps) * (lse - s_y)
@@ -274,12 +260,12 @@ def _combine(stats, opts: _Opts):
 
 
 def _stats_pass(h_chunks, w, b, rows: _Rows, dtype, n, opts: _Opts):
-    """Local per-row statistics without gradients (one matmul)."""
+    """Local per-row statistics without gradients (one matmul, tile by tile)."""
 
     def body(_, xs):
         h_c, y_c = xs
-        s = _logits(h_c, w, b, dtype, opts.cap)
-        return None, jnp.stack(_local_stats(s, y_c, opts.eps))
+        stats, _ = _chunk_stats(h_c, *_pin(w, b, h_c), y_c, dtype, opts, store=False)
+        return None, jnp.stack(stats)
 
     _, stats = lax.scan(body, None, (h_chunks, rows.y))  # [chunks, k, chunk]
     return [_unchunk(stats[:, i], n) for i in range(stats.shape[1])]
@@ -293,74 +279,198 @@ def _loss_from_stats(stats, rows: _Rows, n, opts):
     return _reduce(loss, rows, opts), lse
 
 
-def _grad_pass(h_chunks, w, b, rows: _Rows, dtype, n, opts: _Opts, want, lse=None):
-    """Loss and gradient coefficients chunk by chunk (logits held for one chunk only).
+def _pin(w, b, h_c):
+    """``(w, b)`` tied to the current chunk by an optimization barrier.
 
-    With ``lse=None`` (unsharded) each chunk computes its own rows' logsumexp
-    and loss; otherwise the global ``lse`` is given and only gradients are made.
+    Without it XLA hoists the tile slices of W (loop-invariant in the chunk
+    loop) out of the loop and keeps a tiled copy of the whole kernel.
+    """
+    w, b, _ = lax.optimization_barrier((w, b, h_c))
+    return w, b
+
+
+def _vocab_tiles(v: int, rows: int) -> tuple[int, int]:
+    """(columns per tile, number of tiles): [rows, tile] and [D, tile] float32 tiles
+    of about 2 MiB (``rows`` is the larger of the chunk and D), and at least 8
+    tiles when V allows (so the tiles stay small beside the chunk's logits)."""
+    tile = min(_TILE_BYTES // (4 * max(rows, 1)), -(-v // 8))
+    tile = min(max(tile, 128), v)
+    return tile, -(-v // tile)
+
+
+def _tile_start(i, tile: int, v: int):
+    """First column of tile ``i`` and of the slice read for it. The last tile is
+    shifted left to stay in bounds; its columns before ``first`` belong to the
+    previous tile and are masked out. A single tile is the whole vocabulary."""
+    if tile == v:
+        return 0, 0
+    first = i * tile
+    return first, jnp.minimum(first, v - tile)
+
+
+def _slice_cols(x, start, tile: int, axis: int):
+    # No slice for a single tile: XLA would hoist the loop-invariant copy of W.
+    if tile == x.shape[axis]:
+        return x
+    return lax.dynamic_slice_in_dim(x, start, tile, axis=axis)
+
+
+def _tile_columns(start, first, tile: int, v: int, dtype):
+    """Column ids [1, tile] of a tile and its 0/1 mask of columns it owns."""
+    if tile == v:
+        cols = lax.broadcasted_iota(dtype, (1, tile), 1)
+        return cols, None
+    cols = start + lax.broadcasted_iota(start.dtype, (1, tile), 1)
+    return cols.astype(dtype), cols >= first
+
+
+def _tile_logits(h_c, w, b, start, tile, dtype, cap):
+    w_t = _slice_cols(w, start, tile, 1)
+    x = _dot(h_c, w_t, (1, 0), dtype)
+    if b is not None:
+        x = x + _slice_cols(b, start, tile, 0).astype(dtype)[None, :]
+    return _softcap(x, cap), w_t
+
+
+def _chunk_stats(h_c, w, b, y_c, dtype, opts: _Opts, store: bool):
+    """Row statistics of one chunk, tile by tile: online logsumexp, s_y, sum_c s_c.
+
+    With ``store`` the chunk's [chunk, V] logits are also written out (for the
+    gradient pass that follows); otherwise only one [chunk, tile] tile exists.
+    """
+    c, v = h_c.shape[0], w.shape[1]
+    tile, tiles = _vocab_tiles(v, max(c, h_c.shape[1]))
+    refs = (h_c, w, b, y_c)
+    zeros = _match_varying(jnp.zeros((c,), dtype), *refs)
+    init = {"m": zeros - jnp.inf, "l": zeros, "s_y": zeros}
+    if opts.eps > 0.0:
+        init["sum_s"] = zeros
+    if store:
+        init["s"] = _match_varying(jnp.zeros((c, v), dtype), *refs)
+
+    def step(i, acc):
+        first, start = _tile_start(i, tile, v)
+        s, _ = _tile_logits(h_c, w, b, start, tile, dtype, opts.cap)
+        cols, fresh = _tile_columns(start, first, tile, v, y_c.dtype)
+        # Row-vector masks only: a [chunk, tile] constant would be hoisted out of the loop.
+        if fresh is not None:
+            s_owned = s + jnp.where(fresh, 0.0, -jnp.inf).astype(s.dtype)
+            own = fresh.astype(s.dtype)
+        else:
+            s_owned, own = s, None
+        # Online logsumexp: l = sum exp(s - m) with a running max m.
+        m = jnp.maximum(acc["m"], jnp.max(s_owned, axis=-1))
+        m_safe = jnp.where(jnp.isfinite(m), m, jnp.zeros_like(m))
+        out = dict(acc)
+        out["m"] = m
+        out["l"] = acc["l"] * jnp.exp(acc["m"] - m_safe) + jnp.sum(
+            jnp.exp(s_owned - m_safe[:, None]), axis=-1
+        )
+        hit = (cols == y_c[:, None]).astype(s.dtype)
+        if own is not None:
+            hit = hit * own
+        out["s_y"] = acc["s_y"] + jnp.sum(s * hit, axis=-1)
+        if opts.eps > 0.0:
+            out["sum_s"] = acc["sum_s"] + jnp.sum(s if own is None else s * own, axis=-1)
+        if store:
+            out["s"] = (
+                s if tile == v else lax.dynamic_update_slice_in_dim(acc["s"], s, start, axis=1)
+            )
+        return out
+
+    acc = lax.fori_loop(0, tiles, step, init)
+    m_safe = jnp.where(jnp.isfinite(acc["m"]), acc["m"], jnp.zeros_like(acc["m"]))
+    lse = jnp.log(acc["l"]) + m_safe
+    stats = [lse, acc["s_y"]] + ([acc["sum_s"]] if opts.eps > 0.0 else [])
+    return stats, acc.get("s")
+
+
+def _chunk_grads(h_c, w, b, y_c, act_c, bad_c, sc_c, lse_c, s_full, dtype, opts, want, acc):
+    """Adds one chunk's gradient coefficients, tile by tile.
+
+    ``g`` exists one [chunk, tile] tile at a time and is used by the two
+    products while it is in cache: ``dh_c += g @ W_t.T``, ``G_W[:, t] += h_c.T @ g``.
+    The tile's logits come from ``s_full`` (stored by the statistics pass) or,
+    without it, are recomputed.
+    """
+    want_h, want_w, want_b = want
+    c, v = h_c.shape[0], w.shape[1]
+    tile, tiles = _vocab_tiles(v, max(c, h_c.shape[1]))
+    low = h_c.dtype  # g is cast to the matmul dtype, as autodiff of `h @ W` would
+
+    def step(i, acc):
+        dh_c, g_w, g_b = acc
+        first, start = _tile_start(i, tile, v)
+        if s_full is None:
+            s, w_t = _tile_logits(h_c, w, b, start, tile, dtype, opts.cap)
+        else:
+            s, w_t = _slice_cols(s_full, start, tile, 1), _slice_cols(w, start, tile, 1)
+        g = _coeffs(s, lse_c, y_c - jnp.asarray(start, y_c.dtype), act_c, bad_c, sc_c, opts)
+        _, fresh = _tile_columns(start, first, tile, v, y_c.dtype)
+        if fresh is not None:
+            g = g * fresh.astype(g.dtype)  # columns of the previous tile
+        gl = g.astype(low)
+        if want_h:
+            dh_c = dh_c + _dot(gl, w_t, (1, 1), dtype)  # g @ W_t.T: [chunk, D]
+        if want_w:
+            part = _dot(h_c, gl, (0, 0), dtype)  # h_c.T @ g: [D, tile]
+            if tile == v:
+                g_w = g_w + part
+            else:
+                old = lax.dynamic_slice_in_dim(g_w, start, tile, axis=1)
+                g_w = lax.dynamic_update_slice_in_dim(g_w, old + part, start, axis=1)
+        if want_b:
+            part = jnp.sum(g, axis=0)
+            if tile == v:
+                g_b = g_b + part
+            else:
+                old = lax.dynamic_slice_in_dim(g_b, start, tile)
+                g_b = lax.dynamic_update_slice_in_dim(g_b, old + part, start, 0)
+        return dh_c, g_w, g_b
+
+    dh0 = _match_varying(jnp.zeros((c, h_c.shape[1]), dtype), h_c, w, b, y_c, sc_c)
+    dh_c, g_w, g_b = lax.fori_loop(0, tiles, step, (dh0 if want_h else None, *acc))
+    return dh_c, g_w, g_b
+
+
+def _grad_pass(h_chunks, w, b, rows: _Rows, dtype, n, opts: _Opts, want, lse=None):
+    """Loss and gradient coefficients chunk by chunk.
+
+    With ``lse=None`` (unsharded) each chunk first computes its rows' logits
+    (stored, [chunk, V]) and statistics, then the gradients from the stored
+    logits: three matmuls in all. Given the global ``lse`` (sharded), the
+    gradient pass recomputes each tile's logits and makes no loss.
     """
     want_h, want_w, want_b = want
     lse_chunks = None if lse is None else _chunk_rows(lse, opts.chunk, h_chunks.shape[0])
-    low = h_chunks.dtype  # g is cast to the matmul dtype, as autodiff of `h @ W` would
     refs = (h_chunks, w, b, rows.scale)
     g_w0 = _match_varying(jnp.zeros(w.shape, dtype), *refs) if want_w else None
     g_b0 = _match_varying(jnp.zeros(w.shape[1:], dtype), *refs) if want_b else None
 
     def body(carry, xs):
-        g_w, g_b = carry
         h_c, y_c, act_c, bad_c, sc_c, lse_c = xs
-        s = _logits(h_c, w, b, dtype, opts.cap)
+        w_, b_ = _pin(w, b, h_c)
         out = {}
+        s_full = None
         if lse_c is None:
-            st = _local_stats(s, y_c, opts.eps)
+            st, s_full = _chunk_stats(h_c, w_, b_, y_c, dtype, opts, store=any(want))
             lse_c = st[0]
             out["loss"] = _row_loss(
                 st[0], st[1], st[2] if opts.eps > 0.0 else None, act_c, bad_c, opts
             )
-        g = _coeffs(s, lse_c, y_c, act_c, bad_c, sc_c, opts)
-        gl = g.astype(low)
-        if want_h:
-            out["h"] = _dot(gl, w, (1, 1), dtype)  # g @ W.T: [chunk, D]
-        if want_w:
-            g_w = _accumulate_outer(g_w, h_c, gl, dtype)  # += h.T @ g: [D, V]
-        if want_b:
-            g_b = g_b + jnp.sum(g, axis=0)
-        return (g_w, g_b), out
+        if any(want):
+            dh_c, *carry = _chunk_grads(
+                h_c, w_, b_, y_c, act_c, bad_c, sc_c, lse_c, s_full, dtype, opts, want, carry
+            )
+            if want_h:
+                out["h"] = dh_c
+        return tuple(carry), out
 
     xs = (h_chunks, rows.y, rows.active, rows.bad, rows.scale, lse_chunks)
     (g_w, g_b), out = lax.scan(body, (g_w0, g_b0), xs)
     g_h = _unchunk(out["h"], n) if want_h else None
     loss_rows = _unchunk(out["loss"], n) if "loss" in out else None
     return loss_rows, g_h, g_w, g_b
-
-
-def _accumulate_outer(acc, h_c, g, dtype):
-    """``acc + h_c.T @ g``, one block of vocabulary columns at a time, in place.
-
-    A single ``h_c.T @ g`` would need a [D, V] temporary beside the
-    accumulator; blocks of about ``chunk * V / D`` columns, updated in turn by
-    a ``fori_loop``, keep the temporary no larger than one chunk's logits.
-    """
-    d, v = acc.shape
-    blocks = min(-(-d // h_c.shape[0]), 64, v)
-    if blocks <= 1:
-        return acc + _dot(h_c, g, (0, 0), dtype)
-    block = -(-v // blocks)
-
-    def step(i, acc):
-        # The last block is shifted left to stay in bounds; its columns that the
-        # previous block already added are masked out.
-        first = i * block
-        start = jnp.minimum(first, v - block)
-        g_blk = lax.dynamic_slice_in_dim(g, start, block, axis=1)
-        cols = start + lax.broadcasted_iota(start.dtype, (1, block), 1)
-        g_blk = g_blk * (cols >= first).astype(g_blk.dtype)
-        old = lax.dynamic_slice_in_dim(acc, start, block, axis=1)
-        return lax.dynamic_update_slice_in_dim(
-            acc, old + _dot(h_c, g_blk, (0, 0), dtype), start, axis=1
-        )
-
-    return lax.fori_loop(0, blocks, step, acc)
 
 
 def _tangent_rows(h_chunks, w, b, rows: _Rows, lse, dtype, n, opts: _Opts, dh, dw, db):
@@ -909,11 +1019,11 @@ def vocab_parallel_softmax_cross_entropy(
     Example:
       >>> import jax, jax.numpy as jnp, jaxloss
       >>> from jax.sharding import PartitionSpec as P
-      >>> mesh = jax.make_mesh((1,), ("v",))
+      >>> mesh = jax.make_mesh((1,), ("v",), axis_types=(jax.sharding.AxisType.Auto,))
       >>> f = jax.shard_map(
       ...     lambda x, y: jaxloss.vocab_parallel_softmax_cross_entropy(x, y, axis_name="v"),
       ...     mesh=mesh, in_specs=(P(None, "v"), P()), out_specs=P())
-      >>> jax.jit(f)(jnp.array([[2.0, 0.0, -1.0]]), jnp.array([0]))
+      >>> jax.jit(f)(jnp.array([[2.0, 0.0, -1.0]], jnp.float32), jnp.array([0]))
       Array([0.169846], dtype=float32)
 
     Note:

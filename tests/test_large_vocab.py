@@ -364,9 +364,9 @@ def test_no_n_by_v_residual():
 
 
 def test_default_chunk():
-    assert _large_vocab._default_chunk(4096, 32768) == 256  # 32 MiB of float32 logits
-    assert _large_vocab._default_chunk(4096, 131072) == 128  # capped at 64 MiB
-    assert _large_vocab._default_chunk(5, 10) == 1  # at most 1/16 of [N, V]
+    assert _large_vocab._default_chunk(4096, 32768) == 512  # 1/8 of [N, V]: 64 MiB
+    assert _large_vocab._default_chunk(4096, 131072) == 512  # capped at 256 MiB
+    assert _large_vocab._default_chunk(5, 10) == 1  # at least one row
     assert 1 <= _large_vocab._default_chunk(1, 10**7) <= 1
 
 
