@@ -5,8 +5,11 @@ Two problems share this module.
 * ``fused_linear_softmax_cross_entropy(hidden, kernel, labels)`` computes
   ``softmax_cross_entropy_with_integer_labels(hidden @ kernel + bias, labels)``
   without ever holding the ``[N, V]`` logits. Rows are processed in chunks of
-  ``chunk_size`` tokens (``lax.scan``); a chunk's ``[chunk, V]`` logits live
-  only inside one loop step.
+  ``chunk_size`` tokens (``lax.scan``); inside a chunk the vocabulary is
+  walked in tiles of about 2 MiB (``fori_loop``): an online logsumexp while
+  the chunk's ``[chunk, V]`` logits are written once, then ``g`` is formed and
+  consumed tile by tile while it is in cache (``dh += g @ W_t.T``,
+  ``dW[:, t] += h.T @ g``). The chunk's logits are the largest temporary.
 * ``vocab_parallel_softmax_cross_entropy(logits, labels, axis_name=...)`` runs
   inside ``jax.shard_map`` with the class axis sharded: each device reduces its
   slice to a few numbers per row, one all-gather combines them, and the
@@ -45,8 +48,14 @@ picks one of two strategies:
   rebuilds ``g`` chunk by chunk (four matmuls in total).
 
 The vocabulary-parallel fused loss uses the same machinery with two passes
-(local statistics, one all-gather, then the gradient pass) and one ``[N, D]``
-all-reduce that sums each shard's ``g @ kernel_shard.T``.
+(local statistics, one all-gather, then the gradient pass, which recomputes
+each tile's logits: four matmuls) and one ``[N, D]`` all-reduce that sums each
+shard's ``g @ kernel_shard.T``.
+
+Measured alternative: forming only the per-row ``lse`` in the forward pass and
+recomputing logits in the backward (the ``"recompute"`` strategy for every
+reduction, as jax-cce and Apple's CCE do) costs a fourth matmul; on CPU it was
+slower than the default (benchmarks/results/large_vocab_cpu.md).
 """
 
 from __future__ import annotations
@@ -861,19 +870,16 @@ def _vp_rows(x, y, weight, mask, opts: _VpOpts):
     inside = (y_local >= 0) & (y_local < v_local)
     safe_local = jnp.clip(y_local, 0, v_local - 1)
     s_y = jnp.take_along_axis(s, safe_local[..., None], axis=-1)[..., 0]
-    valid = _valid_classes(s, mask)
-    local = [
-        _logsumexp(sm),
-        jnp.where(inside, s_y, jnp.zeros_like(s_y)),
-        jnp.sum(valid, axis=-1).astype(s.dtype),
-    ]
+    local = [_logsumexp(sm), jnp.where(inside, s_y, jnp.zeros_like(s_y))]
     cw = None
     if opts.eps > 0.0:
+        valid = _valid_classes(s, mask)
         if weight is not None:
             cw = lax.dynamic_slice_in_dim(weight.astype(s.dtype), index * v_local, v_local)
             cw = jnp.where(valid, jnp.broadcast_to(cw, s.shape), 0.0)
         else:
             cw = valid.astype(s.dtype)
+        local.append(jnp.sum(valid, axis=-1).astype(s.dtype))  # K: valid classes
         local.append(jnp.sum(cm.safe_mul(cw, s), axis=-1))  # sum_c w_c s_c over valid c
         if weight is not None:
             local.append(jnp.sum(cw, axis=-1))
@@ -881,8 +887,8 @@ def _vp_rows(x, y, weight, mask, opts: _VpOpts):
     g = lax.all_gather(jnp.stack(local), opts.axis_name, to="invarying")
     lse = _logsumexp(jnp.moveaxis(g[:, 0], 0, -1))
     s_y = jnp.sum(g[:, 1], axis=0)
-    k = jnp.sum(g[:, 2], axis=0)
-    active = k > 0
+    # A row with no class (all masked or -inf) has lse = -inf; NaN rows stay active.
+    active = lse != -jnp.inf
     if opts.ignore_index is not None:
         active &= y != opts.ignore_index
     safe = jnp.clip(y, 0, opts.num_classes - 1)
@@ -893,6 +899,7 @@ def _vp_rows(x, y, weight, mask, opts: _VpOpts):
     s_y = jnp.where(active, s_y, jnp.zeros_like(s_y))
     e = ws = wv = None
     if opts.eps > 0.0:
+        k = jnp.sum(g[:, 2], axis=0)
         e = jnp.where(active, opts.eps / jnp.maximum(k, 1.0), jnp.zeros_like(k))
         ws = jnp.sum(g[:, 3], axis=0)
         wv = jnp.sum(g[:, 4], axis=0) if weight is not None else k
