@@ -368,10 +368,13 @@ def log_cosh(
 
     .. math:: \ell = \log\cosh(x - t)
 
-    computed as :math:`\log(1 + 2\sinh^2(e/2))` for :math:`|e| < 1` (no
-    cancellation for tiny errors) and :math:`|e| + \log(1 + e^{-2|e|}) - \log 2`
-    otherwise (finite up to the float maximum). The derivative rule is
-    :math:`\tanh(e)`, so the second derivative is right everywhere, 1 at 0.
+    computed as :math:`\log(1 + (\cosh e - 1))` with :math:`\cosh e - 1 =
+    w^2 / (2(1 - w))`, :math:`w = 1 - e^{-|e|}` from ``expm1``, for :math:`|e| < 1`
+    (full precision for tiny errors, where ``optax.log_cosh`` cancels to 0) and
+    :math:`|e| - \log 2 + \log(1 + e^{-2|e|})` otherwise (finite up to the
+    float maximum). The derivative rule is :math:`\tanh(e)`, read off the loss
+    as :math:`\operatorname{sign}(e)\sqrt{1 - e^{-2\ell}}`, with its own rule
+    :math:`1 - \tanh^2 e`: the second derivative is right everywhere, 1 at 0.
 
     Args:
       predictions: float array of any shape.
@@ -387,7 +390,7 @@ def log_cosh(
       Array([ 0.       ,  0.4337808, 99.30685  ], dtype=float32)
 
     Note:
-      Infinite errors give ``inf`` with derivative :math:`\pm 1`.
+      Infinite errors give ``inf`` with derivative :math:`\pm 1`; NaN stays NaN.
 
     References:
       ``optax.log_cosh``; Chen et al., *Log Hyperbolic Cosine Loss Improves
