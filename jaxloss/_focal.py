@@ -26,7 +26,8 @@ softmax over the other classes, ``dL/dx_c = D ([c == y] - [c != y] p'_c)``.
 
 Both rules are ``custom_jvp`` with tangents linear in the input tangents and
 coefficients recomputed under ``jax.checkpoint``: reverse mode keeps only the
-inputs (plus one scalar per row for the softmax loss).
+inputs (plus two scalars per row for the softmax loss: the margin and the
+logsumexp of the other classes).
 """
 
 from __future__ import annotations
