@@ -60,7 +60,15 @@ def call_main(name: str, quick: bool, out: Path | None) -> dict[str, Any]:
         reason = "".join(traceback.format_exception_only(type(exc), exc)).strip()[-500:]
         traceback.print_exc()
         return {"status": "failed", "reason": reason, "call": call}
-    return {"status": "ok", "reason": "", "call": call, "returned": _jsonable(returned)}
+    result = {"status": "ok", "reason": "", "call": call, "returned": _jsonable(returned)}
+    render = getattr(module, "render", None)
+    if isinstance(returned, dict) and callable(render):
+        # a module-level render(results) -> str gives the script's own markdown report
+        try:
+            result["markdown"] = str(render(returned))
+        except Exception as exc:
+            result["markdown_error"] = f"{type(exc).__name__}: {exc}"
+    return result
 
 
 def main(argv: list[str] | None = None) -> None:
