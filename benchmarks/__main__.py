@@ -514,11 +514,24 @@ def _merge_previous(results: dict[str, Any], path: Path, selected: list[str]) ->
         results["extras"].setdefault(name, extra)
 
 
+def _add_script_markdown(name: str, extra: dict[str, Any]) -> None:
+    """The script's own ``render(results)`` markdown, for results stored without it."""
+    try:
+        render = getattr(importlib.import_module(f"benchmarks.{name}"), "render", None)
+        if callable(render):
+            extra["markdown"] = str(render(extra["returned"]))
+    except Exception as exc:
+        extra["markdown_error"] = f"{type(exc).__name__}: {exc}"
+
+
 def write_report(results: dict[str, Any], out: Path, stem: str) -> list[Path]:
     """Targets, plots, ``<stem>.json`` and ``<stem>.md`` from a results dict."""
     from benchmarks import cases as cs
     from benchmarks import plot
 
+    for name, extra in results.get("extras", {}).items():
+        if isinstance(extra.get("returned"), dict) and "markdown" not in extra:
+            _add_script_markdown(name, extra)
     results["targets"] = cs.evaluate_targets(results) + extra_targets(results)
     plots = plot.plot_all(results, out, stem)
     json_path = out / f"{stem}.json"
