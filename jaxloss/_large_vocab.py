@@ -6,7 +6,7 @@ Two problems share this module.
   ``softmax_cross_entropy_with_integer_labels(hidden @ kernel + bias, labels)``
   without ever holding the ``[N, V]`` logits. Rows are processed in chunks of
   ``chunk_size`` tokens (``lax.scan``); inside a chunk the vocabulary is
-  walked in tiles of about 2 MiB (``fori_loop``): an online logsumexp while
+  walked in tiles of about 4 MiB (``fori_loop``): an online logsumexp while
   the chunk's ``[chunk, V]`` logits are written once, then ``g`` is formed and
   consumed tile by tile while it is in cache (``dh += g @ W_t.T``,
   ``dW[:, t] += h.T @ g``). The chunk's logits are the largest temporary.
@@ -90,7 +90,7 @@ Array = jax.Array
 _CHUNK_BYTES = 256 * 2**20
 _CHUNK_FRACTION = 8
 # Within a chunk, the vocabulary is walked in tiles of about this many bytes.
-_TILE_BYTES = 2 * 2**20
+_TILE_BYTES = 4 * 2**20
 
 
 # --------------------------------------------------------------------------
@@ -300,7 +300,7 @@ def _pin(w, b, h_c):
 
 def _vocab_tiles(v: int, rows: int) -> tuple[int, int]:
     """(columns per tile, number of tiles): [rows, tile] and [D, tile] float32 tiles
-    of about 2 MiB (``rows`` is the larger of the chunk and D), and at least 8
+    of about 4 MiB (``rows`` is the larger of the chunk and D), and at least 8
     tiles when V allows (so the tiles stay small beside the chunk's logits)."""
     tile = min(_TILE_BYTES // (4 * max(rows, 1)), -(-v // 8))
     tile = min(max(tile, 128), v)
