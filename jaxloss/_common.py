@@ -6,9 +6,10 @@ the README (reduction, weights, masks, dtypes, errors) live in one place.
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -30,15 +31,6 @@ REDUCTIONS = ("none", "sum", "mean")
 def is_concrete(x: Any) -> bool:
     """True when ``x`` holds values we can inspect now (not a tracer)."""
     return not isinstance(x, jax.core.Tracer)
-
-
-def check_reduction(reduction: str, extra: Sequence[str] = ()) -> str:
-    allowed = REDUCTIONS + tuple(extra)
-    if not isinstance(reduction, str) or reduction not in allowed:
-        raise ValueError(
-            f"reduction must be one of {', '.join(repr(r) for r in allowed)}; got {reduction!r}."
-        )
-    return reduction
 
 
 def as_float_array(x: ArrayLike, name: str) -> Array:
@@ -169,6 +161,63 @@ def as_mask(
     return broadcast_to_shape(arr, shape, "where", target)
 
 
+def prepare_logits(
+    logits: ArrayLike, axis: int, where: ArrayLike | None, name: str = "logits"
+) -> tuple[Array, Array | None]:
+    """Float logits and optional class mask, with the class axis moved last."""
+    x = as_float_array(logits, name)
+    ax = normalize_axis(axis, x.ndim)
+    mask = as_mask(where, x.shape, name)
+    x = jnp.moveaxis(x, ax, -1)
+    if mask is not None:
+        mask = jnp.moveaxis(mask, ax, -1)
+    return x, mask
+
+
+def prepare_int_labels(
+    labels: ArrayLike, x: Array, axis: int, logits_shape: tuple[int, ...], name: str = "labels"
+) -> Array:
+    """Integer labels with the shape of the (class-last) logits minus the class axis."""
+    y = as_int_array(labels, name)
+    if y.shape != x.shape[:-1]:
+        raise ValueError(
+            f"{name} must have the shape of logits without the class axis (axis={axis}); "
+            f"got {name}.shape={y.shape} for logits.shape={logits_shape}, expected {x.shape[:-1]}."
+        )
+    return y
+
+
+def prepare_class_weight(weight: ArrayLike | None, num_classes: int) -> Array | None:
+    """Per-class weights ``[C]`` or ``None``."""
+    if weight is None:
+        return None
+    w = as_float_array(weight, "weight")
+    if w.shape != (num_classes,):
+        raise ValueError(f"weight must have shape ({num_classes},), one per class; got {w.shape}.")
+    return w
+
+
+class CEOptions(NamedTuple):
+    """Validated cross-entropy options (static: they select the computation)."""
+
+    ignore_index: int | None
+    eps: float
+    z: float
+    cap: float | None
+
+
+def ce_options(
+    ignore_index: Any, label_smoothing: Any, z_loss: Any, logit_softcap: Any
+) -> CEOptions:
+    """Validates ``ignore_index``, ``label_smoothing``, ``z_loss`` and ``logit_softcap``."""
+    return CEOptions(
+        static_int(ignore_index, "ignore_index"),
+        static_float(label_smoothing, "label_smoothing", low=0.0, high=1.0),
+        static_float(z_loss, "z_loss", low=0.0),
+        static_float(logit_softcap, "logit_softcap", low=0.0, low_open=True, allow_none=True),
+    )
+
+
 def check_labels_in_range(
     labels: Array, num_classes: int, ignore_index: int | None, name: str = "labels"
 ) -> None:
@@ -199,14 +248,95 @@ def is_zero(t: Any) -> bool:
     return t is None or isinstance(t, SymbolicZero)
 
 
-def instantiate(t: Any, like: Array) -> Array:
-    return jnp.zeros(like.shape, like.dtype) if is_zero(t) else t
-
-
 def safe_mul(coef: Array, value: Array) -> Array:
     """``coef * value`` that is 0 wherever ``coef == 0``, even for infinite ``value``,
     in the value and in every derivative (no ``0 * inf`` in a transposed product)."""
     return coef * jnp.where(coef == 0, jnp.zeros_like(value), value)
+
+
+# --------------------------------------------------------------------------
+# Linear-tangent rules
+# --------------------------------------------------------------------------
+
+
+def _differentiable(primal: Any, tangent: Any) -> bool:
+    if is_zero(tangent) or primal is None:
+        return False
+    dtype = getattr(primal, "dtype", None)
+    return dtype is not None and jnp.issubdtype(dtype, jnp.inexact)
+
+
+def _add_tangents(total: Any, term: Any) -> Any:
+    return term if total is None else jax.tree.map(jnp.add, total, term)
+
+
+def linear_rule(
+    forward: Callable[..., tuple[Any, Any]],
+    tangents: dict[int, Callable[..., Any]],
+    *,
+    static_argnums: Sequence[int] = (),
+    pass_want: bool = False,
+) -> Callable[..., Any]:
+    """A ``jax.custom_jvp`` whose tangent is linear in the input tangents.
+
+    ``forward(*args)`` returns ``(out, res)``: the primal output and small
+    residuals (per-row statistics) that the tangent functions reuse. For each
+    ``argnum`` in ``tangents``, ``tangents[argnum](res, args, d)`` returns the
+    tangent of ``out`` along ``d`` (the tangent of ``args[argnum]``); it runs
+    under ``jax.checkpoint``, so reverse mode (JAX's transpose of this linear
+    map) saves only its inputs: ``res``, the caller's arrays and ``d``, and
+    recomputes the coefficients in the backward pass. Float operands without an
+    entry (rarely differentiated: class weights, ``alpha``, labels) get their
+    tangent from ``jax.jvp`` of the plain forward. Symbolic-zero tangents and
+    integer operands are skipped. ``static_argnums`` are hashable non-array
+    options. With ``pass_want`` the forward is called as
+    ``forward(want, *args)``, ``want`` the frozenset of argnums with a nonzero
+    tangent (empty in the primal call), so it can form what those need.
+    """
+    static = tuple(sorted(static_argnums))
+
+    def call(want, args):
+        return forward(want, *args) if pass_want else forward(*args)
+
+    fn = jax.custom_jvp(lambda *args: call(frozenset(), args)[0], nondiff_argnums=static)
+
+    def merge(fixed, dynamic):
+        args, fixed, dynamic = [], list(fixed), list(dynamic)
+        for i in range(len(fixed) + len(dynamic)):
+            args.append(fixed.pop(0) if i in static else dynamic.pop(0))
+        return tuple(args)
+
+    def rule(*rule_args):
+        *fixed, primals, dprimals = rule_args
+        args = merge(fixed, primals)
+        dargs = merge([None] * len(fixed), dprimals)
+        want = frozenset(i for i, d in enumerate(dargs) if _differentiable(args[i], d))
+        out, res = call(want, args)
+        total = None
+        for i in sorted(want & tangents.keys()):
+            dyn = tuple(a for j, a in enumerate(args) if j not in static)
+
+            def tangent(res, dyn, d, i=i):
+                return tangents[i](res, merge(fixed, dyn), d)
+
+            total = _add_tangents(total, jax.checkpoint(tangent)(res, dyn, dargs[i]))
+        rare = sorted(want - tangents.keys())
+        if rare:
+
+            def of_rare(*ops):
+                full = list(args)
+                for i, op in zip(rare, ops, strict=True):
+                    full[i] = op
+                return call(frozenset(), full)[0]
+
+            term = jax.jvp(of_rare, [args[i] for i in rare], [dargs[i] for i in rare])[1]
+            total = _add_tangents(total, term)
+        if total is None:
+            total = jax.tree.map(jnp.zeros_like, out)
+        return out, total
+
+    fn.defjvp(rule, symbolic_zeros=True)
+    return fn
 
 
 # --------------------------------------------------------------------------
@@ -220,24 +350,64 @@ def safe_divide(num: Array, den: Array) -> Array:
     return jnp.where(zero, jnp.zeros_like(num), num / jnp.where(zero, jnp.ones_like(den), den))
 
 
-def reduce_loss(
-    loss: Array, reduction: str, denominator: Array | None = None, batch_size: int | None = None
-) -> Array:
-    """Applies ``reduction`` to elementwise losses.
+@dataclasses.dataclass(frozen=True)
+class Reduction:
+    """A validated ``reduction``: the one place that decides the mean's divisor.
 
-    ``loss`` already carries every weight and is exactly 0 where an element does
-    not count. ``denominator`` holds each element's share of the mean's divisor
-    (class weight of the target, 0 where ignored or masked); ``None`` means every
-    element counts once. ``"mean"`` returns 0, not NaN, when nothing counts.
-    ``"batchmean"`` (KL divergence) divides the sum by ``batch_size``.
+    Loss code returns per-element losses (already weighted, exactly 0 where an
+    element does not count) and, optionally, each element's share of the
+    mean's divisor (its class weight, 0 where ignored or masked; ``None``:
+    every element counts once). ``"mean"`` is ``sum(loss) / sum(share)``, as
+    PyTorch divides, and 0 (not NaN) when nothing counts. ``"batchmean"``
+    (KL divergence, when allowed) divides the sum by ``batch_size``.
     """
-    if reduction == "none":
-        return loss
-    total = jnp.sum(loss)
-    if reduction == "sum":
-        return total
-    if reduction == "batchmean":
-        return total / batch_size if batch_size else total
-    if denominator is None:
-        return total / loss.size if loss.size else total
-    return safe_divide(total, jnp.sum(denominator).astype(total.dtype))
+
+    kind: str
+
+    @classmethod
+    def of(cls, reduction: Any, *, batchmean: bool = False) -> Reduction:
+        allowed = REDUCTIONS + (("batchmean",) if batchmean else ())
+        if not isinstance(reduction, str) or reduction not in allowed:
+            raise ValueError(
+                f"reduction must be one of {', '.join(repr(r) for r in allowed)}; "
+                f"got {reduction!r}."
+            )
+        return cls(reduction)
+
+    def __call__(
+        self, loss: Array, share: Array | None = None, *, batch_size: int | None = None
+    ) -> Array:
+        if self.kind == "none":
+            return loss
+        total = jnp.sum(loss)
+        if self.kind == "sum":
+            return total
+        if self.kind == "batchmean":
+            return total / batch_size if batch_size else total
+        return safe_divide(total, self.divisor(share, loss.size, total.dtype))
+
+    def divisor(self, share: Array | None, size: int, dtype: Any) -> Array:
+        """The mean's divisor: ``sum(share)``, or the element count without shares."""
+        if share is None:
+            return jnp.asarray(size, dtype)
+        return jnp.sum(share).astype(dtype)
+
+    def scale(self, share: Array | None, size: int, dtype: Any) -> Array:
+        """The scalar that multiplies each element's gradient: ``1 / divisor`` for
+        ``"mean"`` (0 when nothing counts), 1 otherwise."""
+        one = jnp.ones((), dtype)
+        if self.kind != "mean":
+            return one
+        return safe_divide(one, self.divisor(share, size, dtype))
+
+
+def check_reduction(reduction: str, extra: Sequence[str] = ()) -> str:
+    """Validates ``reduction`` (see :class:`Reduction`); returns it."""
+    return Reduction.of(reduction, batchmean="batchmean" in extra).kind
+
+
+def reduce_loss(
+    loss: Array, reduction: str, share: Array | None = None, batch_size: int | None = None
+) -> Array:
+    """``Reduction.of(reduction)(loss, share, batch_size=batch_size)``."""
+    return Reduction.of(reduction, batchmean=True)(loss, share, batch_size=batch_size)

@@ -32,7 +32,7 @@ logsumexp of the other classes).
 
 from __future__ import annotations
 
-from functools import partial
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +40,7 @@ import numpy as np
 from jax import lax
 
 from jaxloss import _common as cm
+from jaxloss import _softmax as sm
 
 ArrayLike = jax.typing.ArrayLike
 Array = jax.Array
@@ -136,48 +137,38 @@ def _sigmoid_forward(x, y, alpha, gamma):
     return jnp.where(ce == 0, 0.0, loss)
 
 
-def _sigmoid_tangent(x, y, alpha, dx, dy, dalpha, gamma):
+def _sigmoid_tangent_x(res, args, dx):
+    x, y, alpha, gamma = args
     x = x.astype(cm.compute_dtype(x))
     y = y.astype(x.dtype)
     a_t = _alpha_t(y, alpha)
-    terms = []
-    if dx is not None:
-        p, q, log_u, w_a, w_b, ce = _sigmoid_parts(x, y, _SATURATED)
-        ug = _pow_gamma(log_u, gamma)
-        # dFL/dx = u^g [(p - y) + g ce (1 - 2y) pq/u],  pq/u = w_a q + w_b p
-        g = ug * ((p - y) + gamma * (1.0 - 2.0 * y) * (ce * (w_a * q + w_b * p)))
-        terms.append((g if a_t is None else a_t * g) * dx.astype(x.dtype))
-    if dy is not None or dalpha is not None:
-        # linear in x for large |x|: the full range is needed here
-        p, q, log_u, w_a, w_b, ce = _sigmoid_parts(x, y)
-        ug = _pow_gamma(log_u, gamma)
-    if dy is not None:
-        xf = _finite(x)
-        # dFL/dy = u^g [-x + g (q - p) ce/u],  ce/u = w_a h(x) + w_b h(-x)
-        g = ug * (-xf + gamma * (q - p) * (w_a * _h(xf) + w_b * _h(-xf)))
-        if a_t is not None:
-            g = a_t * g + (2.0 * alpha - 1.0) * ce * ug
-        terms.append(g * dy.astype(x.dtype))
-    if dalpha is not None:
-        terms.append((2.0 * y - 1.0) * ce * ug * dalpha.astype(x.dtype))
-    return sum(terms[1:], terms[0])
+    p, q, log_u, w_a, w_b, ce = _sigmoid_parts(x, y, _SATURATED)
+    ug = _pow_gamma(log_u, gamma)
+    # dFL/dx = u^g [(p - y) + g ce (1 - 2y) pq/u],  pq/u = w_a q + w_b p
+    g = ug * ((p - y) + gamma * (1.0 - 2.0 * y) * (ce * (w_a * q + w_b * p)))
+    return (g if a_t is None else a_t * g) * dx.astype(x.dtype)
 
 
-@partial(jax.custom_jvp, nondiff_argnums=(3,))
-def _sigmoid_focal(x, y, alpha, gamma):
-    return _sigmoid_forward(x, y, alpha, gamma)
+def _sigmoid_tangent_y(res, args, dy):
+    x, y, alpha, gamma = args
+    x = x.astype(cm.compute_dtype(x))
+    y = y.astype(x.dtype)
+    # linear in x for large |x|: the full range is needed here
+    p, q, log_u, w_a, w_b, ce = _sigmoid_parts(x, y)
+    ug = _pow_gamma(log_u, gamma)
+    xf = _finite(x)
+    # dFL/dy = u^g [-x + g (q - p) ce/u],  ce/u = w_a h(x) + w_b h(-x)
+    g = ug * (-xf + gamma * (q - p) * (w_a * _h(xf) + w_b * _h(-xf)))
+    if alpha is not None:
+        g = _alpha_t(y, alpha) * g + (2.0 * alpha - 1.0) * ce * ug
+    return g * dy.astype(x.dtype)
 
 
-@partial(_sigmoid_focal.defjvp, symbolic_zeros=True)
-def _sigmoid_focal_jvp(gamma, primals, tangents):
-    x, y, alpha = primals
-    dx, dy, dalpha = (None if cm.is_zero(t) else t for t in tangents)
-    loss = _sigmoid_forward(x, y, alpha, gamma)
-    if dx is None and dy is None and dalpha is None:
-        return loss, jnp.zeros_like(loss)
-    # Recomputed in the backward pass: the residuals are the inputs only.
-    tangent = jax.checkpoint(partial(_sigmoid_tangent, gamma=gamma))
-    return loss, tangent(x, y, alpha, dx, dy, dalpha)
+_sigmoid_focal = cm.linear_rule(
+    lambda x, y, alpha, gamma: (_sigmoid_forward(x, y, alpha, gamma), None),
+    {0: _sigmoid_tangent_x, 1: _sigmoid_tangent_y},
+    static_argnums=(3,),
+)
 
 
 def sigmoid_focal_loss(
@@ -240,7 +231,7 @@ def sigmoid_focal_loss(
     ):
         raise TypeError(f"labels must be numeric; got dtype {y.dtype}.")
     y = cm.broadcast_to_shape(y, x.shape, "labels", "logits")
-    cm.check_reduction(reduction)
+    red = cm.Reduction.of(reduction)
     g = cm.static_float(gamma, "gamma", low=0.0)
     dtype = cm.compute_dtype(x)
     a = None
@@ -253,8 +244,7 @@ def sigmoid_focal_loss(
         a = a.astype(dtype)
     # x and y stay in the caller's dtypes: the rule widens them, so the residuals are
     # the caller's buffers and the gradient comes back in the input dtype.
-    loss = _sigmoid_focal(x, y, a, g)
-    return cm.reduce_loss(loss, reduction)
+    return red(_sigmoid_focal(x, y, a, g))
 
 
 # --------------------------------------------------------------------------
@@ -262,21 +252,30 @@ def sigmoid_focal_loss(
 # --------------------------------------------------------------------------
 
 
-def _margin_rows(x, labels):
-    """Per row: the margin ``d = x_y - logsumexp_{c != y} x_c`` and that logsumexp."""
-    x = x.astype(cm.compute_dtype(x))
-    num_classes = x.shape[-1]
-    safe = jnp.clip(labels, 0, num_classes - 1)
-    classes = lax.broadcasted_iota(safe.dtype, x.shape, x.ndim - 1)
-    target = classes == safe[..., None]
-    others = jnp.where(target, -jnp.inf, x)
-    m = jnp.max(others, axis=-1)
-    m_safe = lax.stop_gradient(jnp.where(jnp.isfinite(m), m, jnp.zeros_like(m)))
-    total = jnp.sum(jnp.exp(others - m_safe[..., None]), axis=-1)
-    # no other class (C = 1 or all -inf): lse_o = -inf with a zero derivative
-    lse_o = _safe_log(total) + m_safe
-    x_y = jnp.sum(jnp.where(target, x, 0.0), axis=-1)
-    return x_y - lse_o, lse_o, safe
+class _FocalOpts(NamedTuple):
+    ignore_index: int | None
+    gamma: float
+
+
+def _margin_rows(x, labels, ignore_index):
+    """Per row, from the softmax core: the margin ``d = s_y - lse_{c != y}(s)``
+    formed as ``(s_y - S') - log_sum'`` (exact for logits of any magnitude; ``+inf``
+    on rows that do not count), the other classes' ``(S', log_sum')`` (0 when
+    there are none), the label facts and whether the row counts."""
+    s = sm.upcast(x)
+    info = sm.labels_info(labels, x.shape[-1], ignore_index)
+    block = sm.block_stats(s, _others(s, info), None, None, dense=False, gscale=1.0)
+    s_y = sm.upcast(sm.label_logit(x, info.safe))
+    counted = info.active & ((block.total > 0) | (s_y != -jnp.inf))
+    # no other class (C = 1 or all -inf): log_sum' = -inf, d = +inf, loss 0
+    d = jnp.where(counted, (s_y - block.shift) - _safe_log(block.total), jnp.inf)
+    log_sum = jnp.where(block.total > 0, _safe_log(block.total), 0.0)
+    return d, block.shift, log_sum, info, counted
+
+
+def _others(s, info: sm.Labels):
+    # [..., C] mask of the classes other than the label
+    return lax.broadcasted_iota(info.safe.dtype, s.shape, s.ndim - 1) != info.safe[..., None]
 
 
 def _margin_loss(d, gamma):
@@ -293,75 +292,48 @@ def _margin_slope(d, gamma):
     )
 
 
-def _row_scale(safe, alpha, active, bad, dtype):
+def _row_scale(info: sm.Labels, alpha, counted, dtype):
+    """``alpha_y`` (1 without alpha), 0 where the row does not count, NaN where its
+    label is out of range."""
     if alpha is None:
-        a = jnp.ones(safe.shape, dtype)
+        a = jnp.ones(info.safe.shape, dtype)
     elif alpha.ndim == 0:
-        a = jnp.broadcast_to(alpha.astype(dtype), safe.shape)
+        a = jnp.broadcast_to(alpha.astype(dtype), info.safe.shape)
     else:
-        a = alpha.astype(dtype)[safe]
-    a = jnp.where(active, a, jnp.zeros_like(a))
-    return jnp.where(bad, jnp.full_like(a, jnp.nan), a)
+        a = alpha.astype(dtype)[info.safe]
+    a = jnp.where(counted, a, jnp.zeros_like(a))
+    return jnp.where(info.bad, jnp.full_like(a, jnp.nan), a)
 
 
-def _softmax_focal_forward(x, labels, alpha, ignore_index, gamma):
-    d, lse_o, safe = _margin_rows(x, labels)
-    active, bad = _active_rows(labels, x.shape[-1], ignore_index)
-    scale = _row_scale(safe, alpha, active, bad, d.dtype)
-    loss = jnp.where(active, _margin_loss(jnp.where(active, d, 0.0), gamma), 0.0)
-    return cm.safe_mul(scale, loss), lse_o, d
+def _softmax_focal_forward(x, labels, alpha, opts: _FocalOpts):
+    """``((loss, share), (d, S', log_sum'))``; ``share`` is 1 on counted rows."""
+    d, shift, log_sum, info, counted = _margin_rows(x, labels, opts.ignore_index)
+    scale = _row_scale(info, alpha, counted, d.dtype)
+    loss = jnp.where(counted, _margin_loss(jnp.where(counted, d, 0.0), opts.gamma), 0.0)
+    return (cm.safe_mul(scale, loss), counted.astype(d.dtype)), (d, shift, log_sum)
 
 
-def _active_rows(labels, num_classes, ignore_index):
-    active = jnp.ones(labels.shape, jnp.bool_)
-    if ignore_index is not None:
-        active &= labels != ignore_index
-    bad = active & ((labels < 0) | (labels >= num_classes))
-    return active, bad
+def _softmax_focal_tangent_x(res, args, dx):
+    d, shift, log_sum = res
+    x, labels, alpha, opts = args
+    s = sm.upcast(x)
+    info = sm.labels_info(labels, x.shape[-1], opts.ignore_index)
+    # rows that do not count have d = +inf; out-of-range rows: NaN loss, zero gradient
+    counted = (d != jnp.inf) & ~info.bad
+    d = jnp.where(counted, d, 0.0)
+    slope = _row_scale(info, alpha, counted, s.dtype) * _margin_slope(d, opts.gamma)
+    zero = jnp.zeros_like(d)
+    others = _others(s, info)
+    # dd/dx_c = [c == y] - [c != y] p'_c, p' the softmax over the other classes
+    p_o = sm.probs(s, others, sm.Rows(shift, log_sum, zero, zero, zero, counted))
+    g = slope[..., None] * jnp.where(others, -p_o, 1.0)
+    dloss = jnp.sum(g * dx.astype(s.dtype), axis=-1)
+    return dloss, jnp.zeros_like(dloss)
 
 
-def _softmax_focal_tangent(x, labels, alpha, d, lse_o, dx, ignore_index, gamma):
-    x = x.astype(cm.compute_dtype(x))
-    num_classes = x.shape[-1]
-    active, bad = _active_rows(labels, num_classes, ignore_index)
-    safe = jnp.clip(labels, 0, num_classes - 1)
-    scale = _row_scale(safe, alpha, active, bad, x.dtype)
-    slope = scale * _margin_slope(jnp.where(active, d, 0.0), gamma)
-    classes = lax.broadcasted_iota(safe.dtype, x.shape, x.ndim - 1)
-    target = classes == safe[..., None]
-    # softmax over the other classes; an empty set (lse_o = -inf) gives zeros
-    lse_safe = jnp.where(jnp.isfinite(lse_o), lse_o, jnp.zeros_like(lse_o))
-    p_o = jnp.exp(jnp.where(target, -jnp.inf, x) - lse_safe[..., None])
-    # dd/dx_c = [c == y] - [c != y] p'_c
-    g = slope[..., None] * jnp.where(target, 1.0, -p_o)
-    return jnp.sum(g * dx.astype(x.dtype), axis=-1)
-
-
-@partial(jax.custom_jvp, nondiff_argnums=(3, 4))
-def _softmax_focal(x, labels, alpha, ignore_index, gamma):
-    return _softmax_focal_forward(x, labels, alpha, ignore_index, gamma)[0]
-
-
-@partial(_softmax_focal.defjvp, symbolic_zeros=True)
-def _softmax_focal_jvp(ignore_index, gamma, primals, tangents):
-    x, labels, alpha = primals
-    dx, _, dalpha = tangents
-    loss, lse_o, d = _softmax_focal_forward(x, labels, alpha, ignore_index, gamma)
-    if cm.is_zero(dx):
-        dloss = jnp.zeros_like(loss)
-    else:
-        # Recomputed in the backward pass: residuals are x, the labels and two row scalars.
-        tangent = jax.checkpoint(
-            partial(_softmax_focal_tangent, ignore_index=ignore_index, gamma=gamma)
-        )
-        dloss = tangent(x, labels, alpha, d, lse_o, dx)
-    if not cm.is_zero(dalpha):
-        # Learning alpha (rare): autodiff of the plain forward.
-        def of_alpha(a):
-            return _softmax_focal_forward(x, labels, a, ignore_index, gamma)[0]
-
-        dloss = dloss + jax.jvp(of_alpha, (alpha,), (dalpha,))[1]
-    return loss, dloss
+_softmax_focal = cm.linear_rule(
+    _softmax_focal_forward, {0: _softmax_focal_tangent_x}, static_argnums=(3,)
+)
 
 
 def softmax_focal_loss(
@@ -420,17 +392,9 @@ def softmax_focal_loss(
       Lin et al., *Focal Loss for Dense Object Detection*, 2017 (the
       multi-class form); ``torch.nn.functional.cross_entropy`` at ``gamma=0``.
     """
-    x = cm.as_float_array(logits, "logits")
-    ax = cm.normalize_axis(axis, x.ndim)
-    x = jnp.moveaxis(x, ax, -1)
-    y = cm.as_int_array(labels, "labels")
-    if y.shape != x.shape[:-1]:
-        raise ValueError(
-            f"labels must have the shape of logits without the class axis (axis={axis}); "
-            f"got labels.shape={y.shape} for logits.shape={jnp.shape(logits)}, "
-            f"expected {x.shape[:-1]}."
-        )
-    cm.check_reduction(reduction)
+    x, _ = cm.prepare_logits(logits, axis, None)
+    y = cm.prepare_int_labels(labels, x, axis, jnp.shape(logits))
+    red = cm.Reduction.of(reduction)
     g = cm.static_float(gamma, "gamma", low=0.0)
     ignore_index = cm.static_int(ignore_index, "ignore_index")
     num_classes = x.shape[-1]
@@ -445,7 +409,5 @@ def softmax_focal_loss(
         if cm.is_concrete(a) and (jax.device_get(a) < 0).any():
             raise ValueError("alpha must be non-negative.")
     cm.check_labels_in_range(y, num_classes, ignore_index)
-    loss = _softmax_focal(x, y, a, ignore_index, g)
-    if reduction != "mean" or ignore_index is None:
-        return cm.reduce_loss(loss, reduction)
-    return cm.reduce_loss(loss, reduction, (y != ignore_index).astype(loss.dtype))
+    loss, share = _softmax_focal(x, y, a, _FocalOpts(ignore_index, g))
+    return red(loss, share)

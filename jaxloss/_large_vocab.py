@@ -69,18 +69,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxloss import _common as cm
-from jaxloss._classification import (
-    _logsumexp,
-    _masked,
-    _prepare_class_weight,
-    _prepare_int_labels,
-    _prepare_logits,
-    _softcap,
-    _softcap_slope,
-    _softmax_from_lse,
-    _upcast,
-    _valid_classes,
-)
+from jaxloss import _softmax as sm
 
 ArrayLike = jax.typing.ArrayLike
 Array = jax.Array
@@ -174,125 +163,53 @@ class _Opts(NamedTuple):
     strategy: str  # "fused" or "recompute"
 
 
-class _Rows(NamedTuple):
-    """Per-row quantities that depend only on the labels, split into chunks."""
+class _Tokens(NamedTuple):
+    """Per-token facts that depend only on the labels, split into chunks."""
 
     y: Array  # labels local to this shard's classes (may be out of [0, V_local))
-    active: Array  # bool: the row counts
+    active: Array  # bool: the row counts (not ignore_index)
     bad: Array  # bool: counted row with an out-of-range label
-    scale: Array  # gradient scale: 1/count (mean), 1 (sum, none); 0 where inactive
-    count: Array  # number of counted rows (scalar)
 
 
-def _rows(y, opts: _Opts, dtype, n, num_chunks, offset):
-    active = jnp.ones(y.shape, jnp.bool_)
-    if opts.ignore_index is not None:
-        active &= y != opts.ignore_index
-    bad = active & ((y < 0) | (y >= opts.num_classes))
-    count = jnp.sum(active).astype(dtype)
-    if opts.reduction == "mean":
-        inv = cm.safe_divide(jnp.ones((), dtype), count)
-    else:
-        inv = jnp.ones((), dtype)
-    scale = jnp.where(active, inv, jnp.zeros((), dtype))
-    y_local = y if offset is None else y - offset.astype(y.dtype)
-    ch = partial(_chunk_rows, chunk=opts.chunk, num_chunks=num_chunks)
-    return _Rows(ch(y_local), ch(active, fill=False), ch(bad, fill=False), ch(scale), count)
+class _Res(NamedTuple):
+    """Residuals of the rule: the gradients (fused strategy) or the rows (recompute)."""
 
-
-def _logits(h_c, w, b, dtype, cap):
-    """One chunk's (soft-capped) logits in the compute dtype: [chunk, V_local]."""
-    x = _dot(h_c, w, (1, 0), dtype)
-    if b is not None:
-        x = x + b.astype(dtype)[None, :]
-    return _softcap(x, cap)
-
-
-def _row_loss(lse, s_y, sum_s, active, bad, opts: _Opts):
-    # CE = lse - s_y; smoothing adds eps (lse - mean_c s_c); PaLM z-loss z lse^2
-    loss = (1.0 - opts.eps) * (lse - s_y)
-    if opts.eps > 0.0:
-        loss = loss + opts.eps * (lse - sum_s / opts.num_classes)
-    if opts.z > 0.0:
-        loss = loss + opts.z * lse * lse
-    loss = jnp.where(active, loss, jnp.zeros_like(loss))
-    return jnp.where(bad, jnp.full_like(loss, jnp.nan), loss)
-
-
-def _coeffs(s, lse, y_c, active, bad, scale, opts: _Opts):
-    """dL/dx for one chunk: (softmax * A - q) * scale, times the soft-cap slope."""
-    # No [chunk, V] constant appears below (iota is [1, V], masks select a row
-    # vector): XLA would hoist such a loop-invariant broadcast out of the scan
-    # and keep it alive as an extra [chunk, V] buffer.
-    lse = jnp.where(active, lse, jnp.zeros_like(lse))
-    a = 1.0 + 2.0 * opts.z * lse
-    a = jnp.where(bad, jnp.full_like(a, jnp.nan), a) * scale
-    g = jnp.exp(s - lse[:, None]) * a[:, None]
-    cols = lax.broadcasted_iota(y_c.dtype, (1, s.shape[1]), 1)
-    g = g - (cols == y_c[:, None]).astype(g.dtype) * ((1.0 - opts.eps) * scale)[:, None]
-    if opts.eps > 0.0:
-        g = g - (opts.eps / opts.num_classes * scale)[:, None]
-    # Inactive rows get exactly 0 (even for non-finite hidden): `scale` is 0 there.
-    g = jnp.where(active[:, None], g, scale[:, None])
-    if opts.cap is not None:
-        g = g * (1.0 - (s / opts.cap) ** 2)  # d/dx cap tanh(x / cap) = 1 - tanh^2
-    return g
-
-
-def _reduce(loss_rows, rows: _Rows, opts: _Opts):
-    if opts.reduction == "none":
-        return loss_rows
-    total = jnp.sum(loss_rows)
-    return total if opts.reduction == "sum" else cm.safe_divide(total, rows.count)
+    grads: tuple | None  # (G_h, G_W, G_b) of the reduced loss, None when not wanted
+    rows: sm.Rows | None  # per-row scalars, chunked
+    scale: Array  # the reduction's gradient scale (1 / divisor for the mean)
 
 
 def _setup(h, w, y, opts: _Opts):
     n = h.shape[0]
     dtype = cm.compute_dtype(h, w)
     num_chunks = -(-n // opts.chunk)
-    offset = None
+    offset = 0
     if opts.axis_name is not None:
         index, _ = _bind_axis(opts.axis_name, "vocab_parallel_fused_linear_softmax_cross_entropy")
         offset = index * w.shape[1]
-    rows = _rows(y, opts, dtype, n, num_chunks, offset)
-    h_chunks = _chunk_rows(h, opts.chunk, num_chunks)
-    return n, dtype, num_chunks, rows, h_chunks
+    info = sm.labels_info(y, opts.num_classes, opts.ignore_index)
+    y_local = y - jnp.asarray(offset, y.dtype)
+    ch = partial(_chunk_rows, chunk=opts.chunk, num_chunks=num_chunks)
+    toks = _Tokens(ch(y_local), ch(info.active, fill=False), ch(info.bad, fill=False))
+    return n, dtype, toks, _chunk_rows(h, opts.chunk, num_chunks)
 
 
-def _combine(stats, opts: _Opts):
-    """Global per-row statistics from each shard's (one all-gather for all of them)."""
-    if opts.axis_name is None:
-        return stats
-    gathered = lax.all_gather(jnp.stack(stats), opts.axis_name, to="invarying")  # [P, k, N]
-    lse = _logsumexp(jnp.moveaxis(gathered[:, 0], 0, -1))  # logsumexp of shard lse's
-    return [lse] + [jnp.sum(gathered[:, i], axis=0) for i in range(1, len(stats))]
-
-
-def _stats_pass(h_chunks, w, b, rows: _Rows, dtype, n, opts: _Opts):
-    """Local per-row statistics without gradients (one matmul, tile by tile)."""
-
-    def body(_, xs):
-        h_c, y_c = xs
-        stats, _ = _chunk_stats(h_c, *_pin(w, b, h_c), y_c, dtype, opts, store=False)
-        return None, jnp.stack(stats)
-
-    _, stats = lax.scan(body, None, (h_chunks, rows.y))  # [chunks, k, chunk]
-    return [_unchunk(stats[:, i], n) for i in range(stats.shape[1])]
-
-
-def _loss_from_stats(stats, rows: _Rows, n, opts):
-    lse, s_y = stats[0], stats[1]
-    sum_s = stats[2] if opts.eps > 0.0 else None
-    loss = _row_loss(lse, s_y, sum_s, _unchunk(rows.active, n), _unchunk(rows.bad, n), opts)
-    lse = jnp.where(_unchunk(rows.active, n), lse, jnp.zeros_like(lse))
-    return _reduce(loss, rows, opts), lse
+def _finish(block: sm.Block, act, bad, opts: _Opts):
+    """Loss, divisor share and :class:`~jaxloss._softmax.Rows` of a set of rows."""
+    one = act.astype(block.shift.dtype)
+    e = opts.eps / jnp.maximum(block.count, 1.0) if opts.eps > 0.0 else None
+    qy = (1.0 - opts.eps) * one
+    gscale = sm.gap_scale(opts.num_classes)
+    loss, rows = sm.finish(block, qy=qy, e=e, zw=one, z=opts.z, gscale=gscale, active=act, bad=bad)
+    return loss, jnp.where(block.total > 0, one, jnp.zeros_like(one)), rows
 
 
 def _pin(w, b, h_c):
     """``(w, b)`` tied to the current chunk by an optimization barrier.
 
-    Without it XLA hoists the tile slices of W (loop-invariant in the chunk
-    loop) out of the loop and keeps a tiled copy of the whole kernel.
+    Without it XLA (jax 0.10.2) hoists the tile slices of W, loop-invariant in
+    the chunk loop, out of the loop and keeps a tiled copy of the whole kernel;
+    tests/test_large_vocab.py ``test_compiled_scratch_*`` pins the scratch.
     """
     w, b, _ = lax.optimization_barrier((w, b, h_c))
     return w, b
@@ -302,6 +219,8 @@ def _vocab_tiles(v: int, rows: int) -> tuple[int, int]:
     """(columns per tile, number of tiles): [rows, tile] and [D, tile] float32 tiles
     of about 4 MiB (``rows`` is the larger of the chunk and D), and at least 8
     tiles when V allows (so the tiles stay small beside the chunk's logits)."""
+    if v == 0:
+        return 0, 0
     tile = min(_TILE_BYTES // (4 * max(rows, 1)), -(-v // 8))
     tile = min(max(tile, 128), v)
     return tile, -(-v // tile)
@@ -318,88 +237,75 @@ def _tile_start(i, tile: int, v: int):
 
 
 def _slice_cols(x, start, tile: int, axis: int):
-    # No slice for a single tile: XLA would hoist the loop-invariant copy of W.
+    # A single tile is the array itself (no loop-invariant slice for XLA to hoist).
     if tile == x.shape[axis]:
         return x
     return lax.dynamic_slice_in_dim(x, start, tile, axis=axis)
 
 
-def _tile_columns(start, first, tile: int, v: int, dtype):
-    """Column ids [1, tile] of a tile and its 0/1 mask of columns it owns."""
+def _tile_owned(start, first, tile: int, v: int, y_c):
+    """The tile's own columns as a ``[1, tile]`` mask (``None`` for a single tile)
+    and the label's column in the tile (-1 where another tile holds it)."""
     if tile == v:
-        cols = lax.broadcasted_iota(dtype, (1, tile), 1)
-        return cols, None
-    cols = start + lax.broadcasted_iota(start.dtype, (1, tile), 1)
-    return cols.astype(dtype), cols >= first
+        return None, y_c
+    cols = start + lax.broadcasted_iota(jnp.asarray(start).dtype, (1, tile), 1)
+    y_loc = y_c - jnp.asarray(start, y_c.dtype)
+    return cols >= first, jnp.where(y_c >= first, y_loc, -jnp.ones_like(y_loc))
 
 
-def _tile_logits(h_c, w, b, start, tile, dtype, cap):
+def _tile(h_c, w, b, y_c, i, tile, dtype, opts: _Opts):
+    """Tile ``i``'s (soft-capped) logits ``[chunk, tile]``, its kernel columns, its
+    own-column mask, the label's column in it and its first column."""
+    v = w.shape[1]
+    first, start = _tile_start(i, tile, v)
     w_t = _slice_cols(w, start, tile, 1)
     x = _dot(h_c, w_t, (1, 0), dtype)
     if b is not None:
         x = x + _slice_cols(b, start, tile, 0).astype(dtype)[None, :]
-    return _softcap(x, cap), w_t
+    valid, y_loc = _tile_owned(start, first, tile, v, y_c)
+    return sm.softcap(x, opts.cap), w_t, valid, y_loc, start
 
 
 def _chunk_stats(h_c, w, b, y_c, dtype, opts: _Opts, store: bool):
-    """Row statistics of one chunk, tile by tile: online logsumexp, s_y, sum_c s_c.
+    """Block statistics of one chunk, merged tile by tile (an online logsumexp).
 
     With ``store`` the chunk's [chunk, V] logits are also written out (for the
     gradient pass that follows); otherwise only one [chunk, tile] tile exists.
     """
     c, v = h_c.shape[0], w.shape[1]
     tile, tiles = _vocab_tiles(v, max(c, h_c.shape[1]))
-    refs = (h_c, w, b, y_c)
-    zeros = _match_varying(jnp.zeros((c,), dtype), *refs)
-    init = {"m": zeros - jnp.inf, "l": zeros, "s_y": zeros}
-    if opts.eps > 0.0:
-        init["sum_s"] = zeros
+    dense, gscale = opts.eps > 0.0, sm.gap_scale(opts.num_classes)
+    like = _match_varying(jnp.zeros((c,), dtype), h_c, w, b, y_c)
+    init = (sm.empty_block(like, dense), None)
     if store:
-        init["s"] = _match_varying(jnp.zeros((c, v), dtype), *refs)
+        init = (init[0], _match_varying(jnp.zeros((c, v), dtype), h_c, w, b, y_c))
 
-    def step(i, acc):
-        first, start = _tile_start(i, tile, v)
-        s, _ = _tile_logits(h_c, w, b, start, tile, dtype, opts.cap)
-        cols, fresh = _tile_columns(start, first, tile, v, y_c.dtype)
-        # Row-vector masks only: a [chunk, tile] constant would be hoisted out of the loop.
-        if fresh is not None:
-            s_owned = s + jnp.where(fresh, 0.0, -jnp.inf).astype(s.dtype)
-            own = fresh.astype(s.dtype)
-        else:
-            s_owned, own = s, None
-        # Online logsumexp: l = sum exp(s - m) with a running max m.
-        m = jnp.maximum(acc["m"], jnp.max(s_owned, axis=-1))
-        m_safe = jnp.where(jnp.isfinite(m), m, jnp.zeros_like(m))
-        out = dict(acc)
-        out["m"] = m
-        out["l"] = acc["l"] * jnp.exp(acc["m"] - m_safe) + jnp.sum(
-            jnp.exp(s_owned - m_safe[:, None]), axis=-1
-        )
-        hit = (cols == y_c[:, None]).astype(s.dtype)
-        if own is not None:
-            hit = hit * own
-        out["s_y"] = acc["s_y"] + jnp.sum(s * hit, axis=-1)
-        if opts.eps > 0.0:
-            out["sum_s"] = acc["sum_s"] + jnp.sum(s if own is None else s * own, axis=-1)
+    def step(i, carry):
+        block, s_all = carry
+        s, _, valid, y_loc, start = _tile(h_c, w, b, y_c, i, tile, dtype, opts)
+        part = sm.block_stats(s, valid, y_loc, None, dense=dense, gscale=gscale)
+        block = sm.merge_pair(block, part, gscale)
         if store:
-            out["s"] = (
-                s if tile == v else lax.dynamic_update_slice_in_dim(acc["s"], s, start, axis=1)
-            )
-        return out
+            s_all = s if tile == v else lax.dynamic_update_slice_in_dim(s_all, s, start, 1)
+        return block, s_all
 
-    acc = lax.fori_loop(0, tiles, step, init)
-    m_safe = jnp.where(jnp.isfinite(acc["m"]), acc["m"], jnp.zeros_like(acc["m"]))
-    lse = jnp.log(acc["l"]) + m_safe
-    stats = [lse, acc["s_y"]] + ([acc["sum_s"]] if opts.eps > 0.0 else [])
-    return stats, acc.get("s")
+    return lax.fori_loop(0, tiles, step, init)
 
 
-def _chunk_grads(h_c, w, b, y_c, act_c, bad_c, sc_c, lse_c, s_full, dtype, opts, want, acc):
+def _add_cols(acc, part, start, tile: int, axis: int):
+    """``acc[..., start:start + tile] += part`` along ``axis`` (the whole array for one tile)."""
+    if tile == acc.shape[axis]:
+        return acc + part
+    old = lax.dynamic_slice_in_dim(acc, start, tile, axis=axis)
+    return lax.dynamic_update_slice_in_dim(acc, old + part, start, axis=axis)
+
+
+def _chunk_grads(h_c, w, b, y_c, rows_c, s_all, dtype, opts: _Opts, want, acc):
     """Adds one chunk's gradient coefficients, tile by tile.
 
     ``g`` exists one [chunk, tile] tile at a time and is used by the two
     products while it is in cache: ``dh_c += g @ W_t.T``, ``G_W[:, t] += h_c.T @ g``.
-    The tile's logits come from ``s_full`` (stored by the statistics pass) or,
+    The tile's logits come from ``s_all`` (stored by the statistics pass) or,
     without it, are recomputed.
     """
     want_h, want_w, want_b = want
@@ -409,187 +315,251 @@ def _chunk_grads(h_c, w, b, y_c, act_c, bad_c, sc_c, lse_c, s_full, dtype, opts,
 
     def step(i, acc):
         dh_c, g_w, g_b = acc
-        first, start = _tile_start(i, tile, v)
-        if s_full is None:
-            s, w_t = _tile_logits(h_c, w, b, start, tile, dtype, opts.cap)
-        else:
-            s, w_t = _slice_cols(s_full, start, tile, 1), _slice_cols(w, start, tile, 1)
-        g = _coeffs(s, lse_c, y_c - jnp.asarray(start, y_c.dtype), act_c, bad_c, sc_c, opts)
-        _, fresh = _tile_columns(start, first, tile, v, y_c.dtype)
-        if fresh is not None:
-            g = g * fresh.astype(g.dtype)  # columns of the previous tile
+        s, w_t, valid, y_loc, start = _tile(h_c, w, b, y_c, i, tile, dtype, opts)
+        if s_all is not None:
+            s = _slice_cols(s_all, start, tile, 1)
+        g = _tile_coefficient(s, valid, y_loc, rows_c, opts)
         gl = g.astype(low)
         if want_h:
             dh_c = dh_c + _dot(gl, w_t, (1, 1), dtype)  # g @ W_t.T: [chunk, D]
         if want_w:
-            part = _dot(h_c, gl, (0, 0), dtype)  # h_c.T @ g: [D, tile]
-            if tile == v:
-                g_w = g_w + part
-            else:
-                old = lax.dynamic_slice_in_dim(g_w, start, tile, axis=1)
-                g_w = lax.dynamic_update_slice_in_dim(g_w, old + part, start, axis=1)
+            g_w = _add_cols(g_w, _dot(h_c, gl, (0, 0), dtype), start, tile, 1)  # h_c.T @ g
         if want_b:
-            part = jnp.sum(g, axis=0)
-            if tile == v:
-                g_b = g_b + part
-            else:
-                old = lax.dynamic_slice_in_dim(g_b, start, tile)
-                g_b = lax.dynamic_update_slice_in_dim(g_b, old + part, start, 0)
+            g_b = _add_cols(g_b, jnp.sum(g, axis=0), start, tile, 0)
         return dh_c, g_w, g_b
 
-    dh0 = _match_varying(jnp.zeros((c, h_c.shape[1]), dtype), h_c, w, b, y_c, sc_c)
-    dh_c, g_w, g_b = lax.fori_loop(0, tiles, step, (dh0 if want_h else None, *acc))
-    return dh_c, g_w, g_b
+    dh0 = _match_varying(jnp.zeros((c, h_c.shape[1]), dtype), h_c, w, b, y_c, rows_c.a)
+    return lax.fori_loop(0, tiles, step, (dh0 if want_h else None, *acc))
 
 
-def _grad_pass(h_chunks, w, b, rows: _Rows, dtype, n, opts: _Opts, want, lse=None):
-    """Loss and gradient coefficients chunk by chunk.
+def _tile_coefficient(s, valid, y_loc, rows_c, opts: _Opts):
+    """dL/dlogits of one tile: ``softmax * A - q`` times the soft cap's slope."""
+    g = sm.coefficient(s, valid, y_loc, None, rows_c, dense=opts.eps > 0.0)
+    slope = sm.softcap_slope(s, opts.cap)
+    return g if slope is None else g * slope
 
-    With ``lse=None`` (unsharded) each chunk first computes its rows' logits
+
+def _stats_pass(h_chunks, w, b, toks: _Tokens, dtype, n, opts: _Opts):
+    """Every row's block statistics, without gradients (one matmul, tile by tile),
+    combined over the shards (one all-gather)."""
+
+    def body(_, xs):
+        h_c, y_c = xs
+        block, _ = _chunk_stats(h_c, *_pin(w, b, h_c), y_c, dtype, opts, store=False)
+        return None, block
+
+    _, blocks = lax.scan(body, None, (h_chunks, toks.y))
+    block = jax.tree.map(lambda f: _unchunk(f, n), blocks)
+    if opts.axis_name is None:
+        return block
+    return sm.merge(sm.gather_blocks(block, opts.axis_name), sm.gap_scale(opts.num_classes))
+
+
+def _grad_pass(h_chunks, w, b, toks: _Tokens, dtype, n, opts: _Opts, want, rows=None):
+    """Gradient coefficients chunk by chunk (and, without ``rows``, the loss).
+
+    With ``rows=None`` (unsharded) each chunk first computes its rows' logits
     (stored, [chunk, V]) and statistics, then the gradients from the stored
-    logits: three matmuls in all. Given the global ``lse`` (sharded), the
-    gradient pass recomputes each tile's logits and makes no loss.
+    logits: three matmuls in all. Given the rows (sharded: global statistics),
+    the gradient pass recomputes each tile's logits and makes no loss.
     """
     want_h, want_w, want_b = want
-    lse_chunks = None if lse is None else _chunk_rows(lse, opts.chunk, h_chunks.shape[0])
-    refs = (h_chunks, w, b, rows.scale)
+    refs = (h_chunks, w, b, toks.y)
     g_w0 = _match_varying(jnp.zeros(w.shape, dtype), *refs) if want_w else None
     g_b0 = _match_varying(jnp.zeros(w.shape[1:], dtype), *refs) if want_b else None
 
     def body(carry, xs):
-        h_c, y_c, act_c, bad_c, sc_c, lse_c = xs
+        h_c, y_c, act_c, bad_c, rows_c = xs
         w_, b_ = _pin(w, b, h_c)
-        out = {}
-        s_full = None
-        if lse_c is None:
-            st, s_full = _chunk_stats(h_c, w_, b_, y_c, dtype, opts, store=any(want))
-            lse_c = st[0]
-            out["loss"] = _row_loss(
-                st[0], st[1], st[2] if opts.eps > 0.0 else None, act_c, bad_c, opts
-            )
+        out, s_all = {}, None
+        if rows_c is None:
+            block, s_all = _chunk_stats(h_c, w_, b_, y_c, dtype, opts, store=any(want))
+            out["loss"], out["share"], rows_c = _finish(block, act_c, bad_c, opts)
         if any(want):
-            dh_c, *carry = _chunk_grads(
-                h_c, w_, b_, y_c, act_c, bad_c, sc_c, lse_c, s_full, dtype, opts, want, carry
-            )
+            dh_c, *carry = _chunk_grads(h_c, w_, b_, y_c, rows_c, s_all, dtype, opts, want, carry)
             if want_h:
                 out["h"] = dh_c
         return tuple(carry), out
 
-    xs = (h_chunks, rows.y, rows.active, rows.bad, rows.scale, lse_chunks)
-    (g_w, g_b), out = lax.scan(body, (g_w0, g_b0), xs)
-    g_h = _unchunk(out["h"], n) if want_h else None
-    loss_rows = _unchunk(out["loss"], n) if "loss" in out else None
-    return loss_rows, g_h, g_w, g_b
+    (g_w, g_b), out = lax.scan(body, (g_w0, g_b0), (h_chunks, *toks, rows))
+    out = {k: _unchunk(v, n) for k, v in out.items()}
+    return out.get("loss"), out.get("share"), (out.get("h"), g_w, g_b)
 
 
-def _tangent_rows(h_chunks, w, b, rows: _Rows, lse, dtype, n, opts: _Opts, dh, dw, db):
-    """Per-row tangent ``sum_v g (dh W + h dW + db)``, logits recomputed per chunk.
+def _tangent_rows(h_chunks, w, b, toks: _Tokens, rows, d_chunks, dtype, n, opts: _Opts, dlogits):
+    """Per-row tangent ``sum_v g dlogits`` with logits recomputed chunk by chunk.
 
-    Linear in ``(dh, dw, db)``. The scan body is checkpointed, so under reverse
-    mode the transpose recomputes each chunk's ``g`` instead of saving [N, V].
+    ``dlogits(h_c, dh_c)`` is the chunk's logits tangent (linear in the input
+    tangent). The scan body is checkpointed, so under reverse mode the
+    transpose recomputes each chunk's ``g`` instead of saving [N, V].
     """
-    num_chunks = h_chunks.shape[0]
-    lse_chunks = _chunk_rows(lse, opts.chunk, num_chunks)
-    dh_chunks = None if dh is None else _chunk_rows(dh, opts.chunk, num_chunks)
 
     @jax.checkpoint
     def body(_, xs):
-        h_c, y_c, act_c, bad_c, sc_c, lse_c, dh_c = xs
-        s = _logits(h_c, w, b, dtype, opts.cap)
-        g = _coeffs(s, lse_c, y_c, act_c, bad_c, sc_c, opts)
-        dlogits = jnp.zeros_like(g)
-        if dh_c is not None:
-            dlogits = dlogits + _dot(dh_c, w, (1, 0), dtype)
-        if dw is not None:
-            dlogits = dlogits + _dot(h_c, dw, (1, 0), dtype)
-        if db is not None:
-            dlogits = dlogits + db.astype(dtype)[None, :]
-        return None, jnp.sum(g * dlogits, axis=-1)
+        h_c, y_c, _, _, rows_c, d_c = xs
+        s = sm.softcap(_dot(h_c, w, (1, 0), dtype) + _bias(b, dtype), opts.cap)
+        g = _tile_coefficient(s, None, y_c, rows_c, opts)
+        return None, jnp.sum(g * dlogits(h_c, d_c), axis=-1)
 
-    xs = (h_chunks, rows.y, rows.active, rows.bad, rows.scale, lse_chunks, dh_chunks)
-    _, t = lax.scan(body, None, xs)
+    _, t = lax.scan(body, None, (h_chunks, *toks, rows, d_chunks))
     t = _unchunk(t, n)
-    if opts.axis_name is not None:
-        t = lax.psum(t, opts.axis_name)
-    return t
+    return t if opts.axis_name is None else lax.psum(t, opts.axis_name)
 
 
-def _forward(h, w, b, y, opts: _Opts):
-    n, dtype, _, rows, h_chunks = _setup(h, w, y, opts)
-    if opts.axis_name is None and opts.strategy == "fused":
-        loss_rows, *_ = _grad_pass(h_chunks, w, b, rows, dtype, n, opts, (False,) * 3)
-        return _reduce(loss_rows, rows, opts)
-    stats = _combine(_stats_pass(h_chunks, w, b, rows, dtype, n, opts), opts)
-    return _loss_from_stats(stats, rows, n, opts)[0]
+def _bias(b, dtype):
+    return 0.0 if b is None else b.astype(dtype)[None, :]
 
 
-@partial(jax.custom_jvp, nondiff_argnums=(4,))
-def _fused(h, w, b, y, opts: _Opts):
-    return _forward(h, w, b, y, opts)
+def _fused_forward(want, h, w, b, y, opts: _Opts):
+    """``((value, divisor), residuals)``; see the module docstring for the strategies."""
+    n, dtype, toks, h_chunks = _setup(h, w, y, opts)
+    red = cm.Reduction(opts.reduction)
+    want3 = (0 in want, 1 in want, 2 in want and b is not None)
+    fused = opts.strategy == "fused" and (opts.reduction != "none" or not any(want3[1:]))
+    grads = want3 if fused else (False,) * 3
+    if opts.axis_name is None and (fused or not any(want3)):
+        loss, share, g = _grad_pass(h_chunks, w, b, toks, dtype, n, opts, grads)
+        rows = None
+    else:
+        block = _stats_pass(h_chunks, w, b, toks, dtype, n, opts)
+        act, bad = (_unchunk(f, n) for f in (toks.active, toks.bad))
+        loss, share, rows = _finish(block, act, bad, opts)
+        rows = jax.tree.map(lambda f: _chunk_rows(f, opts.chunk, h_chunks.shape[0]), rows)
+        g = (None,) * 3
+        if any(grads):
+            g = _grad_pass(h_chunks, w, b, toks, dtype, n, opts, grads, rows)[2]
+            if g[0] is not None:
+                g = (lax.psum(g[0], opts.axis_name), *g[1:])  # the one [N, D] all-reduce
+    scale = red.scale(share, n, dtype)
+    out = (red(loss, share), share if opts.reduction == "none" else red.divisor(share, n, dtype))
+    if any(grads):
+        return out, _Res(tuple(None if x is None else x * scale for x in g), None, scale)
+    return out, _Res(None, rows, scale)
 
 
-@partial(_fused.defjvp, symbolic_zeros=True)
-def _fused_jvp(opts: _Opts, primals, tangents):
-    h, w, b, y = primals
-    dh, dw, db, _ = tangents
-    dh = None if cm.is_zero(dh) else dh
-    dw = None if cm.is_zero(dw) else dw
-    db = None if (b is None or cm.is_zero(db)) else db
-    want = (dh is not None, dw is not None, db is not None)
-    n, dtype, _, rows, h_chunks = _setup(h, w, y, opts)
-    scalar = opts.reduction != "none"
-    if not any(want):
-        loss = _forward(h, w, b, y, opts)
-        return loss, jnp.zeros_like(loss)
+def _fused_tangent(argnum: int):
+    """Tangent along ``hidden`` (0), ``kernel`` (1) or ``bias`` (2)."""
 
-    if opts.strategy == "fused" and (scalar or not (want[1] or want[2])):
-        # Gradients in the forward pass; the tangent is <G, d(inputs)>.
-        if opts.axis_name is None:
-            loss_rows, g_h, g_w, g_b = _grad_pass(h_chunks, w, b, rows, dtype, n, opts, want)
-            loss = _reduce(loss_rows, rows, opts)
+    def tangent(res: _Res, args, d):
+        h, w, b, y, opts = args
+        dtype = cm.compute_dtype(h, w)
+        per_row = opts.reduction == "none"
+        if res.grads is not None:
+            prod = res.grads[argnum] * d.astype(dtype)
+            if argnum == 0:
+                t = jnp.sum(prod, axis=-1) if per_row else jnp.sum(prod)
+            else:
+                t = jnp.sum(prod)
+                t = t if opts.axis_name is None else lax.psum(t, opts.axis_name)
         else:
-            stats = _combine(_stats_pass(h_chunks, w, b, rows, dtype, n, opts), opts)
-            loss, lse = _loss_from_stats(stats, rows, n, opts)
-            _, g_h, g_w, g_b = _grad_pass(h_chunks, w, b, rows, dtype, n, opts, want, lse)
-            if g_h is not None:
-                g_h = lax.psum(g_h, opts.axis_name)  # the one [N, D] all-reduce
-        tangent = jnp.zeros_like(loss)
-        if dh is not None:
-            prod = g_h * dh.astype(dtype)
-            tangent = tangent + (jnp.sum(prod) if scalar else jnp.sum(prod, axis=-1))
-        sharded = None
-        if dw is not None:
-            sharded = jnp.sum(g_w * dw.astype(dtype))
-        if db is not None:
-            part = jnp.sum(g_b * db.astype(dtype))
-            sharded = part if sharded is None else sharded + part
-        if sharded is not None:
-            if opts.axis_name is not None:
-                sharded = lax.psum(sharded, opts.axis_name)
-            tangent = tangent + sharded
-        return loss, tangent
+            n, dtype, toks, h_chunks = _setup(h, w, y, opts)
+            dlogits = partial(_dlogits, argnum=argnum, w=w, d=d, dtype=dtype)
+            d_chunks = _chunk_d(d, argnum, opts, n)
+            t = _tangent_rows(h_chunks, w, b, toks, res.rows, d_chunks, dtype, n, opts, dlogits)
+            t = t if per_row else jnp.sum(t) * res.scale
+        return t, jnp.zeros_like(t if per_row else t.sum())
 
-    # Recompute strategy: keep the per-row lse; the tangent re-forms g chunk by chunk.
-    stats = _combine(_stats_pass(h_chunks, w, b, rows, dtype, n, opts), opts)
-    loss, lse = _loss_from_stats(stats, rows, n, opts)
-    t = _tangent_rows(h_chunks, w, b, rows, lse, dtype, n, opts, dh, dw, db)
-    return loss, (jnp.sum(t) if scalar else t)
+    return tangent
 
 
-def _prepare_fused(
-    hidden,
-    kernel,
-    labels,
-    bias,
-    ignore_index,
-    label_smoothing,
-    z_loss,
-    logit_softcap,
-    reduction,
-    chunk_size,
-    kernel_name,
-    bias_name,
-):
+def _chunk_d(d, argnum, opts: _Opts, n):
+    # Only hidden's tangent has rows to split into chunks.
+    if argnum != 0:
+        return jnp.zeros((-(-n // opts.chunk), opts.chunk, 0), d.dtype)
+    return _chunk_rows(d, opts.chunk, -(-n // opts.chunk))
+
+
+def _dlogits(h_c, d_c, argnum, w, d, dtype):
+    """A chunk's logits tangent along one input: ``dh W``, ``h dW`` or ``db``."""
+    if argnum == 0:
+        return _dot(d_c, w, (1, 0), dtype)
+    if argnum == 1:
+        return _dot(h_c, d, (1, 0), dtype)
+    return jnp.broadcast_to(d.astype(dtype)[None, :], (h_c.shape[0], d.shape[0]))
+
+
+_fused = cm.linear_rule(
+    _fused_forward,
+    {i: _fused_tangent(i) for i in range(3)},
+    static_argnums=(4,),
+    pass_want=True,
+)
+
+
+# --------------------------------------------------------------------------
+# Vocabulary-parallel cross-entropy on sharded logits
+# --------------------------------------------------------------------------
+
+
+class _VpOpts(NamedTuple):
+    axis_name: Any
+    ignore_index: int | None
+    eps: float
+    z: float
+    cap: float | None
+    num_classes: int  # global C
+
+
+def _vp_local(x, y, weight, opts: _VpOpts):
+    """This shard's logits (soft-capped, widened), its labels' local columns and its
+    slice of the class weights."""
+    index, _ = _bind_axis(opts.axis_name, "vocab_parallel_softmax_cross_entropy")
+    v_local = x.shape[-1]
+    s = sm.softcap(sm.upcast(x), opts.cap)
+    y_local = y - (index * v_local).astype(y.dtype)
+    w_blk = None
+    if weight is not None:
+        w_blk = lax.dynamic_slice_in_dim(weight.astype(s.dtype), index * v_local, v_local)
+    return s, y_local, w_blk
+
+
+def _vp_forward(x, y, weight, mask, opts: _VpOpts):
+    """Local block statistics, one all-gather, the global rows."""
+    s, y_local, w_blk = _vp_local(x, y, weight, opts)
+    gscale, dense = sm.gap_scale(opts.num_classes), opts.eps > 0.0
+    local = sm.block_stats(s, mask, y_local, w_blk, dense=dense, gscale=gscale)
+    block = sm.merge(sm.gather_blocks(local, opts.axis_name), gscale)
+    info = sm.labels_info(y, opts.num_classes, opts.ignore_index)
+    w_y = sm.label_weight(info, weight, s.dtype)
+    e = opts.eps / jnp.maximum(block.count, 1.0) if dense else None
+    loss, rows = sm.finish(
+        block,
+        qy=(1.0 - opts.eps) * w_y,
+        e=e,
+        zw=w_y,
+        z=opts.z,
+        gscale=gscale,
+        active=info.active,
+        bad=info.bad,
+    )
+    share = jnp.where(block.total > 0, w_y, jnp.zeros_like(w_y))
+    return (loss, share), rows
+
+
+def _vp_tangent_x(rows, args, dx):
+    """``sum_c g_c dx_c`` summed over the shards; the local part needs no communication."""
+    x, y, weight, mask, opts = args
+    s, y_local, w_blk = _vp_local(x, y, weight, opts)
+    g = sm.coefficient(s, mask, y_local, w_blk, rows, dense=opts.eps > 0.0)
+    slope = sm.softcap_slope(s, opts.cap)
+    if slope is not None:
+        g = g * slope
+    # Forward mode sums the shards' shares; in reverse mode this psum transposes
+    # to a no-op under shard_map's check_vma, so the backward is communication-free.
+    dloss = lax.psum(jnp.sum(g * dx.astype(g.dtype), axis=-1), opts.axis_name)
+    return dloss, jnp.zeros_like(dloss)
+
+
+_vp_ce = cm.linear_rule(_vp_forward, {0: _vp_tangent_x}, static_argnums=(4,))
+
+
+# --------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------
+
+
+def _prepare_fused(hidden, kernel, labels, bias, chunk_size, kernel_name, bias_name):
+    """Validated ``(hidden, kernel, labels, bias, chunk_size)`` in one matmul dtype."""
     h = cm.as_float_array(hidden, "hidden")
     w = cm.as_float_array(kernel, kernel_name)
     if h.ndim != 2:
@@ -617,11 +587,6 @@ def _prepare_fused(
                 f"{bias_name} must have shape ({w.shape[1]},), one per column of "
                 f"{kernel_name}; got {bias_name}.shape={b.shape}."
             )
-    cm.check_reduction(reduction)
-    ignore_index = cm.static_int(ignore_index, "ignore_index")
-    eps = cm.static_float(label_smoothing, "label_smoothing", low=0.0, high=1.0)
-    z = cm.static_float(z_loss, "z_loss", low=0.0)
-    cap = cm.static_float(logit_softcap, "logit_softcap", low=0.0, low_open=True, allow_none=True)
     chunk = cm.static_int(chunk_size, "chunk_size")
     if chunk is not None and chunk <= 0:
         raise ValueError(f"chunk_size must be a positive number of rows; got {chunk}.")
@@ -631,7 +596,15 @@ def _prepare_fused(
         if h.dtype.itemsize == w.dtype.itemsize:
             common = jnp.dtype(jnp.float32)
         h, w = h.astype(common), w.astype(common)
-    return h, w, y, b, ignore_index, eps, z, cap, chunk
+    return h, w, y, b, chunk
+
+
+def _fused_opts(options, reduction, n, v_local, v, chunk, axis_name=None):
+    """:class:`_Opts` of a call (``chunk=None`` picks one from the shapes)."""
+    o = cm.ce_options(*options)
+    red = cm.Reduction.of(reduction)
+    chunk = _default_chunk(n, v_local) if chunk is None else min(chunk, max(n, 1))
+    return _Opts(o.ignore_index, o.eps, o.z, o.cap, red.kind, chunk, v, axis_name, "fused")
 
 
 def fused_linear_softmax_cross_entropy(
@@ -705,28 +678,15 @@ def fused_linear_softmax_cross_entropy(
       Liger-Kernel's ``LigerFusedLinearCrossEntropyLoss``; Wijmans et al.,
       "Cut Your Losses in Large-Vocabulary Language Models" (2024).
     """
-    h, w, y, b, ignore_index, eps, z, cap, chunk = _prepare_fused(
-        hidden,
-        kernel,
-        labels,
-        bias,
-        ignore_index,
-        label_smoothing,
-        z_loss,
-        logit_softcap,
-        reduction,
-        chunk_size,
-        "kernel",
-        "bias",
-    )
+    h, w, y, b, chunk = _prepare_fused(hidden, kernel, labels, bias, chunk_size, "kernel", "bias")
+    options = (ignore_index, label_smoothing, z_loss, logit_softcap)
     n, v = h.shape[0], w.shape[1]
-    cm.check_labels_in_range(y, v, ignore_index)
     row_axes = _explicit_row_axes(h)
     if row_axes is not None:
-        return _data_parallel(h, w, b, y, row_axes, ignore_index, eps, z, cap, reduction, chunk)
-    chunk = _default_chunk(n, v) if chunk is None else min(chunk, max(n, 1))
-    opts = _Opts(ignore_index, eps, z, cap, reduction, chunk, v, None, "fused")
-    return _fused(h, w, b, y, opts)
+        return _data_parallel(h, w, b, y, row_axes, options, reduction, chunk)
+    opts = _fused_opts(options, reduction, n, v, v, chunk)
+    cm.check_labels_in_range(y, v, opts.ignore_index)
+    return _fused(h, w, b, y, opts)[0]
 
 
 def _explicit_row_axes(h):
@@ -739,7 +699,7 @@ def _explicit_row_axes(h):
     return spec[0]
 
 
-def _data_parallel(h, w, b, y, row_axes, ignore_index, eps, z, cap, reduction, chunk):
+def _data_parallel(h, w, b, y, row_axes, options, reduction, chunk):
     """Rows sharded over a data-parallel mesh: each device runs the fused loss on
     its own rows (``shard_map``); per-device sums are added with one ``psum`` and
     the kernel's gradient is summed once, at the end, by the ``psum``'s transpose.
@@ -750,9 +710,10 @@ def _data_parallel(h, w, b, y, row_axes, ignore_index, eps, z, cap, reduction, c
     axes = row_axes if isinstance(row_axes, tuple) else (row_axes,)
     shards = math.prod(mesh.shape[a] for a in axes)
     n_local, v = h.shape[0] // shards, w.shape[1]
-    chunk = _default_chunk(n_local, v) if chunk is None else min(chunk, max(n_local, 1))
-    local_reduction = "none" if reduction == "none" else "sum"
-    opts = _Opts(ignore_index, eps, z, cap, local_reduction, chunk, v, None, "fused")
+    red = cm.Reduction.of(reduction)
+    local_reduction = "none" if red.kind == "none" else "sum"
+    opts = _fused_opts(options, local_reduction, n_local, v, v, chunk)
+    cm.check_labels_in_range(y, v, opts.ignore_index)
 
     # The kernel and bias are used whole on every device.
     def put(x, spec):
@@ -763,19 +724,18 @@ def _data_parallel(h, w, b, y, row_axes, ignore_index, eps, z, cap, reduction, c
     h, y = put(h, P(row_axes)), put(y, P(row_axes))
 
     def local(h, w, b, y):
-        loss = _fused(h, w, b, y, opts)
-        return loss if reduction == "none" else lax.psum(loss, axes)
+        out = _fused(h, w, b, y, opts)
+        return out if red.kind == "none" else lax.psum(out, axes)
 
-    out = jax.shard_map(
+    spec = P(row_axes) if red.kind == "none" else P()
+    loss, divisor = jax.shard_map(
         local,
         mesh=mesh,
         in_specs=(P(row_axes), P(), P(), P(row_axes)),
-        out_specs=P(row_axes) if reduction == "none" else P(),
+        out_specs=(spec, spec),
     )(h, w, b, y)
-    if reduction != "mean":
-        return out
-    count = jnp.sum(y != ignore_index) if ignore_index is not None else y.shape[0]
-    return cm.safe_divide(out, jnp.asarray(count, out.dtype))
+    # the per-device sums (or per-row losses) and divisor shares, reduced once
+    return loss if red.kind != "mean" else cm.safe_divide(loss, divisor)
 
 
 def vocab_parallel_fused_linear_softmax_cross_entropy(
@@ -824,160 +784,14 @@ def vocab_parallel_fused_linear_softmax_cross_entropy(
     """
     fn = "vocab_parallel_fused_linear_softmax_cross_entropy"
     _, shards = _bind_axis(axis_name, fn)
-    h, w, y, b, ignore_index, eps, z, cap, chunk = _prepare_fused(
-        hidden,
-        kernel_shard,
-        labels,
-        bias_shard,
-        ignore_index,
-        label_smoothing,
-        z_loss,
-        logit_softcap,
-        reduction,
-        chunk_size,
-        "kernel_shard",
-        "bias_shard",
+    h, w, y, b, chunk = _prepare_fused(
+        hidden, kernel_shard, labels, bias_shard, chunk_size, "kernel_shard", "bias_shard"
     )
+    options = (ignore_index, label_smoothing, z_loss, logit_softcap)
     n, v = h.shape[0], w.shape[1] * shards
-    cm.check_labels_in_range(y, v, ignore_index)
-    chunk = _default_chunk(n, w.shape[1]) if chunk is None else min(chunk, max(n, 1))
-    opts = _Opts(ignore_index, eps, z, cap, reduction, chunk, v, axis_name, "fused")
-    return _fused(h, w, b, y, opts)
-
-
-# --------------------------------------------------------------------------
-# Vocabulary-parallel cross-entropy on sharded logits
-# --------------------------------------------------------------------------
-
-
-class _VpOpts(NamedTuple):
-    axis_name: Any
-    ignore_index: int | None
-    eps: float
-    z: float
-    cap: float | None
-    num_classes: int
-    weighted: bool
-
-
-def _vp_rows(x, y, weight, mask, opts: _VpOpts):
-    """Local statistics, one all-gather, and the global per-row quantities."""
-    index, _ = _bind_axis(opts.axis_name, "vocab_parallel_softmax_cross_entropy")
-    v_local = x.shape[-1]
-    s = _softcap(_upcast(x), opts.cap)
-    sm = _masked(s, mask)
-    y_local = y - (index * v_local).astype(y.dtype)
-    inside = (y_local >= 0) & (y_local < v_local)
-    safe_local = jnp.clip(y_local, 0, v_local - 1)
-    s_y = jnp.take_along_axis(s, safe_local[..., None], axis=-1)[..., 0]
-    local = [_logsumexp(sm), jnp.where(inside, s_y, jnp.zeros_like(s_y))]
-    cw = None
-    if opts.eps > 0.0:
-        valid = _valid_classes(s, mask)
-        if weight is not None:
-            cw = lax.dynamic_slice_in_dim(weight.astype(s.dtype), index * v_local, v_local)
-            cw = jnp.where(valid, jnp.broadcast_to(cw, s.shape), 0.0)
-        else:
-            cw = valid.astype(s.dtype)
-        local.append(jnp.sum(valid, axis=-1).astype(s.dtype))  # K: valid classes
-        local.append(jnp.sum(cm.safe_mul(cw, s), axis=-1))  # sum_c w_c s_c over valid c
-        if weight is not None:
-            local.append(jnp.sum(cw, axis=-1))
-    # One collective: every shard's per-row statistics, [P, k, ...].
-    g = lax.all_gather(jnp.stack(local), opts.axis_name, to="invarying")
-    lse = _logsumexp(jnp.moveaxis(g[:, 0], 0, -1))
-    s_y = jnp.sum(g[:, 1], axis=0)
-    # A row with no class (all masked or -inf) has lse = -inf; NaN rows stay active.
-    active = lse != -jnp.inf
-    if opts.ignore_index is not None:
-        active &= y != opts.ignore_index
-    safe = jnp.clip(y, 0, opts.num_classes - 1)
-    w_y = jnp.ones(y.shape, s.dtype) if weight is None else weight.astype(s.dtype)[safe]
-    w_y = jnp.where(active, w_y, jnp.zeros_like(w_y))
-    bad = active & ((y < 0) | (y >= opts.num_classes))
-    lse = jnp.where(active, lse, jnp.zeros_like(lse))
-    s_y = jnp.where(active, s_y, jnp.zeros_like(s_y))
-    e = ws = wv = None
-    if opts.eps > 0.0:
-        k = jnp.sum(g[:, 2], axis=0)
-        e = jnp.where(active, opts.eps / jnp.maximum(k, 1.0), jnp.zeros_like(k))
-        ws = jnp.sum(g[:, 3], axis=0)
-        wv = jnp.sum(g[:, 4], axis=0) if weight is not None else k
-    return s, sm, lse, s_y, w_y, e, ws, wv, bad, active, y_local, inside, cw
-
-
-def _vp_loss(lse, s_y, w_y, e, ws, wv, bad, opts: _VpOpts):
-    loss = (1.0 - opts.eps) * w_y * (lse - s_y)  # CE = lse - s_y
-    if e is not None:
-        # sum_c (eps w_c / K) (lse - s_c) = e (lse sum_c w_c - sum_c w_c s_c)
-        loss = loss + e * (lse * wv) - cm.safe_mul(e, ws)
-    if opts.z > 0.0:
-        loss = loss + opts.z * w_y * lse * lse
-    return jnp.where(bad, jnp.full_like(loss, jnp.nan), loss)
-
-
-def _vp_forward(x, y, weight, mask, opts: _VpOpts):
-    s, _, lse, s_y, w_y, e, ws, wv, bad, active, *_ = _vp_rows(x, y, weight, mask, opts)
-    return _vp_loss(lse, s_y, w_y, e, ws, wv, bad, opts), active.astype(s.dtype)
-
-
-def _vp_tangent(x, lse, y_local, inside, w_y, e, wv, bad, active, weight, mask, dx, opts):
-    """Local share of dL = sum_c g_c dx_c with g = softmax * A - q (no communication)."""
-    index = lax.axis_index(opts.axis_name)
-    v_local = x.shape[-1]
-    s = _softcap(_upcast(x), opts.cap)
-    p = _softmax_from_lse(_masked(s, mask), lse)
-    a = (1.0 - opts.eps) * w_y + 2.0 * opts.z * w_y * lse
-    cols = lax.broadcasted_iota(y_local.dtype, s.shape, s.ndim - 1)
-    hit = (cols == y_local[..., None]) & inside[..., None]
-    q = jnp.where(hit, ((1.0 - opts.eps) * w_y)[..., None], 0.0)
-    if e is not None:
-        valid = _valid_classes(s, mask)
-        if weight is None:
-            cw = jnp.ones(s.shape, s.dtype)
-        else:
-            cw = lax.dynamic_slice_in_dim(weight.astype(s.dtype), index * v_local, v_local)
-            cw = jnp.broadcast_to(cw, s.shape)
-        a = a + e * wv
-        q = q + jnp.where(valid, e[..., None] * cw, 0.0)
-    a = jnp.where(bad, jnp.full_like(a, jnp.nan), a)
-    g = jnp.where(active[..., None], p * a[..., None] - q, 0.0)
-    if opts.cap is not None:
-        g = g * _softcap_slope(_upcast(x), opts.cap)
-    return jnp.sum(g * dx.astype(g.dtype), axis=-1)
-
-
-@partial(jax.custom_jvp, nondiff_argnums=(4,))
-def _vp_ce(x, y, weight, mask, opts: _VpOpts):
-    return _vp_forward(x, y, weight, mask, opts)
-
-
-@partial(_vp_ce.defjvp, symbolic_zeros=True)
-def _vp_ce_jvp(opts: _VpOpts, primals, tangents):
-    x, y, weight, mask = primals
-    dx, _, dweight, _ = tangents
-    s, _, lse, s_y, w_y, e, ws, wv, bad, active, y_local, inside, _ = _vp_rows(
-        x, y, weight, mask, opts
-    )
-    loss = _vp_loss(lse, s_y, w_y, e, ws, wv, bad, opts)
-    counted = active.astype(s.dtype)
-    if cm.is_zero(dx):
-        dloss = jnp.zeros_like(loss)
-    else:
-        # Recomputed in the backward pass: residuals are the local logits and row scalars.
-        tangent = jax.checkpoint(partial(_vp_tangent, opts=opts))
-        local = tangent(x, lse, y_local, inside, w_y, e, wv, bad, active, weight, mask, dx)
-        # Forward mode sums the shards' shares; in reverse mode this psum transposes
-        # to a no-op under shard_map's check_vma, so the backward is communication-free.
-        dloss = lax.psum(local, opts.axis_name)
-    if weight is not None and not cm.is_zero(dweight):
-        # Rare path (learning class weights): autodiff of the plain forward.
-        def of_weight(wt):
-            r = _vp_rows(x, y, wt, mask, opts)
-            return _vp_loss(r[2], r[3], r[4], r[5], r[6], r[7], r[8], opts)
-
-        dloss = dloss + jax.jvp(of_weight, (weight,), (dweight,))[1]
-    return (loss, counted), (dloss, jnp.zeros_like(counted))
+    opts = _fused_opts(options, reduction, n, w.shape[1], v, chunk, axis_name)
+    cm.check_labels_in_range(y, v, opts.ignore_index)
+    return _fused(h, w, b, y, opts)[0]
 
 
 def vocab_parallel_softmax_cross_entropy(
@@ -1043,20 +857,13 @@ def vocab_parallel_softmax_cross_entropy(
       ``torch.nn.functional.cross_entropy``.
     """
     _, shards = _bind_axis(axis_name, "vocab_parallel_softmax_cross_entropy")
-    x, mask = _prepare_logits(logits, axis, where)
-    y = _prepare_int_labels(labels, x, axis, jnp.shape(logits))
-    cm.check_reduction(reduction)
-    ignore_index = cm.static_int(ignore_index, "ignore_index")
-    eps = cm.static_float(label_smoothing, "label_smoothing", low=0.0, high=1.0)
-    z = cm.static_float(z_loss, "z_loss", low=0.0)
-    cap = cm.static_float(logit_softcap, "logit_softcap", low=0.0, low_open=True, allow_none=True)
+    x, mask = cm.prepare_logits(logits, axis, where)
+    y = cm.prepare_int_labels(labels, x, axis, jnp.shape(logits))
+    red = cm.Reduction.of(reduction)
+    o = cm.ce_options(ignore_index, label_smoothing, z_loss, logit_softcap)
     num_classes = x.shape[-1] * shards
-    w = _prepare_class_weight(weight, num_classes)
-    cm.check_labels_in_range(y, num_classes, ignore_index)
-    opts = _VpOpts(axis_name, ignore_index, eps, z, cap, num_classes, w is not None)
-    loss, counted = _vp_ce(x, y, w, mask, opts)
-    if reduction != "mean":
-        return cm.reduce_loss(loss, reduction)
-    dtype = counted.dtype
-    den = counted if w is None else counted * w.astype(dtype)[jnp.clip(y, 0, num_classes - 1)]
-    return cm.reduce_loss(loss, reduction, den)
+    w = cm.prepare_class_weight(weight, num_classes)
+    cm.check_labels_in_range(y, num_classes, o.ignore_index)
+    opts = _VpOpts(axis_name, o.ignore_index, o.eps, o.z, o.cap, num_classes)
+    loss, share = _vp_ce(x, y, w, mask, opts)
+    return red(loss, share)

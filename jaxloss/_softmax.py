@@ -1,0 +1,318 @@
+"""The softmax core: per-row statistics and the closed-form coefficient.
+
+Every softmax loss in the package (integer- and probability-label
+cross-entropy, softmax focal, vocabulary-parallel and fused linear
+cross-entropy) is built from the pieces below, applied to a *block* of a row's
+classes: the whole row, a vocabulary tile of the fused loss, or one device's
+shard of the vocabulary. Blocks reduce to a few numbers per row
+(:class:`Block`), blocks combine exactly (:func:`merge`), and the combined
+statistics give the loss and the coefficients (:func:`finish`); the gradient
+with respect to a block's logits is formed from the block alone
+(:func:`coefficient`).
+
+Math, per row, with ``s = softcap(x)`` (identity without a cap), ``V`` the
+valid classes (allowed by ``where``, not ``-inf``), ``K = |V|``, ``S`` the row
+maximum, ``lse = S + log_sum`` and ``p = exp((s - S) - log_sum)``:
+
+    q_c  = qy [c == y] + e w_c [c in V]           # target weights
+    loss = sum_c q_c (lse - s_c) + z zw lse^2     # PyTorch's CE + PaLM's z-loss
+         = qy (log_sum + (S - s_y)) + e (log_sum sum_V w + sum_V w (S - s))
+           + z zw lse^2
+    dloss/ds_c = p_c A - q_c,   A = qy + e sum_V w + 2 z zw lse
+
+Integer labels: ``qy = (1 - eps) w_y``, ``e = eps / K``, ``w`` the class
+weights, ``zw = w_y``. Probability labels: ``qy = 0``, ``e = 1``, ``w`` the
+smoothed targets, ``zw = [sum_c t_c != 0]``.
+
+``lse - s_c`` is always formed as ``log_sum + (S - s_c)``: exact near the
+maximum for logits of any magnitude (``lse`` itself loses the ``log_sum`` of a
+row of ``1e7``'s in float32). The weighted gap sum ``sum_V w (S - s)`` is kept
+scaled by ``gscale = 1 / (2 C)`` (``C`` the row's full width) so that it stays
+finite for finite logits of both signs near the float limit; the scale is
+undone after multiplying by ``e``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxloss import _common as cm
+
+Array = jax.Array
+
+NEG_INF = -jnp.inf
+
+
+# --------------------------------------------------------------------------
+# Elementwise pieces
+# --------------------------------------------------------------------------
+
+
+def upcast(x: Array) -> Array:
+    """Low-precision logits widened to float32 (the computation dtype)."""
+    return x.astype(cm.compute_dtype(x))
+
+
+def softcap(x: Array, cap: float | None) -> Array:
+    # Gemma 2: cap * tanh(x / cap)
+    return x if cap is None else cap * jnp.tanh(x / cap)
+
+
+def softcap_slope(s: Array, cap: float | None) -> Array | None:
+    """Slope of the soft cap read off the capped values ``s``; ``None`` without a cap."""
+    # d/dx cap tanh(x / cap) = 1 - tanh(x / cap)^2 = 1 - (s / cap)^2
+    if cap is None:
+        return None
+    t = s / cap
+    return 1.0 - t * t
+
+
+def valid_classes(s: Array, mask: Array | None) -> Array:
+    """Classes allowed by ``mask`` whose logit is not ``-inf``."""
+    # ``!=`` rather than ``>``: a NaN logit stays valid so that it propagates.
+    valid = s != NEG_INF
+    return valid if mask is None else valid & mask
+
+
+def gap_scale(num_classes: int) -> float:
+    """The scale of :attr:`Block.wgap` for rows of ``num_classes`` classes."""
+    return 0.5 / max(num_classes, 1)
+
+
+# --------------------------------------------------------------------------
+# Labels
+# --------------------------------------------------------------------------
+
+
+class Labels(NamedTuple):
+    """Per-row label facts shared by every integer-label loss."""
+
+    safe: Array  # the label clipped into [0, C): safe to gather with
+    active: Array  # bool: the row counts (not ignore_index)
+    bad: Array  # bool: a counted row whose label is out of [0, C)
+
+
+def labels_info(labels: Array, num_classes: int, ignore_index: int | None) -> Labels:
+    active = jnp.ones(labels.shape, jnp.bool_)
+    if ignore_index is not None:
+        active &= labels != ignore_index
+    bad = active & ((labels < 0) | (labels >= num_classes))
+    return Labels(jnp.clip(labels, 0, max(num_classes - 1, 0)), active, bad)
+
+
+def label_weight(info: Labels, weight: Array | None, dtype) -> Array:
+    """``w[y]`` (1 without class weights), 0 where the row does not count."""
+    w_y = jnp.ones(info.safe.shape, dtype) if weight is None else weight.astype(dtype)[info.safe]
+    return jnp.where(info.active, w_y, jnp.zeros_like(w_y))
+
+
+def label_logit(x: Array, safe: Array) -> Array:
+    """``x[..., y]`` gathered from the caller's buffer (no widened copy is read)."""
+    return jnp.take_along_axis(x, safe[..., None], axis=-1)[..., 0]
+
+
+# --------------------------------------------------------------------------
+# Block statistics
+# --------------------------------------------------------------------------
+
+
+class Block(NamedTuple):
+    """Statistics of one block of a row's classes (a row, a tile or a shard)."""
+
+    shift: Array  # max of the block's valid logits; 0 when it has none
+    total: Array  # sum_V exp(s - shift); 0 when the block has no valid class
+    s_y: Array  # the label's logit when this block holds the label, else 0
+    count: Array | None  # K, the number of valid classes (with smoothing)
+    wsum: Array | None  # sum_V w (with a dense part)
+    wgap: Array | None  # gscale * sum_V w (shift - s) (with a dense part)
+
+
+def block_stats(
+    s: Array,
+    valid: Array | None,
+    y_local: Array | None,
+    w: Array | None,
+    *,
+    dense: bool,
+    gscale: float,
+    s_y: Array | None = None,
+    w_as_given: bool = False,
+) -> Block:
+    """Statistics of a block of logits ``s`` ``[..., B]`` (soft-capped, widened).
+
+    ``valid`` is the block's valid classes (``None``: those with ``s != -inf``,
+    read off ``s`` itself without a select); ``y_local`` the label's column in
+    this block (a value outside ``[0, B)`` means another block holds it;
+    ``None``: no label, or ``s_y`` is given: the label's logit gathered by the
+    caller); ``w`` the weights of the dense part ``[B]`` or ``[..., B]``
+    (``None``: ones), zeroed off the valid classes unless ``w_as_given``
+    (probability targets: a positive target on a ``-inf`` logit gives ``inf``,
+    the true value). With ``dense`` the count, weight sum and scaled gap sum
+    are formed too.
+    """
+    sm = s if valid is None else jnp.where(valid, s, NEG_INF)
+    m = jnp.max(sm, axis=-1)
+    shift = lax.stop_gradient(jnp.where(jnp.isfinite(m), m, jnp.zeros_like(m)))
+    total = jnp.sum(jnp.exp(sm - shift[..., None]), axis=-1)
+    if s_y is None:
+        s_y = jnp.zeros_like(shift)
+        if y_local is not None:
+            s_y = jnp.sum(jnp.where(_hits(s, y_local), s, 0.0), axis=-1)
+    count = wsum = wgap = None
+    if dense:
+        valid = valid_classes(s, valid)
+        count = jnp.sum(valid, axis=-1).astype(s.dtype)
+        if w is None:
+            wv = valid.astype(s.dtype)
+        elif w_as_given:
+            wv = _widen(w, s)
+        else:
+            wv = jnp.where(valid, _widen(w, s), 0.0)
+        wsum = count if w is None else jnp.sum(wv, axis=-1)
+        # gscale (shift - s) never overflows for finite logits; 0 weights give 0 at -inf.
+        gap = shift[..., None] * gscale - s * gscale
+        wgap = jnp.sum(cm.safe_mul(wv, gap), axis=-1)
+    return Block(shift, total, s_y, count, wsum, wgap)
+
+
+def _widen(w: Array, s: Array) -> Array:
+    # explicit broadcast: the package works under jax_numpy_rank_promotion="raise"
+    return jnp.broadcast_to(w.astype(s.dtype), s.shape)
+
+
+def _hits(s: Array, y_local: Array) -> Array:
+    # [..., B] one-hot of the label's column, from a [1, B] iota (no [N, B] constant)
+    shape = (1,) * (s.ndim - 1) + s.shape[-1:]
+    return lax.broadcasted_iota(y_local.dtype, shape, s.ndim - 1) == y_local[..., None]
+
+
+def merge(blocks: Block, gscale: float) -> Block:
+    """Exact combination of blocks stacked on a leading axis (tiles or shards)."""
+    # A block without valid classes (total 0) takes no part in the maximum and adds nothing.
+    m = jnp.max(jnp.where(blocks.total > 0, blocks.shift, NEG_INF), axis=0)
+    shift = jnp.where(jnp.isfinite(m), m, jnp.zeros_like(m))
+    total = jnp.sum(cm.safe_mul(blocks.total, jnp.exp(blocks.shift - shift[None])), axis=0)
+    s_y = jnp.sum(blocks.s_y, axis=0)
+    count = wsum = wgap = None
+    if blocks.wgap is not None:
+        count = jnp.sum(blocks.count, axis=0)
+        wsum = jnp.sum(blocks.wsum, axis=0)
+        # each block's gap sum re-based from its own shift to the common one
+        rebase = shift[None] * gscale - blocks.shift * gscale
+        wgap = jnp.sum(blocks.wgap + cm.safe_mul(blocks.wsum, rebase), axis=0)
+    return Block(shift, total, s_y, count, wsum, wgap)
+
+
+def merge_pair(a: Block, b: Block, gscale: float) -> Block:
+    """:func:`merge` of two blocks (the online update over vocabulary tiles)."""
+    return merge(jax.tree.map(lambda u, v: jnp.stack([u, v]), a, b), gscale)
+
+
+def empty_block(like: Array, dense: bool) -> Block:
+    """A block without valid classes (the start of an online merge); ``like`` is a
+    per-row array of the computation dtype."""
+    zero = jnp.zeros_like(like)
+    extra = (zero, zero, zero) if dense else (None, None, None)
+    return Block(zero, zero, zero, *extra)
+
+
+def gather_blocks(block: Block, axis_name) -> Block:
+    """Every shard's block statistics in one all-gather, stacked on a leading axis."""
+    fields = [f for f in block if f is not None]
+    stacked = jax.lax.all_gather(jnp.stack(fields), axis_name, to="invarying")  # [P, k, ...]
+    it = iter(range(len(fields)))
+    return Block(*(None if f is None else stacked[:, next(it)] for f in block))
+
+
+# --------------------------------------------------------------------------
+# Rows: loss and coefficients from the combined statistics
+# --------------------------------------------------------------------------
+
+
+class Rows(NamedTuple):
+    """Per-row scalars of the closed form (0 on rows that do not count)."""
+
+    shift: Array  # S
+    log_sum: Array  # lse = S + log_sum
+    qy: Array  # weight of the label's one-hot target
+    e: Array  # weight of the dense target part
+    a: Array  # A = sum_c q_c + 2 z zw lse
+    counted: Array  # bool: the row counts and has a valid class
+
+
+def finish(
+    block: Block,
+    *,
+    qy: Array | None,
+    e: Array | None,
+    zw: Array | None,
+    z: float,
+    gscale: float,
+    active: Array | None = None,
+    bad: Array | None = None,
+) -> tuple[Array, Rows]:
+    """Per-row loss and :class:`Rows` from a row's combined statistics.
+
+    Rows that are not ``active`` (ignored) or have no valid class give 0 and a
+    zero gradient; ``bad`` rows (out-of-range labels) a NaN loss and a zero
+    gradient, so that masking the loss also cleans the gradient.
+    """
+    counted = block.total > 0
+    if active is not None:
+        counted &= active
+    zero = jnp.zeros_like(block.shift)
+    log_sum = jnp.where(counted, jnp.log(jnp.where(counted, block.total, 1.0)), zero)
+    shift = jnp.where(counted, block.shift, zero)
+    s_y = jnp.where(counted, block.s_y, zero)
+    qy = zero if qy is None else jnp.where(counted, qy, zero)
+    e = zero if e is None else jnp.where(counted, e, zero)
+    lse = shift + log_sum
+    loss = cm.safe_mul(qy, log_sum + (shift - s_y))  # CE = lse - s_y
+    a = qy
+    if block.wgap is not None:
+        # sum_V e w (lse - s) = e (log_sum sum_V w + sum_V w (S - s))
+        wgap = jnp.where(counted, block.wgap, zero)
+        loss = loss + cm.safe_mul(e, log_sum * block.wsum) + cm.safe_mul(e / gscale, wgap)
+        a = a + e * block.wsum
+    if z > 0.0 and zw is not None:
+        zw = jnp.where(counted, zw, zero)
+        loss = loss + z * zw * lse * lse  # PaLM z-loss
+        a = a + 2.0 * z * zw * lse
+    if bad is not None:
+        loss = jnp.where(bad, jnp.full_like(loss, jnp.nan), loss)
+        counted &= ~bad
+        qy, e, a = (jnp.where(bad, zero, v) for v in (qy, e, a))
+    return loss, Rows(shift, log_sum, qy, e, a, counted)
+
+
+def probs(s: Array, valid: Array | None, rows: Rows) -> Array:
+    """``softmax`` of a block from the row's ``(S, log_sum)``; 0 off the valid
+    classes (``valid=None``: ``-inf`` logits give 0 by themselves) and on rows
+    that do not count."""
+    z = (s - rows.shift[..., None]) - rows.log_sum[..., None]
+    keep = rows.counted[..., None] if valid is None else rows.counted[..., None] & valid
+    return jnp.exp(jnp.where(keep, z, NEG_INF))
+
+
+def coefficient(
+    s: Array,
+    valid: Array | None,
+    y_local: Array | None,
+    w: Array | None,
+    rows: Rows,
+    *,
+    dense: bool,
+) -> Array:
+    """``dloss/ds = p A - q`` for a block (``valid``, ``y_local`` and ``w`` as in
+    :func:`block_stats`); exactly 0 on rows that do not count."""
+    g = probs(s, valid, rows) * rows.a[..., None]
+    if y_local is not None:
+        g = g - jnp.where(_hits(s, y_local), rows.qy[..., None], 0.0)
+    if dense:
+        wv = rows.e[..., None] if w is None else rows.e[..., None] * _widen(w, s)
+        g = g - jnp.where(valid_classes(s, valid), wv, 0.0)
+    return g
