@@ -61,13 +61,13 @@ def _plain(x):
 
 
 def test_exact_rule_passes():
-    r = gradcheck(_scaled_rule(1.0), X, reference=_plain, jax_check_grads=False)
+    r = gradcheck(_scaled_rule(1.0), X, reference=_plain)
     assert r.ok, r
     assert r.errors["jvp vs fd"][1] < 1e-5
 
 
 def test_rule_off_by_one_percent_fails():
-    r = gradcheck(_scaled_rule(1.01), X, reference=_plain)
+    r = gradcheck(_scaled_rule(1.01), X, reference=_plain, jax_check_grads=True)
     assert not r.ok
     failed = {c.name for c in r.failures}
     assert {"jvp vs fd", "vjp vs fd", "jacfwd vs fd", "jacrev vs fd"} <= failed
@@ -80,7 +80,7 @@ def test_rule_off_by_one_percent_fails():
 
 def test_rule_off_by_one_percent_fails_without_full_jacobian_or_reference():
     x = f32(np.random.default_rng(0).normal(size=(10, 10)))  # 100 > full_jacobian_max_size
-    r = gradcheck(_scaled_rule(1.01), x, order=1, jax_check_grads=False)
+    r = gradcheck(_scaled_rule(1.01), x, order=1)
     assert not r.ok
     assert "jacfwd vs fd" not in r.errors
     assert not r["jvp vs fd"].ok and not r["vjp vs fd"].ok
@@ -88,13 +88,11 @@ def test_rule_off_by_one_percent_fails_without_full_jacobian_or_reference():
 
 def test_wrong_second_order_is_caught():
     # first derivative right, but its own derivative is zero (stop_gradient in the rule)
-    r = gradcheck(
-        _scaled_rule(1.0, second_order_ok=False), X, reference=_plain, jax_check_grads=False
-    )
+    r = gradcheck(_scaled_rule(1.0, second_order_ok=False), X, reference=_plain)
     assert r["jvp vs fd"].ok and r["jacrev vs fd"].ok
     assert not r["hvp vs fd"].ok and not r["hessian vs fd"].ok
     assert not r["hvp (rev-over-rev) vs fd"].ok and not r["hvp vs reference"].ok
-    r1 = gradcheck(_scaled_rule(1.0, second_order_ok=False), X, order=1, jax_check_grads=False)
+    r1 = gradcheck(_scaled_rule(1.0, second_order_ok=False), X, order=1)
     assert r1.ok, r1
     assert "hvp vs fd" not in r1.errors
 
@@ -109,7 +107,7 @@ def test_nan_derivative_fails():
         (x,), (t,) = primals, tangents
         return f(x), jnp.sum(jnp.where(x > 1.5, jnp.nan, 2 * x) * t)
 
-    r = gradcheck(f, X, jax_check_grads=False)
+    r = gradcheck(f, X)
     assert not r.ok
     assert not r["finite derivatives"].ok
     assert r["finite values"].ok
@@ -121,7 +119,7 @@ def test_custom_vjp_without_forward_mode_is_reported():
         return jnp.sum(jnp.sin(x))
 
     f.defvjp(lambda x: (f(x), x), lambda x, g: (g * jnp.cos(x),))
-    r = gradcheck(f, X, order=1, jax_check_grads=False)
+    r = gradcheck(f, X, order=1)
     assert not r.ok
     assert r["jacrev vs fd"].ok and r["vjp vs fd"].ok  # reverse mode is right
     assert not r["jvp vs fd"].ok and "custom_vjp" in r["jvp vs fd"].message
@@ -133,7 +131,7 @@ def test_argnums_tuple_and_pytrees():
 
     a = {"w": f32([1.0, -2.0, 0.5]), "v": f32([[0.2, 0.3]])}
     b = f32([0.1, 0.4, -0.3])
-    r = gradcheck(f, a, b, 2.0, argnums=(0, 1), jax_check_grads=False)
+    r = gradcheck(f, a, b, 2.0, argnums=(0, 1))
     assert r.ok, r
     assert r.argnums == (0, 1)
     assert r.inputs == ("arg0['v']: float32[1, 2]", "arg0['w']: float32[3]", "arg1: float32[3]")
@@ -151,10 +149,10 @@ def test_argnums_selects_what_is_checked():
         return f(a, b), jnp.sum(da * b) + 1.05 * jnp.sum(a * db)  # wrong in b only
 
     a, b = f32([1.0, 2.0]), f32([0.5, -1.0])
-    assert gradcheck(f, a, b, argnums=0, jax_check_grads=False).ok
-    assert not gradcheck(f, a, b, argnums=1, jax_check_grads=False).ok
-    assert not gradcheck(f, a, b, argnums=(0, 1), jax_check_grads=False).ok
-    assert gradcheck(f, a, b, argnums=-2, jax_check_grads=False).argnums == (0,)
+    assert gradcheck(f, a, b, argnums=0).ok
+    assert not gradcheck(f, a, b, argnums=1).ok
+    assert not gradcheck(f, a, b, argnums=(0, 1)).ok
+    assert gradcheck(f, a, b, argnums=-2).argnums == (0,)
 
 
 def test_non_float_arguments_are_held_fixed():
@@ -168,7 +166,7 @@ def test_non_float_arguments_are_held_fixed():
             x, y, where=mask, label_smoothing=eps
         )
 
-    r = gradcheck(f, x, y, mask, 0.1, None, argnums=(0, 1, 2, 3, 4), jax_check_grads=False)
+    r = gradcheck(f, x, y, mask, 0.1, None, argnums=(0, 1, 2, 3, 4))
     assert r.ok, r
     assert r.inputs == ("arg0: float32[2, 3]",)
     notes = " ".join(r.notes)
@@ -196,7 +194,6 @@ def test_float64_setting_is_restored(initial):
             x,
             jax.nn.softmax(x),
             argnums=(0, 1),
-            jax_check_grads=False,
         )
         assert r.ok, r
         assert jax.config.jax_enable_x64 is initial
@@ -221,25 +218,24 @@ def test_float64_setting_is_restored_when_fn_raises():
 
     try:
         jax.config.update("jax_enable_x64", False)
-        r = gradcheck(f, X, jax_check_grads=False)
+        with pytest.raises(RuntimeError, match="no float64 here"):
+            gradcheck(f, X)
         assert jax.config.jax_enable_x64 is False
     finally:
         jax.config.update("jax_enable_x64", before)
-    assert not r.ok
-    assert "no float64 here" in r["jvp vs fd"].message
-    assert r["jvp/vjp consistency"].ok  # the float32 checks still ran
+    assert calls[0] == jnp.float32 and calls[-1] == jnp.float64  # the float32 checks ran first
 
 
 def test_low_precision_inputs_use_their_tolerances():
     x = jnp.asarray(np.asarray(X), dtype=jnp.bfloat16)
     y = jnp.array([1, 2])
-    r = gradcheck(jaxloss.softmax_cross_entropy_with_integer_labels, x, y, jax_check_grads=False)
+    r = gradcheck(jaxloss.softmax_cross_entropy_with_integer_labels, x, y)
     assert r.ok, r
     assert (r.rtol, r.atol) == default_tolerances(jnp.bfloat16)
 
 
 def test_report_text_and_html():
-    r = gradcheck(_scaled_rule(1.01), X, reference=_plain)
+    r = gradcheck(_scaled_rule(1.01), X, reference=_plain, jax_check_grads=True)
     assert isinstance(r, GradcheckReport)
     text = str(r)
     for word in (
@@ -260,7 +256,7 @@ def test_report_text_and_html():
     for word in ("<table", "max rel", "jvp vs reference", "FAIL"):
         assert word in page
     assert "FAILED" in repr(r)
-    good = gradcheck(_plain, X, jax_check_grads=False)
+    good = gradcheck(_plain, X)
     assert "OK:" in str(good) and "FAIL" not in str(good)
     assert "&#10003;" in good._repr_html_()
     with pytest.raises(KeyError, match="no check named"):
