@@ -12,8 +12,6 @@ recomputed under ``jax.checkpoint``: reverse mode keeps only the inputs.
 
 from __future__ import annotations
 
-from functools import partial
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -83,58 +81,24 @@ def _bce_tangent(x, y, pw, w, dx, eps):
     return (g * dx.astype(x.dtype))[..., 0]
 
 
-def _jvp_of_operands(fun, primals, tangents):
-    """Tangent of ``fun`` with respect to the float operands whose tangent is not zero."""
-    idx = [
-        i
-        for i, (p, t) in enumerate(zip(primals, tangents, strict=True))
-        if p is not None and jnp.issubdtype(p.dtype, jnp.floating) and not cm.is_zero(t)
-    ]
-    if not idx:
-        return None
-
-    def partial_fun(*active):
-        args = list(primals)
-        for i, v in zip(idx, active, strict=True):
-            args[i] = v
-        return fun(*args)
-
-    return jax.jvp(partial_fun, [primals[i] for i in idx], [tangents[i] for i in idx])[1]
+def _bce_tangent_x(_, args, dx):
+    x, y, pw, w, eps = args
+    return _bce_tangent(x, y, pw, w, dx, eps)
 
 
-@partial(jax.custom_jvp, nondiff_argnums=(4,))
-def _sigmoid_bce(x, y, pw, w, eps):
-    return _bce_forward(x, y, pw, w, eps)
-
-
-@partial(_sigmoid_bce.defjvp, symbolic_zeros=True)
-def _sigmoid_bce_jvp(eps, primals, tangents):
-    x, y, pw, w = primals
-    dx, dy, dpw, dw = tangents
-    loss = _bce_forward(x, y, pw, w, eps)
-    if cm.is_zero(dx):
-        dloss = jnp.zeros_like(loss)
-    else:
-        # Recomputed in the backward pass: the residuals are the operands themselves.
-        dloss = jax.checkpoint(partial(_bce_tangent, eps=eps))(x, y, pw, w, dx)
-    # Differentiating labels, pos_weight or weight: autodiff of the plain forward.
-    rest = _jvp_of_operands(
-        lambda y_, pw_, w_: _bce_forward(x, y_, pw_, w_, eps), (y, pw, w), (dy, dpw, dw)
-    )
-    return loss, dloss if rest is None else dloss + rest
+# Differentiating labels, pos_weight or weight (rare): autodiff of the plain forward.
+_sigmoid_bce = cm.linear_rule(
+    lambda x, y, pw, w, eps: (_bce_forward(x, y, pw, w, eps), None),
+    {0: _bce_tangent_x},
+    static_argnums=(4,),
+)
 
 
 def _prepare_binary(inputs, labels, weight, name):
     """Validates the operands; ``labels`` and ``weight`` keep their own (broadcastable)
     shapes and are broadcast inside the rules."""
     x = cm.as_float_array(inputs, name)
-    y = jnp.asarray(labels)
-    if not (
-        jnp.issubdtype(y.dtype, jnp.floating)
-        or jnp.issubdtype(y.dtype, jnp.integer)
-        or y.dtype == jnp.bool_
-    ):
-        raise TypeError(f"labels must be numeric; got dtype {y.dtype}.")
+    y = cm.as_numeric_array(labels, "labels")
     y = cm.check_broadcastable(y, x.shape, "labels", name)
     w = None
     if weight is not None:
@@ -191,7 +155,7 @@ def sigmoid_binary_cross_entropy(
       ``optax.sigmoid_binary_cross_entropy``.
     """
     x, y, w = _prepare_binary(logits, labels, weight, "logits")
-    cm.check_reduction(reduction)
+    red = cm.Reduction.of(reduction)
     eps = cm.static_float(label_smoothing, "label_smoothing", low=0.0, high=1.0)
     pw = None
     if pos_weight is not None:
@@ -200,7 +164,7 @@ def sigmoid_binary_cross_entropy(
     # Every operand keeps the caller's dtype and shape: the rule widens and
     # broadcasts internally, so reverse mode saves only the caller's buffers.
     loss = _sigmoid_bce(x, y, pw, w, eps)
-    return cm.reduce_loss(loss, reduction)
+    return red(loss)
 
 
 # BCELoss on probabilities ---------------------------------------------------
@@ -238,23 +202,11 @@ def _bce_probs_tangent(p, y, w, dp):
     return g * dp.astype(p.dtype)
 
 
-@jax.custom_jvp
-def _bce_probs(p, y, w):
-    return _bce_probs_forward(p, y, w)
-
-
-@partial(_bce_probs.defjvp, symbolic_zeros=True)
-def _bce_probs_jvp(primals, tangents):
-    p, y, w = primals
-    dp, dy, dw = tangents
-    loss = _bce_probs_forward(p, y, w)
-    if cm.is_zero(dp):
-        dloss = jnp.zeros_like(loss)
-    else:
-        dloss = jax.checkpoint(_bce_probs_tangent)(p, y, w, dp)
-    # d/dy = -(log p - log(1 - p)) with the clamped logs: autodiff of the forward.
-    rest = _jvp_of_operands(lambda y_, w_: _bce_probs_forward(p, y_, w_), (y, w), (dy, dw))
-    return loss, dloss if rest is None else dloss + rest
+# d/dy = -(log p - log(1 - p)) with the clamped logs: autodiff of the forward.
+_bce_probs = cm.linear_rule(
+    lambda p, y, w: (_bce_probs_forward(p, y, w), None),
+    {0: lambda _, args, dp: _bce_probs_tangent(*args, dp)},
+)
 
 
 def binary_cross_entropy(
@@ -299,7 +251,7 @@ def binary_cross_entropy(
       probability-space BCE.
     """
     p, y, w = _prepare_binary(probs, labels, weight, "probs")
-    cm.check_reduction(reduction)
+    red = cm.Reduction.of(reduction)
     if cm.is_concrete(p):
         host = np.asarray(jax.device_get(p))
         if ((host < 0) | (host > 1)).any():
@@ -307,4 +259,4 @@ def binary_cross_entropy(
                 "probs must lie in [0, 1]; use sigmoid_binary_cross_entropy for logits."
             )
     loss = _bce_probs(p, y, w)
-    return cm.reduce_loss(loss, reduction)
+    return red(loss)

@@ -45,18 +45,7 @@ def _int_forward(x, labels, weight, mask, opts: _IntOpts):
     gscale = sm.gap_scale(num_classes)
     dense = opts.eps > 0.0
     block = sm.block_stats(s, mask, None, weight, dense=dense, gscale=gscale, s_y=s_y)
-    e = opts.eps / jnp.maximum(block.count, 1.0) if dense else None
-    loss, rows = sm.finish(
-        block,
-        qy=(1.0 - opts.eps) * w_y,
-        e=e,
-        zw=w_y,
-        z=opts.z,
-        gscale=gscale,
-        active=info.active,
-        bad=info.bad,
-    )
-    share = jnp.where(block.total > 0, w_y, jnp.zeros_like(w_y))
+    loss, share, rows = sm.finish_labels(block, info, w_y, eps=opts.eps, z=opts.z, gscale=gscale)
     return (loss, share), (rows, info.safe)
 
 

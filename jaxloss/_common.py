@@ -49,6 +49,18 @@ def as_float_array(x: ArrayLike, name: str) -> Array:
     return arr
 
 
+def as_numeric_array(x: ArrayLike, name: str) -> Array:
+    """Converts ``x`` to a JAX array and checks that it is float, integer or bool."""
+    try:
+        arr = jnp.asarray(x)
+    except TypeError:
+        raise TypeError(f"{name} must be a numeric array; got {type(x).__name__}.") from None
+    ok = (jnp.floating, jnp.integer, jnp.bool_)
+    if not any(jnp.issubdtype(arr.dtype, kind) for kind in ok):
+        raise TypeError(f"{name} must be numeric (float, int or bool); got dtype {arr.dtype}.")
+    return arr
+
+
 def as_int_array(x: ArrayLike, name: str) -> Array:
     """Converts ``x`` to a JAX array and checks that it holds integers."""
     arr = jnp.asarray(x)
@@ -288,7 +300,10 @@ def linear_rule(
     recomputes the coefficients in the backward pass. Float operands without an
     entry (rarely differentiated: class weights, ``alpha``, labels) get their
     tangent from ``jax.jvp`` of the plain forward. Symbolic-zero tangents and
-    integer operands are skipped. ``static_argnums`` are hashable non-array
+    integer operands are skipped. An entry may be a pair ``(tangent, after)``:
+    ``after(args, t)`` then runs on the checkpointed tangent outside the
+    checkpoint (a collective that must transpose as itself, not be
+    rematerialised). ``static_argnums`` are hashable non-array
     options. With ``pass_want`` the forward is called as
     ``forward(want, *args)``, ``want`` the frozenset of argnums with a nonzero
     tangent (empty in the primal call), so it can form what those need.
@@ -315,11 +330,13 @@ def linear_rule(
         total = None
         for i in sorted(want & tangents.keys()):
             dyn = tuple(a for j, a in enumerate(args) if j not in static)
+            fn, after = tangents[i] if isinstance(tangents[i], tuple) else (tangents[i], None)
 
-            def tangent(res, dyn, d, i=i):
-                return tangents[i](res, merge(fixed, dyn), d)
+            def tangent(res, dyn, d, fn=fn):
+                return fn(res, merge(fixed, dyn), d)
 
-            total = _add_tangents(total, jax.checkpoint(tangent)(res, dyn, dargs[i]))
+            term = jax.checkpoint(tangent)(res, dyn, dargs[i])
+            total = _add_tangents(total, term if after is None else after(args, term))
         rare = sorted(want - tangents.keys())
         if rare:
 

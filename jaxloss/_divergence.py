@@ -17,8 +17,6 @@ inputs, and a zero target never meets ``log 0`` or ``0 * inf``.
 
 from __future__ import annotations
 
-from functools import partial
-
 import jax
 import jax.numpy as jnp
 
@@ -54,38 +52,33 @@ def _kl_elements(lp, t, mask, log_target):
     return jnp.where(keep, elem, 0.0)
 
 
-def _kl_tangent(lp, t, mask, dlp, dt, log_target):
+def _kl_tangent_lp(res, args, dlp):
+    lp, t, mask, log_target = args
     lp, t = _upcast(lp, t)
-    terms = []
     prob = jnp.exp(t) if log_target else t
-    if dlp is not None:
-        terms.append(-(prob * dlp.astype(lp.dtype)))
-    if dt is not None:
-        if log_target:
-            coef = cm.safe_mul(prob, t - lp + 1.0)
-        else:
-            nz = t != 0
-            log_t = jnp.log(jnp.where(nz, t, jnp.ones_like(t)))
-            coef = jnp.where(nz, log_t + 1.0 - jnp.where(nz, lp, 0.0), 0.0)
-        terms.append(coef * dt.astype(lp.dtype))
-    return jnp.sum(_masked(sum(terms[1:], terms[0]), mask), axis=-1)
+    return jnp.sum(_masked(-(prob * dlp.astype(lp.dtype)), mask), axis=-1)
 
 
-@partial(jax.custom_jvp, nondiff_argnums=(3,))
-def _kl(lp, t, mask, log_target):
-    return jnp.sum(_kl_elements(lp, t, mask, log_target), axis=-1)
+def _kl_tangent_t(res, args, dt):
+    lp, t, mask, log_target = args
+    lp, t = _upcast(lp, t)
+    if log_target:
+        coef = cm.safe_mul(jnp.exp(t), t - lp + 1.0)
+    else:
+        nz = t != 0
+        log_t = jnp.log(jnp.where(nz, t, jnp.ones_like(t)))
+        coef = jnp.where(nz, log_t + 1.0 - jnp.where(nz, lp, 0.0), 0.0)
+    return jnp.sum(_masked(coef * dt.astype(lp.dtype), mask), axis=-1)
 
 
-@partial(_kl.defjvp, symbolic_zeros=True)
-def _kl_jvp(log_target, primals, tangents):
-    lp, t, mask = primals
-    dlp, dt = (None if cm.is_zero(d) else d for d in tangents[:2])
-    loss = jnp.sum(_kl_elements(lp, t, mask, log_target), axis=-1)
-    if dlp is None and dt is None:
-        return loss, jnp.zeros_like(loss)
-    # Recomputed in the backward pass: the residuals are the inputs only.
-    tangent = jax.checkpoint(partial(_kl_tangent, log_target=log_target))
-    return loss, tangent(lp, t, mask, dlp, dt)
+_kl = cm.linear_rule(
+    lambda lp, t, mask, log_target: (
+        jnp.sum(_kl_elements(lp, t, mask, log_target), axis=-1),
+        None,
+    ),
+    {0: _kl_tangent_lp, 1: _kl_tangent_t},
+    static_argnums=(3,),
+)
 
 
 def kl_divergence(
@@ -144,7 +137,7 @@ def kl_divergence(
     lp = cm.as_float_array(log_predictions, "log_predictions")
     t = cm.as_float_array(targets, "targets")
     cm.check_same_shape(lp, t, "log_predictions", "targets")
-    cm.check_reduction(reduction, extra=("batchmean",))
+    red = cm.Reduction.of(reduction, batchmean=True)
     if not isinstance(log_target, bool):
         raise TypeError(f"log_target must be a bool; got {log_target!r}.")
     ax = cm.normalize_axis(axis, lp.ndim)
@@ -153,8 +146,6 @@ def kl_divergence(
     if mask is not None:
         mask = jnp.moveaxis(mask, ax, -1)
     loss = _kl(lp, t, mask, log_target)
-    if reduction == "batchmean":
-        return cm.reduce_loss(loss, reduction, batch_size=jnp.shape(log_predictions)[0])
-    if reduction != "mean" or mask is None:
-        return cm.reduce_loss(loss, reduction)
-    return cm.reduce_loss(loss, reduction, jnp.any(mask, axis=-1).astype(loss.dtype))
+    # with ``where``, a row counts in the mean when some class is allowed
+    share = None if mask is None else jnp.any(mask, axis=-1).astype(loss.dtype)
+    return red(loss, share, batch_size=jnp.shape(log_predictions)[0])

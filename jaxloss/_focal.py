@@ -223,13 +223,7 @@ def sigmoid_focal_loss(
       ``torchvision.ops.sigmoid_focal_loss``; ``optax.sigmoid_focal_loss``.
     """
     x = cm.as_float_array(logits, "logits")
-    y = jnp.asarray(labels)
-    if not (
-        jnp.issubdtype(y.dtype, jnp.floating)
-        or jnp.issubdtype(y.dtype, jnp.integer)
-        or y.dtype == jnp.bool_
-    ):
-        raise TypeError(f"labels must be numeric; got dtype {y.dtype}.")
+    y = cm.as_numeric_array(labels, "labels")
     y = cm.broadcast_to_shape(y, x.shape, "labels", "logits")
     red = cm.Reduction.of(reduction)
     g = cm.static_float(gamma, "gamma", low=0.0)

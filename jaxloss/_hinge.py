@@ -77,9 +77,9 @@ def hinge_loss(
       ``optax.hinge_loss`` (``margin=1``); Wikipedia, *Hinge loss*.
     """
     x, y = _prepare_pm1(scores, labels)
-    cm.check_reduction(reduction)
+    red = cm.Reduction.of(reduction)
     m = cm.static_float(margin, "margin")
-    return cm.reduce_loss(_relu(m - y * x), reduction)
+    return red(_relu(m - y * x))
 
 
 def squared_hinge_loss(
@@ -93,14 +93,7 @@ def squared_hinge_loss(
 
     .. math:: \ell = \max(0,\ m - y\,s)^2
 
-    Args:
-      scores: float decision values of any shape.
-      labels: -1 or 1 (int or float), broadcastable to ``scores``.
-      margin: :math:`m`, the margin the score must clear.
-      reduction: ``"none"``, ``"sum"`` or ``"mean"`` (over all elements).
-
-    Returns:
-      Elementwise loss (float32 for bf16/f16 inputs) or its reduction.
+    Args and returns: as :func:`hinge_loss`.
 
     Example:
       >>> import jax.numpy as jnp, jaxloss
@@ -117,10 +110,10 @@ def squared_hinge_loss(
       scikit-learn ``LinearSVC(loss="squared_hinge")``; Keras ``SquaredHinge``.
     """
     x, y = _prepare_pm1(scores, labels)
-    cm.check_reduction(reduction)
+    red = cm.Reduction.of(reduction)
     m = cm.static_float(margin, "margin")
     z = m - y * x
-    return cm.reduce_loss(jnp.where(z > 0, z * z, 0.0), reduction)
+    return red(jnp.where(z > 0, z * z, 0.0))
 
 
 def multiclass_hinge_loss(
@@ -175,7 +168,7 @@ def multiclass_hinge_loss(
             "labels must have the shape of scores without the last (class) axis; got "
             f"labels.shape={y.shape} for scores.shape={x.shape}, expected {x.shape[:-1]}."
         )
-    cm.check_reduction(reduction)
+    red = cm.Reduction.of(reduction)
     m = cm.static_float(margin, "margin")
     if isinstance(p, bool) or p not in (1, 2):
         raise ValueError(f"p must be 1 or 2 (as in PyTorch); got {p!r}.")
@@ -201,4 +194,4 @@ def multiclass_hinge_loss(
         loss = loss * w.astype(dtype)[safe]
     bad = (y < 0) | (y >= num_classes)
     loss = jnp.where(bad, jnp.nan, loss)
-    return cm.reduce_loss(loss, reduction)
+    return red(loss)

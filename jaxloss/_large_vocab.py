@@ -196,12 +196,10 @@ def _setup(h, w, y, opts: _Opts):
 
 def _finish(block: sm.Block, act, bad, opts: _Opts):
     """Loss, divisor share and :class:`~jaxloss._softmax.Rows` of a set of rows."""
-    one = act.astype(block.shift.dtype)
-    e = opts.eps / jnp.maximum(block.count, 1.0) if opts.eps > 0.0 else None
-    qy = (1.0 - opts.eps) * one
+    info = sm.Labels(None, act, bad)
+    w_y = act.astype(block.shift.dtype)
     gscale = sm.gap_scale(opts.num_classes)
-    loss, rows = sm.finish(block, qy=qy, e=e, zw=one, z=opts.z, gscale=gscale, active=act, bad=bad)
-    return loss, jnp.where(block.total > 0, one, jnp.zeros_like(one)), rows
+    return sm.finish_labels(block, info, w_y, eps=opts.eps, z=opts.z, gscale=gscale)
 
 
 def _pin(w, b, h_c):
@@ -521,18 +519,7 @@ def _vp_forward(x, y, weight, mask, opts: _VpOpts):
     block = sm.merge(sm.gather_blocks(local, opts.axis_name), gscale)
     info = sm.labels_info(y, opts.num_classes, opts.ignore_index)
     w_y = sm.label_weight(info, weight, s.dtype)
-    e = opts.eps / jnp.maximum(block.count, 1.0) if dense else None
-    loss, rows = sm.finish(
-        block,
-        qy=(1.0 - opts.eps) * w_y,
-        e=e,
-        zw=w_y,
-        z=opts.z,
-        gscale=gscale,
-        active=info.active,
-        bad=info.bad,
-    )
-    share = jnp.where(block.total > 0, w_y, jnp.zeros_like(w_y))
+    loss, share, rows = sm.finish_labels(block, info, w_y, eps=opts.eps, z=opts.z, gscale=gscale)
     return (loss, share), rows
 
 
@@ -544,13 +531,18 @@ def _vp_tangent_x(rows, args, dx):
     slope = sm.softcap_slope(s, opts.cap)
     if slope is not None:
         g = g * slope
-    # Forward mode sums the shards' shares; in reverse mode this psum transposes
-    # to a no-op under shard_map's check_vma, so the backward is communication-free.
-    dloss = lax.psum(jnp.sum(g * dx.astype(g.dtype), axis=-1), opts.axis_name)
+    dloss = jnp.sum(g * dx.astype(g.dtype), axis=-1)
     return dloss, jnp.zeros_like(dloss)
 
 
-_vp_ce = cm.linear_rule(_vp_forward, {0: _vp_tangent_x}, static_argnums=(4,))
+def _vp_sum_shards(args, t):
+    # Forward mode sums the shards' shares; in reverse mode this psum transposes
+    # to a no-op, so the backward is communication-free.
+    total = lax.psum(t[0], args[-1].axis_name)
+    return total, jnp.zeros_like(total)
+
+
+_vp_ce = cm.linear_rule(_vp_forward, {0: (_vp_tangent_x, _vp_sum_shards)}, static_argnums=(4,))
 
 
 # --------------------------------------------------------------------------
@@ -745,12 +737,12 @@ def vocab_parallel_fused_linear_softmax_cross_entropy(
     *,
     axis_name: Any,
     bias_shard: ArrayLike | None = None,
+    reduction: str = "mean",
+    chunk_size: int | None = None,
     ignore_index: int | None = None,
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     logit_softcap: float | None = None,
-    reduction: str = "mean",
-    chunk_size: int | None = None,
 ) -> Array:
     r"""Fused linear + softmax cross-entropy with the kernel's vocabulary sharded.
 
@@ -799,6 +791,7 @@ def vocab_parallel_softmax_cross_entropy(
     labels: ArrayLike,
     *,
     axis_name: Any,
+    reduction: str = "none",
     axis: int = -1,
     where: ArrayLike | None = None,
     weight: ArrayLike | None = None,
@@ -806,7 +799,6 @@ def vocab_parallel_softmax_cross_entropy(
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     logit_softcap: float | None = None,
-    reduction: str = "none",
 ) -> Array:
     r"""Integer-label softmax cross-entropy with the class axis sharded over ``axis_name``.
 

@@ -1,8 +1,8 @@
 """Elementwise regression losses.
 
 Most are polynomials or a single exp/log of the error, where autodiff of the
-plain formula is exact. Two get a ``custom_jvp`` with a tangent linear in
-``(dpredictions, dtargets)``:
+plain formula is exact. Three get a linear-tangent rule
+(:func:`jaxloss._common.linear_rule`) in ``(dpredictions, dtargets)``:
 
 - Huber / smooth L1: ``d/de = clip(e, -delta, delta)``, recomputed under
   ``jax.checkpoint`` (residuals: the inputs only); one fused pass instead of
@@ -10,14 +10,14 @@ plain formula is exact. Two get a ``custom_jvp`` with a tangent linear in
 - log-cosh: ``d/de = tanh(e)``, read off the loss value
   (``sign(e) sqrt(1 - exp(-2 loss))``) with its own rule ``1 - tanh^2``, so the
   second derivative is right at ``e = 0`` (autodiff of a stable ``|e|`` form
-  gives 0 there, the truth is 1). This rule keeps the slope, one array of the
-  input's shape, as its residual: recomputing it would cost a pass and save nothing.
+  gives 0 there, the truth is 1). Recomputed under ``jax.checkpoint`` like
+  Huber's: the residuals are the caller's buffers.
+- absolute error: ``d|e|/de = sign(e)``, 0 at ``e = 0`` as in PyTorch.
 """
 
 from __future__ import annotations
 
 import math
-from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -64,13 +64,8 @@ def _linear(coef, dx, dt):
     return coef * (dx.astype(coef.dtype) - dt.astype(coef.dtype))
 
 
-@jax.custom_jvp
-def _abs(e):
-    return jnp.abs(e)
-
-
 # d|e|/de = sign(e): 0 at e = 0 as in PyTorch (jnp.abs gives 1 there)
-_abs.defjvps(lambda de, ans, e: jnp.sign(e) * de)
+_abs = cm.linear_rule(lambda e: (jnp.abs(e), None), {0: lambda _, args, de: jnp.sign(args[0]) * de})
 
 
 # --------------------------------------------------------------------------
@@ -111,8 +106,8 @@ def squared_error(
       ``optax.squared_error``; ``torch.nn.functional.mse_loss``.
     """
     x, t = _prepare(predictions, targets)
-    cm.check_reduction(reduction)
-    return cm.reduce_loss(jnp.square(_error(x, t)), reduction)
+    red = cm.Reduction.of(reduction)
+    return red(jnp.square(_error(x, t)))
 
 
 def l2_loss(
@@ -125,13 +120,7 @@ def l2_loss(
 
     .. math:: \ell = \tfrac12 (x - t)^2
 
-    Args:
-      predictions: float array of any shape.
-      targets: broadcastable to ``predictions``; ``None`` means zeros.
-      reduction: ``"none"``, ``"sum"`` or ``"mean"`` (over all elements).
-
-    Returns:
-      Elementwise loss (float32 for bf16/f16 inputs) or its reduction.
+    Args and returns: as :func:`squared_error`.
 
     Example:
       >>> import jax.numpy as jnp, jaxloss
@@ -145,8 +134,8 @@ def l2_loss(
       ``optax.l2_loss``; Bishop, *Pattern Recognition and Machine Learning*.
     """
     x, t = _prepare(predictions, targets)
-    cm.check_reduction(reduction)
-    return cm.reduce_loss(0.5 * jnp.square(_error(x, t)), reduction)
+    red = cm.Reduction.of(reduction)
+    return red(0.5 * jnp.square(_error(x, t)))
 
 
 def absolute_error(
@@ -159,13 +148,7 @@ def absolute_error(
 
     .. math:: \ell = |x - t|
 
-    Args:
-      predictions: float array of any shape.
-      targets: broadcastable to ``predictions``; ``None`` means zeros.
-      reduction: ``"none"``, ``"sum"`` or ``"mean"`` (over all elements).
-
-    Returns:
-      Elementwise loss (float32 for bf16/f16 inputs) or its reduction.
+    Args and returns: as :func:`squared_error`.
 
     Example:
       >>> import jax.numpy as jnp, jaxloss
@@ -181,8 +164,8 @@ def absolute_error(
       ``torch.nn.functional.l1_loss``.
     """
     x, t = _prepare(predictions, targets)
-    cm.check_reduction(reduction)
-    return cm.reduce_loss(_abs(_error(x, t)), reduction)
+    red = cm.Reduction.of(reduction)
+    return red(_abs(_error(x, t)))
 
 
 # --------------------------------------------------------------------------
@@ -197,28 +180,21 @@ def _huber_value(x, t, delta, scale):
     return jnp.where(a <= delta, (0.5 * scale) * (e * e), (scale * delta) * (a - 0.5 * delta))
 
 
-def _huber_tangent(x, t, dx, dt, delta, scale):
+def _huber_slope(args):
+    x, t, delta, scale = args
     e = _error(x, t)
     # d/de = clip(e, -delta, delta); second derivative 1 up to and at the kink, 0 beyond
-    slope = scale * jnp.where(jnp.abs(e) <= delta, e, delta * jnp.sign(e))
-    return _linear(slope, dx, dt)
+    return scale * jnp.where(jnp.abs(e) <= delta, e, delta * jnp.sign(e))
 
 
-@partial(jax.custom_jvp, nondiff_argnums=(2, 3))
-def _huber(x, t, delta, scale):
-    return _huber_value(x, t, delta, scale)
-
-
-@partial(_huber.defjvp, symbolic_zeros=True)
-def _huber_jvp(delta, scale, primals, tangents):
-    x, t = primals
-    dx, dt = (None if cm.is_zero(d) else d for d in tangents)
-    loss = _huber_value(x, t, delta, scale)
-    if dx is None and dt is None:
-        return loss, jnp.zeros_like(loss)
-    # Recomputed in the backward pass: the residuals are the inputs only.
-    tangent = jax.checkpoint(partial(_huber_tangent, delta=delta, scale=scale))
-    return loss, tangent(x, t, dx, dt)
+_huber = cm.linear_rule(
+    lambda x, t, delta, scale: (_huber_value(x, t, delta, scale), None),
+    {
+        0: lambda _, args, dx: _linear(_huber_slope(args), dx, None),
+        1: lambda _, args, dt: _linear(_huber_slope(args), None, dt),
+    },
+    static_argnums=(2, 3),
+)
 
 
 def huber_loss(
@@ -260,9 +236,9 @@ def huber_loss(
       ``optax.huber_loss``; ``torch.nn.functional.huber_loss``.
     """
     x, t = _prepare_raw(predictions, targets)
-    cm.check_reduction(reduction)
+    red = cm.Reduction.of(reduction)
     d = cm.static_float(delta, "delta", low=0.0, low_open=True)
-    return cm.reduce_loss(_huber(x, t, d, 1.0), reduction)
+    return red(_huber(x, t, d, 1.0))
 
 
 def smooth_l1_loss(
@@ -303,11 +279,11 @@ def smooth_l1_loss(
       ``torch.nn.functional.smooth_l1_loss``; Girshick, *Fast R-CNN*, 2015.
     """
     x, t = _prepare_raw(predictions, targets)
-    cm.check_reduction(reduction)
+    red = cm.Reduction.of(reduction)
     b = cm.static_float(beta, "beta", low=0.0)
     if b == 0.0:
-        return cm.reduce_loss(_abs(_error(x, t)), reduction)  # beta = 0 is L1
-    return cm.reduce_loss(_huber(x, t, b, 1.0 / b), reduction)
+        return red(_abs(_error(x, t)))  # beta = 0 is L1
+    return red(_huber(x, t, b, 1.0 / b))
 
 
 # --------------------------------------------------------------------------
@@ -326,36 +302,34 @@ def _log_cosh_value(e):
     return jnp.where(small, 0.0, a - _LOG2) + jnp.log1p(arg)
 
 
-@jax.custom_jvp
-def _tanh_from_log_cosh(e, log_cosh_e):
-    # tanh e = sign(e) sqrt(1 - 1 / cosh^2 e): the slope read off the loss itself,
-    # so XLA computes the gradient in place of the loss buffer (one pass, no scratch)
-    return jnp.sign(e) * jnp.sqrt(-jnp.expm1(-2.0 * log_cosh_e))
+def _tanh_slope(_, args, de):
+    # lc = log cosh(e) is a function of e: d tanh e = (1 - tanh^2 e) de
+    s = _tanh_from_log_cosh(*args)
+    return (1.0 - s * s) * de
 
 
-@_tanh_from_log_cosh.defjvp
-def _tanh_from_log_cosh_jvp(primals, tangents):
-    e, lc = primals
-    de, _ = tangents  # lc = log cosh(e) is a function of e: d tanh e = (1 - tanh^2 e) de
-    s = _tanh_from_log_cosh(e, lc)
-    return s, (1.0 - s * s) * de
+# tanh e = sign(e) sqrt(1 - 1 / cosh^2 e): the slope read off the loss itself, so
+# the gradient reuses the loss's own expm1/log1p terms. The loss operand's tangent
+# is 0 (it moves only with e).
+_tanh_from_log_cosh = cm.linear_rule(
+    lambda e, lc: (jnp.sign(e) * jnp.sqrt(-jnp.expm1(-2.0 * lc)), None),
+    {0: _tanh_slope, 1: lambda _, args, dlc: jnp.zeros_like(dlc)},
+)
 
 
-@jax.custom_jvp
-def _log_cosh(x, t):
-    return _log_cosh_value(_error(x, t))
-
-
-@partial(_log_cosh.defjvp, symbolic_zeros=True)
-def _log_cosh_jvp(primals, tangents):
-    x, t = primals
-    dx, dt = (None if cm.is_zero(d) else d for d in tangents)
-    e = _error(x, t)
-    loss = _log_cosh_value(e)
-    if dx is None and dt is None:
-        return loss, jnp.zeros_like(loss)
+def _log_cosh_slope(args):
     # d/de log cosh e = tanh e; its own derivative 1 - tanh^2 e is 1 at e = 0
-    return loss, _linear(_tanh_from_log_cosh(e, loss), dx, dt)
+    e = _error(*args)
+    return _tanh_from_log_cosh(e, _log_cosh_value(e))
+
+
+_log_cosh = cm.linear_rule(
+    lambda x, t: (_log_cosh_value(_error(x, t)), None),
+    {
+        0: lambda _, args, dx: _linear(_log_cosh_slope(args), dx, None),
+        1: lambda _, args, dt: _linear(_log_cosh_slope(args), None, dt),
+    },
+)
 
 
 def log_cosh(
@@ -397,8 +371,8 @@ def log_cosh(
       Variational Auto-Encoder*, 2019.
     """
     x, t = _prepare_raw(predictions, targets)
-    cm.check_reduction(reduction)
-    return cm.reduce_loss(_log_cosh(x, t), reduction)
+    red = cm.Reduction.of(reduction)
+    return red(_log_cosh(x, t))
 
 
 # --------------------------------------------------------------------------
@@ -452,7 +426,7 @@ def poisson_nll_loss(
       ``torch.nn.functional.poisson_nll_loss``.
     """
     x, t = _prepare(input, targets, "input", required=True)
-    cm.check_reduction(reduction)
+    red = cm.Reduction.of(reduction)
     if not isinstance(log_input, bool) or not isinstance(full, bool):
         raise TypeError("log_input and full must be bools.")
     e = cm.static_float(eps, "eps", low=0.0)
@@ -465,7 +439,7 @@ def poisson_nll_loss(
         ts = jnp.where(big, t, jnp.ones_like(t))
         stirling = ts * jnp.log(ts) - ts + 0.5 * jnp.log(ts) + _HALF_LOG_2PI
         loss = loss + jnp.where(big, stirling, 0.0)
-    return cm.reduce_loss(loss, reduction)
+    return red(loss)
 
 
 def _gaussian_var(var, shape):
@@ -534,7 +508,7 @@ def gaussian_nll_loss(
       the mean and variance of the target probability distribution*, 1994.
     """
     x, t = _prepare(input, targets, "input", required=True)
-    cm.check_reduction(reduction)
+    red = cm.Reduction.of(reduction)
     if not isinstance(full, bool):
         raise TypeError(f"full must be a bool; got {full!r}.")
     e = cm.static_float(eps, "eps", low=0.0)
@@ -550,4 +524,4 @@ def gaussian_nll_loss(
     loss = 0.5 * (jnp.log(v) + d * d / v)
     if full:
         loss = loss + _HALF_LOG_2PI
-    return cm.reduce_loss(loss, reduction)
+    return red(loss)

@@ -222,10 +222,14 @@ def empty_block(like: Array, dense: bool) -> Block:
 
 def gather_blocks(block: Block, axis_name) -> Block:
     """Every shard's block statistics in one all-gather, stacked on a leading axis."""
-    fields = [f for f in block if f is not None]
+    # Without class weights the weight sum is the count: gathered once.
+    alias = block.wsum is block.count and block.count is not None
+    parts = block._replace(wsum=None) if alias else block
+    fields = [f for f in parts if f is not None]
     stacked = jax.lax.all_gather(jnp.stack(fields), axis_name, to="invarying")  # [P, k, ...]
     it = iter(range(len(fields)))
-    return Block(*(None if f is None else stacked[:, next(it)] for f in block))
+    out = Block(*(None if f is None else stacked[:, next(it)] for f in parts))
+    return out._replace(wsum=out.count) if alias else out
 
 
 # --------------------------------------------------------------------------
@@ -287,6 +291,26 @@ def finish(
         counted &= ~bad
         qy, e, a = (jnp.where(bad, zero, v) for v in (qy, e, a))
     return loss, Rows(shift, log_sum, qy, e, a, counted)
+
+
+def finish_labels(
+    block: Block, info: Labels, w_y: Array, *, eps: float, z: float, gscale: float
+) -> tuple[Array, Array, Rows]:
+    """:func:`finish` for integer labels: ``qy = (1 - eps) w_y``, ``e = eps / K``,
+    ``zw = w_y``. Returns the loss, each row's share of the mean's divisor (``w_y``
+    on rows with a valid class, else 0) and the rows."""
+    e = eps / jnp.maximum(block.count, 1.0) if block.count is not None else None
+    loss, rows = finish(
+        block,
+        qy=(1.0 - eps) * w_y,
+        e=e,
+        zw=w_y,
+        z=z,
+        gscale=gscale,
+        active=info.active,
+        bad=info.bad,
+    )
+    return loss, jnp.where(block.total > 0, w_y, jnp.zeros_like(w_y)), rows
 
 
 def probs(s: Array, valid: Array | None, rows: Rows) -> Array:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import pathlib
 import platform as _platform
@@ -14,6 +15,14 @@ from typing import Any
 PLATFORMS = ("cpu", "gpu", "tpu")
 QUICK_STEPS = 8
 MAX_BATCH_SIZE = 4096
+# The demo's optional dependencies (the "demo" extra): import name -> pip name.
+DEPENDENCIES = {
+    "flax": "flax",
+    "optax": "optax",
+    "sklearn": "scikit-learn",
+    "matplotlib": "matplotlib",
+    "tqdm": "tqdm",
+}
 
 
 def _int_in(low: int, high: int | None, what: str):
@@ -39,6 +48,13 @@ def build_parser(loss_names: Sequence[str]) -> argparse.ArgumentParser:
             "metrics against trivial baselines and a gradient check of each loss."
         ),
     )
+    _add_run_flags(p, loss_names)
+    _add_mode_flags(p)
+    return p
+
+
+def _add_run_flags(p: argparse.ArgumentParser, loss_names: Sequence[str]) -> None:
+    """What is trained, and where the results go."""
     p.add_argument(
         "--loss",
         action="append",
@@ -70,6 +86,10 @@ def build_parser(loss_names: Sequence[str]) -> argparse.ArgumentParser:
         default=pathlib.Path("demo_out"),
         help="directory for results.json and the plots (default: demo_out/)",
     )
+
+
+def _add_mode_flags(p: argparse.ArgumentParser) -> None:
+    """How it runs: smoke test, devices, progress bars, gradient check."""
     p.add_argument(
         "--quick",
         action="store_true",
@@ -84,7 +104,6 @@ def build_parser(loss_names: Sequence[str]) -> argparse.ArgumentParser:
         action="store_true",
         help="skip the per-loss gradient check (jaxloss.testing.gradcheck)",
     )
-    return p
 
 
 def _devices(parser: argparse.ArgumentParser, platform: str | None) -> list[Any]:
@@ -113,17 +132,25 @@ def _simulated_cpu_devices() -> int:
     return count
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    import jax
+def missing_dependencies() -> list[str]:
+    """The demo's optional dependencies that do not import, by their pip names."""
+    missing = []
+    for module, package in DEPENDENCIES.items():
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(package)
+    return missing
 
+
+def _parse(argv: Sequence[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+    """Parses and checks the flags; exits with status 2 on a bad one."""
     import jaxloss
-    from jaxloss.demo import _report, _runs
+    from jaxloss.demo import _runs
 
     public = _runs.public_losses()
-    known = sorted(set(public) | set(_runs.SPECS_BY_NAME))
-    parser = build_parser(known)
+    parser = build_parser(sorted(set(public) | set(_runs.SPECS_BY_NAME)))
     args = parser.parse_args(argv)
-
     missing = [n for n in args.loss or () if not hasattr(jaxloss, n)]
     if missing:
         parser.error(
@@ -132,6 +159,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if args.out.exists() and not args.out.is_dir():
         parser.error(f"--out {args.out}: exists and is not a directory")
+    args.steps_used = (
+        args.steps if args.steps is not None else (QUICK_STEPS if args.quick else None)
+    )
+    return parser, args
+
+
+def _placement(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[list, int]:
+    """The devices to train on and the global batch size (a multiple of their count)."""
+    import jax
 
     if _simulated_cpu_devices() > 1:
         # Simulated CPU devices share a few cores; running each computation inline
@@ -146,32 +182,38 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{n_dev} devices",
             file=sys.stderr,
         )
-    steps = args.steps if args.steps is not None else (QUICK_STEPS if args.quick else None)
+    return devices, batch_size
+
+
+def _select_specs(args: argparse.Namespace) -> list[Any]:
+    """The runs to do, with a warning for every loss no run covers."""
+    from jaxloss.demo import _runs
 
     specs = _runs.available_specs()
     if args.loss:
         chosen = set(args.loss)
-        specs = [s for s in specs if chosen & set(s.losses)]
+        return [s for s in specs if chosen & set(s.losses)]
     covered = {n for s in specs for n in s.losses}
-    if not args.loss:
-        for name in sorted(set(public) - covered):
-            print(f"warning: no demo run uses jaxloss.{name}", file=sys.stderr)
-        for s in _runs.SPECS:
-            if s not in specs:
-                print(f"note: skipping {s.name}: not in this jaxloss", file=sys.stderr)
+    for name in sorted(set(_runs.public_losses()) - covered):
+        print(f"warning: no demo run uses jaxloss.{name}", file=sys.stderr)
+    for s in _runs.SPECS:
+        if s not in specs:
+            print(f"note: skipping {s.name}: not in this jaxloss", file=sys.stderr)
+    return specs
+
+
+def _train_all(
+    args: argparse.Namespace, specs: list[Any], devices: list[Any], batch_size: int
+) -> list[dict[str, Any]]:
+    """One row of results per run, with a progress line per run unless ``--no-progress``."""
+    import jax
 
     from jaxloss.demo._train import Runner
 
-    print(
-        f"jaxloss {jaxloss.__version__} demo on {n_dev} x {devices[0].device_kind} "
-        f"({devices[0].platform}); global batch {batch_size}, seed {args.seed}",
-        file=sys.stderr,
-    )
-    t0 = time.perf_counter()
     runner = Runner(
         devices,
         seed=args.seed,
-        steps=steps,
+        steps=args.steps_used,
         batch_size=batch_size,
         progress=not args.no_progress,
         gradcheck=not args.no_gradcheck,
@@ -189,45 +231,92 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"gradcheck {verdicts[row['gradcheck']['ok']]}",
                     file=sys.stderr,
                 )
-    wall = time.perf_counter() - t0
+    return rows
 
-    text = _report.table(rows)
-    print(text)
-    print(f"\n{len(rows)} run(s) on {n_dev} {devices[0].platform} device(s) in {wall:.1f} s")
+
+def _write(args: argparse.Namespace, payload: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """``results.json``, ``loss_curves.png`` and ``summary.png`` in ``--out``."""
+    from jaxloss.demo import _report
 
     args.out.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "config": {
-            "jaxloss": jaxloss.__version__,
-            "jax": jax.__version__,
-            "python": _platform.python_version(),
-            "platform": devices[0].platform,
-            "device_kind": devices[0].device_kind,
-            "num_devices": n_dev,
-            "seed": args.seed,
-            "steps": steps,
-            "batch_size": batch_size,
-            "requested_batch_size": args.batch_size,
-            "quick": args.quick,
-            "losses": args.loss,
-        },
-        "wall_time_s": wall,
-        "table": text,
-        "results": rows,
-    }
     _report.write_json(args.out / "results.json", payload)
     _report.plot_curves(args.out / "loss_curves.png", rows)
     _report.plot_summary(args.out / "summary.png", rows)
     print(f"wrote {args.out / 'results.json'}, loss_curves.png and summary.png", file=sys.stderr)
 
+
+def _config(args: argparse.Namespace, devices: list[Any], batch_size: int) -> dict[str, Any]:
+    import jax
+
+    import jaxloss
+
+    return {
+        "jaxloss": jaxloss.__version__,
+        "jax": jax.__version__,
+        "python": _platform.python_version(),
+        "platform": devices[0].platform,
+        "device_kind": devices[0].device_kind,
+        "num_devices": len(devices),
+        "seed": args.seed,
+        "steps": args.steps_used,
+        "batch_size": batch_size,
+        "requested_batch_size": args.batch_size,
+        "quick": args.quick,
+        "losses": args.loss,
+    }
+
+
+def _exit_status(args: argparse.Namespace, rows: list[dict[str, Any]]) -> int:
+    """1 if a gradient check failed, or a full-length run did not beat its baseline."""
     failed = [r["name"] for r in rows if r["gradcheck"].get("ok") is False]
     behind = [r["name"] for r in rows if not r["beats_baseline"]]
+    full_length = not args.quick and args.steps_used is None
     if failed:
         print(f"error: gradcheck failed for {', '.join(failed)}", file=sys.stderr)
     if behind:
-        level = "note" if args.quick or steps is not None else "error"
+        level = "error" if full_length else "note"
         print(f"{level}: not better than the baseline: {', '.join(behind)}", file=sys.stderr)
-    return 1 if failed or (behind and not args.quick and steps is None) else 0
+    return 1 if failed or (behind and full_length) else 0
 
 
-__all__ = ["build_parser", "main"]
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the demo; returns the exit status (2 for bad flags, via ``SystemExit``)."""
+    missing = missing_dependencies()
+    if missing:
+        print(
+            f"error: the demo needs {', '.join(missing)}, not installed; "
+            f'install the demo extra: pip install -e ".[demo]"',
+            file=sys.stderr,
+        )
+        return 1
+
+    import jaxloss
+    from jaxloss.demo import _report
+
+    parser, args = _parse(argv)
+    devices, batch_size = _placement(parser, args)
+    specs = _select_specs(args)
+    n_dev, platform = len(devices), devices[0].platform
+    print(
+        f"jaxloss {jaxloss.__version__} demo on {n_dev} x {devices[0].device_kind} "
+        f"({platform}); global batch {batch_size}, seed {args.seed}",
+        file=sys.stderr,
+    )
+    t0 = time.perf_counter()
+    rows = _train_all(args, specs, devices, batch_size)
+    wall = time.perf_counter() - t0
+
+    text = _report.table(rows)
+    print(text)
+    print(f"\n{len(rows)} run(s) on {n_dev} {platform} device(s) in {wall:.1f} s")
+    payload = {
+        "config": _config(args, devices, batch_size),
+        "wall_time_s": wall,
+        "table": text,
+        "results": rows,
+    }
+    _write(args, payload, rows)
+    return _exit_status(args, rows)
+
+
+__all__ = ["build_parser", "main", "missing_dependencies"]

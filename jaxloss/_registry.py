@@ -1,0 +1,839 @@
+"""The loss registry: one row per public loss, read by every consumer.
+
+Each :class:`LossSpec` row says, for one function of the flat ``jaxloss``
+namespace, which private module holds it, its signature as DESIGN.md fixes it,
+a plain float64 reference formula (written from the PyTorch or optax
+definition it cites), the optax and PyTorch/torchvision functions it matches,
+input builders for the gradient checks and for the benchmarks, and whether it
+is a per-example loss over a batch axis (and so can be sharded over a
+data-parallel mesh axis).
+
+Consumers: ``tests/test_registry.py`` (gradient checks over every row and
+regime, the signature contract, reference agreement), ``tests/_multidevice.py``
+(data parallelism for every batch loss), ``benchmarks/catalogue.py`` (each loss
+against its optax peer or the reference formula) and ``jaxloss.demo`` (the list
+of losses a demo run must cover). A new public loss gets a row here; the tests
+fail until it has one.
+
+Input regimes of :meth:`LossSpec.inputs`:
+
+* ``"small"``: moderate values (logits of a few units), the loss's options on;
+* ``"large"``: large magnitudes (logits around +-30, near-saturated
+  probabilities);
+* ``"masked"``: ``where`` masks, ``ignore_index`` rows, ``-inf`` logits or zero
+  weights, where the loss has them (``None`` where it has none).
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import functools
+import importlib
+import inspect
+import math
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import PartitionSpec as P
+
+REGIMES = ("small", "large", "masked")
+
+
+# --------------------------------------------------------------------------
+# Rows
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    """One call of a loss: ``fn(*args, **kwargs)``.
+
+    ``argnums`` names the differentiable inputs: an int for a positional
+    argument, a string for an array-valued keyword (``"bias"``). ``reference``
+    says whether the row's reference formula models this call (masked and
+    ignored entries it does not). ``order`` is the derivative order worth
+    checking here. ``specs``, for the vocabulary-parallel losses, are the
+    ``shard_map`` partition specs of the positional arguments followed by the
+    array-valued keywords, in order.
+    """
+
+    args: tuple[Any, ...]
+    kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    argnums: tuple[int | str, ...] = (0,)
+    reference: bool = True
+    order: int = 2
+    specs: tuple[P, ...] | None = None
+
+
+def _is_array(value: Any) -> bool:
+    return isinstance(value, (jax.Array, np.ndarray))
+
+
+def _flatten(inputs: Inputs) -> tuple[tuple[Any, ...], dict[str, Any], tuple[str, ...]]:
+    """Positional arguments followed by the array-valued keywords; the other keywords."""
+    arrays = tuple(k for k, v in inputs.kwargs.items() if _is_array(v))
+    static = {k: v for k, v in inputs.kwargs.items() if k not in arrays}
+    return inputs.args + tuple(inputs.kwargs[k] for k in arrays), static, arrays
+
+
+def _caller(fn: Callable, n: int, static: Mapping[str, Any], arrays: Sequence[str]) -> Callable:
+    def call(*flat):
+        return fn(*flat[:n], **static, **dict(zip(arrays, flat[n:], strict=True)))
+
+    return call
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSpec:
+    """One public loss.
+
+    Attributes:
+      name: the public name, ``jaxloss.<name>``.
+      family: the private module that defines it (``"_classification"``).
+      signature: its parameters as DESIGN.md fixes them, in Python syntax
+        without annotations (see :attr:`parameters`); parameters DESIGN.md
+        lists but no version implements yet are left out.
+      reference: plain formula in ``jax.numpy`` with the loss's signature (the
+        options it models; ``reduction`` included), autodiff of which gives the
+        true derivatives; the docstring names the definition it follows.
+      build: ``build(regime, rng) -> Inputs | None``: small float32 inputs
+        for a regime of :data:`REGIMES`, ``None`` where the regime does not
+        apply.
+      bench: ``bench(rows, cols, rng, dtype) -> tuple of numpy arrays``: the
+        loss's positional inputs for a ``[rows, cols]`` problem (``cols``
+        classes for the class-axis losses), differentiated w.r.t. the first;
+        ``None`` where the loss needs a device mesh.
+      optax: the ``optax.losses`` function with the same numbers, or ``None``.
+      torch: the PyTorch/torchvision function with the same numbers, or ``None``.
+      batch: a per-example loss over a leading batch axis, so sharding that
+        axis over a data-parallel mesh gives the same values and gradients.
+      batch_options: keyword options for the data-parallel check.
+      signature_issue: why today's signature differs from :attr:`signature`,
+        or ``None`` when it does not.
+    """
+
+    name: str
+    family: str
+    signature: str
+    reference: Callable[..., jax.Array]
+    build: Callable[[str, np.random.Generator], Inputs | None]
+    bench: Callable[..., tuple[np.ndarray, ...]] | None
+    optax: str | None = None
+    torch: str | None = None
+    batch: bool = True
+    batch_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    signature_issue: str | None = None
+
+    @property
+    def fn(self) -> Callable[..., jax.Array]:
+        """The public function, looked up in its family module."""
+        return getattr(importlib.import_module(f"jaxloss.{self.family}"), self.name)
+
+    @property
+    def parameters(self) -> inspect.Signature:
+        """:attr:`signature` as an :class:`inspect.Signature` (names, kinds, defaults)."""
+        return parse_signature(self.signature)
+
+    @property
+    def positional(self) -> tuple[str, ...]:
+        kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+        return tuple(p.name for p in self.parameters.parameters.values() if p.kind is kind)
+
+    @property
+    def keywords(self) -> tuple[str, ...]:
+        kind = inspect.Parameter.KEYWORD_ONLY
+        return tuple(p.name for p in self.parameters.parameters.values() if p.kind is kind)
+
+    def inputs(self, regime: str) -> Inputs | None:
+        """The builder's inputs for ``regime``, from a seed fixed by name and regime."""
+        if regime not in REGIMES:
+            raise ValueError(f"regime must be one of {REGIMES}, got {regime!r}")
+        return self.build(
+            regime, np.random.default_rng(zlib.crc32(f"{self.name}/{regime}".encode()))
+        )
+
+    def bind(
+        self, inputs: Inputs
+    ) -> tuple[Callable[..., jax.Array], tuple[Any, ...], tuple[int, ...]]:
+        """``(f, flat, argnums)``: ``f(*flat)`` calls the loss on ``inputs``.
+
+        Array-valued keywords become trailing positional arguments (so a
+        gradient check can perturb or convert them) and ``argnums`` index
+        ``flat``. Vocabulary-parallel calls run inside ``shard_map`` on a
+        one-device mesh whose axis is the call's ``axis_name``.
+        """
+        flat, static, arrays = _flatten(inputs)
+        call = _caller(self.fn, len(inputs.args), static, arrays)
+        if inputs.specs is not None:
+            mesh = jax.make_mesh((1,), (static["axis_name"],), (jax.sharding.AxisType.Auto,))
+            call = jax.shard_map(call, mesh=mesh, in_specs=inputs.specs, out_specs=P())
+        index = {name: len(inputs.args) + i for i, name in enumerate(arrays)}
+        return call, flat, tuple(index[a] if isinstance(a, str) else a for a in inputs.argnums)
+
+    def bind_reference(self, inputs: Inputs) -> Callable[..., jax.Array]:
+        """The reference formula called like :meth:`bind`'s ``f`` (no mesh, no ``axis_name``)."""
+        _, static, arrays = _flatten(inputs)
+        static = {k: v for k, v in static.items() if k != "axis_name"}
+        return _caller(self.reference, len(inputs.args), static, arrays)
+
+
+def parse_signature(text: str) -> inspect.Signature:
+    """``"(x, y=None, *, reduction='none')"`` as an :class:`inspect.Signature`."""
+    node = ast.parse(f"def f{text}: pass").body[0]
+    assert isinstance(node, ast.FunctionDef)
+    a = node.args
+    param = inspect.Parameter
+    pos_defaults = [None] * (len(a.args) - len(a.defaults)) + list(a.defaults)
+    pairs = [(x, d, param.POSITIONAL_OR_KEYWORD) for x, d in zip(a.args, pos_defaults, strict=True)]
+    pairs += [(x, d, param.KEYWORD_ONLY) for x, d in zip(a.kwonlyargs, a.kw_defaults, strict=True)]
+    return inspect.Signature(
+        [
+            param(x.arg, kind, default=param.empty if d is None else ast.literal_eval(d))
+            for x, d, kind in pairs
+        ]
+    )
+
+
+def resolve(path: str) -> Callable[..., Any]:
+    """The object a dotted path such as ``"optax.losses.hinge_loss"`` names (imports it)."""
+    top, *rest = path.split(".")
+    obj = importlib.import_module(top)
+    for i, part in enumerate(rest):
+        if not hasattr(obj, part):  # a submodule that its package does not import
+            importlib.import_module(".".join([top, *rest[: i + 1]]))
+        obj = getattr(obj, part)
+    return obj
+
+
+def public_names() -> list[str]:
+    """Every public loss function ``jaxloss`` exports today."""
+    import jaxloss
+
+    names = getattr(jaxloss, "__all__", None) or dir(jaxloss)
+    return sorted(
+        n
+        for n in names
+        if not n.startswith("_")
+        and inspect.isfunction(getattr(jaxloss, n, None))
+        and getattr(jaxloss, n).__module__.startswith("jaxloss.")
+    )
+
+
+# --------------------------------------------------------------------------
+# Reference formulas (float64 under the tests; plain autodiff)
+# --------------------------------------------------------------------------
+
+
+def _reduce(loss: jax.Array, reduction: str, divisor: Any = None) -> jax.Array:
+    """PyTorch's reductions; ``"mean"`` divides by ``divisor`` (default: the count)."""
+    if reduction == "none":
+        return loss
+    total = jnp.sum(loss)
+    if reduction == "sum":
+        return total
+    if reduction == "mean":
+        return total / (loss.size if divisor is None else divisor)
+    if reduction == "batchmean":
+        return total / loss.shape[0]
+    raise ValueError(f"reduction {reduction!r}")
+
+
+def _lead(a: Any, like: jax.Array) -> jax.Array:
+    """``a`` with leading unit axes up to ``like``'s rank (PyTorch's broadcasting)."""
+    a = jnp.asarray(a, like.dtype)
+    return a.reshape((1,) * (like.ndim - a.ndim) + a.shape)
+
+
+def _pick(a: jax.Array, y: jax.Array) -> jax.Array:
+    return jnp.take_along_axis(a, y[..., None], axis=-1)[..., 0]
+
+
+def _softplus(x: jax.Array) -> jax.Array:
+    return jnp.logaddexp(x, 0.0)
+
+
+def _err(predictions: jax.Array, targets: jax.Array | None) -> jax.Array:
+    return predictions if targets is None else predictions - targets
+
+
+def _ce_int_ref(
+    logits,
+    labels,
+    *,
+    where=None,
+    weight=None,
+    ignore_index=None,
+    label_smoothing=0.0,
+    z_loss=0.0,
+    logit_softcap=None,
+    reduction="none",
+):
+    """``torch.nn.functional.cross_entropy`` (class indices: ``weight``,
+    ``ignore_index``, ``label_smoothing``, weighted mean) on Gemma-2 soft-capped
+    logits ``cap * tanh(x / cap)``, plus the PaLM z-loss ``z * w_y * lse**2``."""
+    cap = logit_softcap
+    s = logits if cap is None else cap * jnp.tanh(logits / cap)
+    valid = jnp.ones(s.shape, bool) if where is None else jnp.broadcast_to(where, s.shape)
+    valid = valid & (s != -jnp.inf)
+    lse = jax.nn.logsumexp(s, axis=-1, where=valid)
+    logp = jnp.where(valid, jax.nn.log_softmax(s, axis=-1, where=valid), 0.0)
+    w = jnp.ones(s.shape[-1:], s.dtype) if weight is None else jnp.asarray(weight, s.dtype)
+    active = jnp.ones(labels.shape, bool) if ignore_index is None else labels != ignore_index
+    ys = jnp.where(active, labels, 0)
+    w_y = jnp.where(active, w[ys], 0.0)
+    # torch: the smoothing term is sum_k w_k (-log p_k) / K, not scaled by w_y
+    wlogp = jnp.where(valid, jnp.broadcast_to(w, s.shape) * logp, 0.0)
+    smooth = -jnp.sum(wlogp, axis=-1) / jnp.sum(valid, axis=-1).astype(s.dtype)
+    eps = label_smoothing
+    loss = (1 - eps) * w_y * -_pick(logp, ys) + eps * smooth + z_loss * w_y * lse**2
+    return _reduce(jnp.where(active, loss, 0.0), reduction, jnp.sum(w_y))
+
+
+def _ce_prob_ref(logits, labels, *, label_smoothing=0.0, z_loss=0.0, reduction="none"):
+    """``optax.losses.softmax_cross_entropy`` ``sum(-t * log_softmax(x))`` with
+    PyTorch's label smoothing of probability targets ``(1 - eps) t + eps / K``
+    and the PaLM z-loss ``z * lse**2``."""
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    t = (1 - label_smoothing) * labels + label_smoothing / logits.shape[-1]
+    loss = jnp.sum(t * (lse[..., None] - logits), axis=-1) + z_loss * lse**2
+    return _reduce(loss, reduction)
+
+
+def _nll_ref(log_probs, labels, *, weight=None, reduction="none"):
+    """``torch.nn.functional.nll_loss``: ``-w[y] * log_probs[y]``."""
+    w = jnp.ones(log_probs.shape[-1:], log_probs.dtype) if weight is None else weight
+    return _reduce(-w[labels] * _pick(log_probs, labels), reduction, jnp.sum(w[labels]))
+
+
+def _softmax_focal_ref(logits, labels, *, alpha=None, gamma=2.0, reduction="none"):
+    """Focal loss (Lin et al. 2017) over a softmax, the multi-class form of
+    ``torchvision.ops.sigmoid_focal_loss``: ``-alpha_y (1 - p_y)**gamma log p_y``."""
+    logp = _pick(jax.nn.log_softmax(logits, axis=-1), labels)
+    a = 1.0 if alpha is None else (alpha[labels] if jnp.ndim(alpha) else alpha)
+    return _reduce(-a * (1 - jnp.exp(logp)) ** gamma * logp, reduction)
+
+
+def _multi_margin_ref(scores, labels, *, margin=1.0, p=1, weight=None, reduction="none"):
+    """``torch.nn.functional.multi_margin_loss``:
+    ``w[y] * sum_{j != y} max(0, margin - s_y + s_j)**p / C``."""
+    c = scores.shape[-1]
+    viol = jnp.maximum(0.0, margin - _pick(scores, labels)[..., None] + scores) ** p
+    viol = jnp.where(jax.nn.one_hot(labels, c, dtype=bool), 0.0, viol)
+    w = 1.0 if weight is None else weight[labels]
+    return _reduce(w * jnp.sum(viol, axis=-1) / c, reduction)
+
+
+def _kl_ref(log_predictions, targets, *, log_target=False, reduction="none"):
+    """``optax.losses.kl_divergence`` / ``torch.nn.functional.kl_div``:
+    ``sum(t * (log t - log_predictions))`` over the last axis, ``0 log 0 = 0``."""
+    if log_target:
+        loss = jnp.exp(targets) * (targets - log_predictions)
+    else:
+        loss = jax.scipy.special.xlogy(targets, targets) - targets * log_predictions
+    return _reduce(jnp.sum(loss, axis=-1), reduction)
+
+
+def _sigmoid_bce_ref(
+    logits, labels, *, weight=None, pos_weight=None, label_smoothing=0.0, reduction="none"
+):
+    """``torch.nn.functional.binary_cross_entropy_with_logits`` (``weight``,
+    ``pos_weight``) on optax-smoothed labels ``(1 - eps) y + eps / 2``."""
+    y = (1 - label_smoothing) * labels + label_smoothing / 2
+    pw = 1.0 if pos_weight is None else _lead(pos_weight, logits)
+    w = 1.0 if weight is None else _lead(weight, logits)
+    loss = w * (pw * y * _softplus(-logits) + (1 - y) * _softplus(logits))
+    return _reduce(loss, reduction)
+
+
+def _bce_ref(probs, labels, *, weight=None, reduction="none"):
+    """``torch.nn.functional.binary_cross_entropy``: logs clamped at -100."""
+    log_p = jnp.maximum(jnp.log(probs), -100.0)
+    log_q = jnp.maximum(jnp.log1p(-probs), -100.0)
+    w = 1.0 if weight is None else _lead(weight, probs)
+    return _reduce(-w * (labels * log_p + (1 - labels) * log_q), reduction)
+
+
+def _sigmoid_focal_ref(logits, labels, *, alpha=None, gamma=2.0, reduction="none"):
+    """``torchvision.ops.sigmoid_focal_loss`` (= ``optax.losses.sigmoid_focal_loss``)."""
+    p = jax.nn.sigmoid(logits)
+    ce = labels * _softplus(-logits) + (1 - labels) * _softplus(logits)
+    p_t = p * labels + (1 - p) * (1 - labels)
+    loss = ce * (1 - p_t) ** gamma
+    if alpha is not None:
+        loss = (alpha * labels + (1 - alpha) * (1 - labels)) * loss
+    return _reduce(loss, reduction)
+
+
+def _hinge_ref(predictor_outputs, targets, *, margin=1.0, reduction="none", power=1):
+    """``optax.losses.hinge_loss`` ``max(0, 1 - y s)`` with a margin; ``power=2``
+    is Keras's ``squared_hinge``."""
+    return _reduce(jnp.maximum(0.0, margin - targets * predictor_outputs) ** power, reduction)
+
+
+def _squared_error_ref(predictions, targets=None, *, reduction="none"):
+    """``optax.losses.squared_error`` / ``torch.nn.functional.mse_loss``."""
+    return _reduce(_err(predictions, targets) ** 2, reduction)
+
+
+def _l2_ref(predictions, targets=None, *, reduction="none"):
+    """``optax.losses.l2_loss``: half the squared error."""
+    return _reduce(0.5 * _err(predictions, targets) ** 2, reduction)
+
+
+def _absolute_error_ref(predictions, targets=None, *, reduction="none"):
+    """``torch.nn.functional.l1_loss``."""
+    return _reduce(jnp.abs(_err(predictions, targets)), reduction)
+
+
+def _huber_ref(predictions, targets=None, *, delta=1.0, reduction="none"):
+    """``optax.losses.huber_loss`` / ``torch.nn.functional.huber_loss``."""
+    r = jnp.abs(_err(predictions, targets))
+    return _reduce(jnp.where(r <= delta, 0.5 * r**2, delta * (r - 0.5 * delta)), reduction)
+
+
+def _smooth_l1_ref(predictions, targets=None, *, beta=1.0, reduction="none"):
+    """``torch.nn.functional.smooth_l1_loss``."""
+    r = jnp.abs(_err(predictions, targets))
+    return _reduce(jnp.where(r < beta, 0.5 * r**2 / beta, r - 0.5 * beta), reduction)
+
+
+def _log_cosh_ref(predictions, targets=None, *, reduction="none"):
+    """``optax.losses.log_cosh``: ``logaddexp(e, -e) - log 2``."""
+    e = _err(predictions, targets)
+    return _reduce(jnp.logaddexp(e, -e) - math.log(2.0), reduction)
+
+
+def _poisson_nll_ref(input, targets, *, log_input=True, full=False, eps=1e-8, reduction="none"):
+    """``torch.nn.functional.poisson_nll_loss`` (Stirling term for ``t > 1`` when ``full``)."""
+    if log_input:
+        loss = jnp.exp(input) - targets * input
+    else:
+        loss = input - targets * jnp.log(input + eps)
+    if full:
+        t = jnp.where(targets > 1, targets, 1.0)  # keeps log(0) out of the unused branch
+        stirling = t * jnp.log(t) - t + 0.5 * jnp.log(2 * jnp.pi * t)
+        loss = loss + jnp.where(targets > 1, stirling, 0.0)
+    return _reduce(loss, reduction)
+
+
+def _gaussian_nll_ref(input, targets, var, *, full=False, eps=1e-6, reduction="none"):
+    """``torch.nn.functional.gaussian_nll_loss``: ``var`` clamped at ``eps`` with an
+    identity gradient (PyTorch clamps under ``no_grad``)."""
+    v = var + jax.lax.stop_gradient(jnp.maximum(var, eps) - var)
+    loss = 0.5 * (jnp.log(v) + (input - targets) ** 2 / v)
+    return _reduce(loss + 0.5 * math.log(2 * math.pi) if full else loss, reduction)
+
+
+def _fused_ref(hidden, kernel, labels, *, bias=None, chunk_size=None, reduction="mean", **kw):
+    """:func:`_ce_int_ref` on the materialised logits ``hidden @ kernel + bias``;
+    ``chunk_size`` changes only the schedule."""
+    del chunk_size
+    logits = hidden @ kernel if bias is None else hidden @ kernel + bias[None, :]
+    return _ce_int_ref(logits, labels, reduction=reduction, **kw)
+
+
+def _vp_fused_ref(hidden, kernel_shard, labels, *, bias_shard=None, **kw):
+    """:func:`_fused_ref` on the whole (one-shard) kernel."""
+    return _fused_ref(hidden, kernel_shard, labels, bias=bias_shard, **kw)
+
+
+# --------------------------------------------------------------------------
+# Input builders for the gradient checks: float32, a few rows
+# --------------------------------------------------------------------------
+
+# A class mask with a fully masked row (row 2) and partly masked rows.
+MASK = np.array(
+    [
+        [True, True, False, True, True],
+        [True, False, True, True, False],
+        [False, False, False, False, False],
+        [True, True, True, True, True],
+    ]
+)
+
+
+def _f32(a: Any) -> jax.Array:
+    return jnp.asarray(np.asarray(a, dtype=np.float32))
+
+
+def _int(a: Any) -> jax.Array:
+    return jnp.asarray(np.asarray(a, dtype=np.int32))
+
+
+def _np_softmax(a: np.ndarray) -> np.ndarray:
+    e = np.exp(a - a.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def _np_log_softmax(a: np.ndarray) -> np.ndarray:
+    z = a - a.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def _logits(rng: np.random.Generator, regime: str, shape=(4, 5)) -> np.ndarray:
+    if regime == "large":
+        return rng.uniform(-30.0, 30.0, shape)
+    return rng.normal(0.0, 2.0, shape)
+
+
+def _class_rows(rng, regime):
+    """Logits ``[4, 5]``, integer labels and positive class weights."""
+    x = _logits(rng, regime)
+    return x, rng.integers(0, 5, size=4), rng.uniform(0.5, 2.0, 5)
+
+
+def _build_softmax_ce(regime, rng):
+    x = _logits(rng, regime)
+    args = (_f32(x), _f32(_np_softmax(rng.normal(size=x.shape))))
+    if regime == "small":
+        return Inputs(args, {"label_smoothing": 0.1, "z_loss": 1e-3}, (0, 1))
+    if regime == "large":
+        return Inputs(args, {}, (0, 1))
+    return Inputs(args, {"where": jnp.asarray(MASK), "reduction": "mean"}, (0, 1), False)
+
+
+def _build_ce_int(regime, rng):
+    x, y, w = _class_rows(rng, regime)
+    if regime == "small":
+        kw = {"label_smoothing": 0.1, "z_loss": 1e-3, "logit_softcap": 5.0}
+        return Inputs((_f32(x), _int(y)), kw)
+    if regime == "large":
+        return Inputs((_f32(x), _int(y)), {"weight": _f32(w), "reduction": "sum"})
+    x[3, 2] = -np.inf  # a -inf logit in a row that counts; row 1 ignored, row 2 fully masked
+    kw = {"weight": _f32(w), "where": jnp.asarray(MASK), "ignore_index": -100}
+    kw |= {"label_smoothing": 0.2, "reduction": "mean"}
+    return Inputs((_f32(x), _int([0, -100, 1, 4])), kw, reference=False)
+
+
+def _build_nll(regime, rng):
+    x, y, w = _class_rows(rng, regime)
+    lp = _f32(_np_log_softmax(x))
+    if regime != "masked":
+        return Inputs((lp, _int(y)), {"weight": _f32(w)})
+    kw = {"weight": _f32(w), "ignore_index": -1, "reduction": "mean"}
+    return Inputs((lp, _int([0, -1, 3, -1])), kw, reference=False)
+
+
+def _build_softmax_focal(regime, rng):
+    x, y, _ = _class_rows(rng, regime)
+    alpha = _f32(rng.uniform(0.2, 1.0, 5))
+    if regime == "masked":
+        kw = {"gamma": 0.5, "ignore_index": 7, "reduction": "mean"}
+        return Inputs((_f32(x), _int([0, 7, 1, 4])), kw, reference=False)
+    # at large logits (1 - p_y) cancels in float64 too: no reference there
+    return Inputs((_f32(x), _int(y)), {"alpha": alpha, "gamma": 2.0}, reference=regime == "small")
+
+
+def _build_multiclass_hinge(regime, rng):
+    if regime == "masked":
+        return None
+    x, y, w = _class_rows(rng, regime)
+    return Inputs((_f32(x), _int(y)), {"p": 2 if regime == "small" else 1, "weight": _f32(w)})
+
+
+def _build_kl(regime, rng):
+    lp = _f32(_np_log_softmax(_logits(rng, regime)))
+    t = _f32(_np_softmax(rng.normal(size=lp.shape)))
+    if regime == "small":
+        return Inputs((lp, t), {}, (0, 1))
+    if regime == "large":
+        lt = _f32(_np_log_softmax(_logits(rng, "large")))
+        return Inputs((lp, lt), {"log_target": True}, (0, 1))
+    return Inputs((lp, t), {"where": jnp.asarray(MASK), "reduction": "batchmean"}, (0, 1), False)
+
+
+def _build_sigmoid_bce(regime, rng):
+    x = _logits(rng, regime, (3, 4))
+    if regime == "small":
+        y = rng.uniform(0, 1, x.shape)
+        w, pw = _f32(rng.uniform(0.5, 2, x.shape)), _f32(rng.uniform(0.5, 3, (4,)))
+        kw = {"weight": w, "pos_weight": pw, "label_smoothing": 0.1}
+        return Inputs((_f32(x), _f32(y)), kw, (0, 1))
+    y = _f32(rng.integers(0, 2, x.shape))
+    if regime == "large":  # hard labels: see the hard-label derivative test
+        return Inputs((_f32(x), y))
+    w = _f32(rng.integers(0, 2, x.shape))  # zero weights mask entries
+    return Inputs((_f32(x), y), {"weight": w, "reduction": "mean"}, reference=False)
+
+
+def _build_bce(regime, rng):
+    # probabilities kept >= 3e-4 from 0 and 1, so that float64 finite differences
+    # of log(p) stay accurate; "large" is the near-saturated end.
+    x = rng.uniform(-8, 8, (3, 4)) if regime == "large" else rng.normal(0, 1.5, (3, 4))
+    args = (_f32(1 / (1 + np.exp(-x))), _f32(rng.integers(0, 2, x.shape)))
+    if regime != "masked":
+        return Inputs(args, {}, (0, 1))
+    kw = {"weight": _f32(rng.integers(0, 2, x.shape)), "reduction": "mean"}
+    return Inputs(args, kw, (0, 1), reference=False)
+
+
+def _build_sigmoid_focal(regime, rng):
+    x = _f32(_logits(rng, regime, (3, 4)))
+    kw = {"alpha": 0.25, "gamma": 2.0}
+    if regime == "small":
+        return Inputs((x, _f32(rng.uniform(0, 1, x.shape))), kw, (0, 1))
+    if regime == "large":  # (1 - p_t) cancels: no reference
+        return Inputs((x, _f32(rng.integers(0, 2, x.shape))), kw, reference=False)
+    return None
+
+
+def _build_hinge(regime, rng):
+    if regime == "masked":
+        return None
+    s = _logits(rng, regime, (3, 4))
+    return Inputs((_f32(s), _f32(rng.choice([-1.0, 1.0], s.shape))), {"margin": 1.5})
+
+
+def _regression_builder(**kw):
+    def build(regime, rng):
+        if regime == "masked":
+            return None
+        scale = 30.0 if regime == "large" else 2.0
+        p, t = rng.uniform(-scale, scale, (2, 3, 4))
+        return Inputs((_f32(p), _f32(t)), kw, (0, 1))
+
+    return build
+
+
+def _build_poisson(regime, rng):
+    if regime == "masked":
+        return None
+    t = _f32(rng.poisson(3.0, (3, 4)))
+    if regime == "small":  # rates, not log-rates
+        return Inputs((_f32(rng.uniform(0.5, 4.0, (3, 4))), t), {"log_input": False})
+    return Inputs((_f32(rng.uniform(-30, 30, (3, 4))), t), {"full": True}, (0, 1))
+
+
+def _build_gaussian(regime, rng):
+    if regime == "masked":
+        return None
+    scale = 30.0 if regime == "large" else 2.0
+    x, t = rng.uniform(-scale, scale, (2, 3, 4))
+    var = rng.uniform(0.5, 2.0, (3, 4))
+    return Inputs((_f32(x), _f32(t), _f32(var)), {"full": regime == "large"}, (0, 1, 2))
+
+
+def _fused_rows(rng, regime):
+    """hidden ``[4, 3]``, kernel ``[3, 6]``, bias, labels (logits up to ~+-30 when large)."""
+    scale = 3.0 if regime == "large" else 1.0
+    h, k = rng.normal(0, scale, (4, 3)), rng.normal(0, scale, (3, 6))
+    return _f32(h), _f32(k), _f32(rng.normal(0, 1, (6,))), rng.integers(0, 6, size=4)
+
+
+def _build_fused(regime, rng):
+    h, k, b, y = _fused_rows(rng, regime)
+    diff = (0, 1, "bias")
+    if regime == "masked":
+        y[1] = -100
+        kw = {"bias": b, "ignore_index": -100, "reduction": "none", "chunk_size": 2}
+        return Inputs((h, k, _int(y)), kw, diff, reference=False)
+    kw = {"bias": b, "chunk_size": 2}
+    if regime == "small":
+        kw |= {"label_smoothing": 0.1, "z_loss": 1e-3}
+    # second order: small (the "fused" strategy) and masked ("recompute")
+    return Inputs((h, k, _int(y)), kw, diff, order=1 if regime == "large" else 2)
+
+
+def _build_vocab_parallel(regime, rng):
+    x, y, _ = _class_rows(rng, regime)
+    if regime == "masked":
+        y[0] = -100
+        kw = {"axis_name": "v", "where": jnp.asarray(MASK), "ignore_index": -100}
+        kw |= {"reduction": "mean"}
+        specs = (P(None, "v"), P(), P(None, "v"))
+        return Inputs((_f32(x), _int(y)), kw, reference=False, specs=specs)
+    kw = {"axis_name": "v", "z_loss": 1e-3}
+    return Inputs((_f32(x), _int(y)), kw, specs=(P(None, "v"), P()))
+
+
+def _build_vocab_parallel_fused(regime, rng):
+    h, k, b, y = _fused_rows(rng, regime)
+    kw = {"axis_name": "v", "bias_shard": b, "chunk_size": 2}
+    if regime == "masked":
+        y[2] = -100
+        kw["ignore_index"] = -100
+    specs = (P(), P(None, "v"), P(), P("v"))
+    order = 1 if regime == "large" else 2
+    return Inputs((h, k, _int(y)), kw, (0, 1, "bias_shard"), regime != "masked", order, specs)
+
+
+# --------------------------------------------------------------------------
+# Benchmark-size inputs: numpy, (rows, cols, rng, dtype) -> positional arrays
+# --------------------------------------------------------------------------
+
+
+def _normal(rng, rows, cols, dtype, scale=1.0):
+    return (scale * rng.standard_normal((rows, cols))).astype(dtype)
+
+
+def _labels(rng, rows, cols):
+    return rng.integers(0, cols, rows).astype(np.int32)
+
+
+def _bench_class(rows, cols, rng, dtype):
+    return _normal(rng, rows, cols, dtype, 2.0), _labels(rng, rows, cols)
+
+
+def _bench_log_probs(rows, cols, rng, dtype):
+    return _np_log_softmax(_normal(rng, rows, cols, dtype, 2.0)), _labels(rng, rows, cols)
+
+
+def _bench_probs(rows, cols, rng, dtype):
+    return _normal(rng, rows, cols, dtype, 2.0), _np_softmax(_normal(rng, rows, cols, dtype))
+
+
+def _bench_kl(rows, cols, rng, dtype):
+    lp = _np_log_softmax(_normal(rng, rows, cols, dtype))
+    return lp, _np_softmax(_normal(rng, rows, cols, dtype, 2.0))
+
+
+def _bench_binary(rows, cols, rng, dtype):
+    x = _normal(rng, rows, cols, dtype, 2.0)
+    return x, (rng.uniform(size=(rows, cols)) < 0.3).astype(dtype)
+
+
+def _bench_binary_probs(rows, cols, rng, dtype):
+    x, y = _bench_binary(rows, cols, rng, dtype)
+    return (1 / (1 + np.exp(-x))).astype(dtype), y
+
+
+def _bench_pm1(rows, cols, rng, dtype):
+    x, y = _bench_binary(rows, cols, rng, dtype)
+    return x, (2 * y - 1).astype(dtype)
+
+
+def _bench_regression(rows, cols, rng, dtype):
+    return _normal(rng, rows, cols, dtype, 2.0), _normal(rng, rows, cols, dtype, 2.0)
+
+
+def _bench_poisson(rows, cols, rng, dtype):
+    return _normal(rng, rows, cols, dtype), rng.poisson(2.0, (rows, cols)).astype(dtype)
+
+
+def _bench_gaussian(rows, cols, rng, dtype):
+    x, t = _bench_regression(rows, cols, rng, dtype)
+    return x, t, rng.uniform(0.1, 2.0, (rows, cols)).astype(dtype)
+
+
+def _bench_fused(rows, cols, rng, dtype, hidden=64):
+    """``hidden [rows, 64]``, ``kernel [64, cols]`` (logits of unit scale), labels."""
+    h = _normal(rng, rows, hidden, dtype)
+    k = _normal(rng, hidden, cols, dtype, 1 / math.sqrt(hidden))
+    return h, k, _labels(rng, rows, cols)
+
+
+# --------------------------------------------------------------------------
+# The table
+# --------------------------------------------------------------------------
+
+_OPTAX = "optax.losses."
+_TORCH = "torch.nn.functional."
+_CE_OPTIONS = "label_smoothing=0.0, z_loss=0.0"
+_INT_OPTIONS = f"ignore_index=None, {_CE_OPTIONS}, logit_softcap=None"
+_REGRESSION = "(predictions, targets=None, *, {}reduction='none')"
+_AXIS_ISSUE = "issue 13: axis and where are keyword-only; optax takes them positionally"
+_HINGE_ISSUE = "issue 13: the positional parameters are (scores, labels), optax's are named "
+_HINGE_ISSUE += "(predictor_outputs, targets)"
+_HINGE = "(predictor_outputs, targets, *, margin=1.0, reduction='none')"
+_FUSED_OPTIONS = f"{_INT_OPTIONS}, reduction='mean', chunk_size=None"
+
+# Columns: name, family, signature, reference, build, bench, optax, torch; then keywords.
+REGISTRY: tuple[LossSpec, ...] = (
+    # classification
+    LossSpec("softmax_cross_entropy", "_classification",
+             f"(logits, labels, axis=-1, where=None, *, {_CE_OPTIONS}, reduction='none')",
+             _ce_prob_ref, _build_softmax_ce, _bench_probs,
+             _OPTAX + "softmax_cross_entropy", _TORCH + "cross_entropy",
+             batch_options={"label_smoothing": 0.1}, signature_issue=_AXIS_ISSUE),
+    LossSpec("softmax_cross_entropy_with_integer_labels", "_classification",
+             f"(logits, labels, axis=-1, where=None, *, weight=None, {_INT_OPTIONS},"
+             " reduction='none')",
+             _ce_int_ref, _build_ce_int, _bench_class,
+             _OPTAX + "softmax_cross_entropy_with_integer_labels", _TORCH + "cross_entropy",
+             batch_options={"label_smoothing": 0.1, "z_loss": 1e-3},
+             signature_issue=_AXIS_ISSUE),
+    LossSpec("nll_loss", "_classification",
+             "(log_probs, labels, *, axis=-1, weight=None, ignore_index=None,"
+             " reduction='none')",
+             _nll_ref, _build_nll, _bench_log_probs, None, _TORCH + "nll_loss"),
+    # binary
+    LossSpec("sigmoid_binary_cross_entropy", "_binary",
+             "(logits, labels, *, weight=None, pos_weight=None, label_smoothing=0.0,"
+             " reduction='none')",
+             _sigmoid_bce_ref, _build_sigmoid_bce, _bench_binary,
+             _OPTAX + "sigmoid_binary_cross_entropy",
+             _TORCH + "binary_cross_entropy_with_logits"),
+    LossSpec("binary_cross_entropy", "_binary",
+             "(probs, labels, *, weight=None, reduction='none')",
+             _bce_ref, _build_bce, _bench_binary_probs, None, _TORCH + "binary_cross_entropy"),
+    # focal and hinge
+    LossSpec("sigmoid_focal_loss", "_focal",
+             "(logits, labels, *, alpha=None, gamma=2.0, reduction='none')",
+             _sigmoid_focal_ref, _build_sigmoid_focal, _bench_binary,
+             _OPTAX + "sigmoid_focal_loss", "torchvision.ops.sigmoid_focal_loss"),
+    LossSpec("softmax_focal_loss", "_focal",
+             "(logits, labels, *, alpha=None, gamma=2.0, axis=-1, ignore_index=None,"
+             " reduction='none')",
+             _softmax_focal_ref, _build_softmax_focal, _bench_class),
+    LossSpec("hinge_loss", "_hinge", _HINGE, _hinge_ref, _build_hinge, _bench_pm1,
+             _OPTAX + "hinge_loss", signature_issue=_HINGE_ISSUE),
+    LossSpec("squared_hinge_loss", "_hinge", _HINGE,
+             functools.partial(_hinge_ref, power=2), _build_hinge, _bench_pm1,
+             signature_issue=_HINGE_ISSUE),
+    # Today PyTorch's multi_margin_loss; DESIGN.md gives the name to optax's
+    # Crammer-Singer hinge and the PyTorch loss its own name.
+    LossSpec("multiclass_hinge_loss", "_hinge", "(scores, labels, *, reduction='none')",
+             _multi_margin_ref, _build_multiclass_hinge, _bench_class,
+             None, _TORCH + "multi_margin_loss",
+             signature_issue="issue 13: multiclass_hinge_loss is PyTorch's multi_margin_loss"
+             " (margin, p, weight); DESIGN.md makes it optax's Crammer-Singer hinge"),
+    # divergence and regression
+    LossSpec("kl_divergence", "_divergence",
+             "(log_predictions, targets, axis=-1, where=None, *, log_target=False,"
+             " reduction='none')",
+             _kl_ref, _build_kl, _bench_kl, _OPTAX + "kl_divergence", _TORCH + "kl_div",
+             batch_options={"reduction": "batchmean"}, signature_issue=_AXIS_ISSUE),
+    LossSpec("squared_error", "_regression", _REGRESSION.format(""), _squared_error_ref,
+             _regression_builder(), _bench_regression,
+             _OPTAX + "squared_error", _TORCH + "mse_loss"),
+    LossSpec("l2_loss", "_regression", _REGRESSION.format(""), _l2_ref,
+             _regression_builder(), _bench_regression, _OPTAX + "l2_loss"),
+    LossSpec("absolute_error", "_regression", _REGRESSION.format(""), _absolute_error_ref,
+             _regression_builder(), _bench_regression, None, _TORCH + "l1_loss"),
+    LossSpec("huber_loss", "_regression", _REGRESSION.format("delta=1.0, "), _huber_ref,
+             _regression_builder(delta=1.5), _bench_regression,
+             _OPTAX + "huber_loss", _TORCH + "huber_loss"),
+    LossSpec("smooth_l1_loss", "_regression", _REGRESSION.format("beta=1.0, "),
+             _smooth_l1_ref, _regression_builder(beta=0.5), _bench_regression,
+             None, _TORCH + "smooth_l1_loss"),
+    LossSpec("log_cosh", "_regression", _REGRESSION.format(""), _log_cosh_ref,
+             _regression_builder(), _bench_regression, _OPTAX + "log_cosh"),
+    LossSpec("poisson_nll_loss", "_regression",
+             "(input, targets, *, log_input=True, full=False, eps=1e-08, reduction='none')",
+             _poisson_nll_ref, _build_poisson, _bench_poisson,
+             None, _TORCH + "poisson_nll_loss"),
+    LossSpec("gaussian_nll_loss", "_regression",
+             "(input, targets, var, *, full=False, eps=1e-06, reduction='none')",
+             _gaussian_nll_ref, _build_gaussian, _bench_gaussian,
+             None, _TORCH + "gaussian_nll_loss"),
+    # large vocabularies
+    LossSpec("fused_linear_softmax_cross_entropy", "_large_vocab",
+             f"(hidden, kernel, labels, *, bias=None, {_FUSED_OPTIONS})",
+             _fused_ref, _build_fused, _bench_fused,
+             batch_options={"ignore_index": 0, "label_smoothing": 0.1}),
+    LossSpec("vocab_parallel_softmax_cross_entropy", "_large_vocab",
+             f"(logits, labels, *, axis_name, axis=-1, where=None, weight=None, {_INT_OPTIONS},"
+             " reduction='none')",
+             _ce_int_ref, _build_vocab_parallel, None, batch=False),
+    LossSpec("vocab_parallel_fused_linear_softmax_cross_entropy", "_large_vocab",
+             f"(hidden, kernel_shard, labels, *, axis_name, bias_shard=None, {_FUSED_OPTIONS})",
+             _vp_fused_ref, _build_vocab_parallel_fused, None, batch=False),
+)  # fmt: skip
+"""Every public loss, one row each."""
+
+BY_NAME: dict[str, LossSpec] = {row.name: row for row in REGISTRY}
