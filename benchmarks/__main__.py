@@ -1,7 +1,7 @@
 """``python -m benchmarks``: run the suite, write ``<out>/<device-kind>.{md,json}`` and plots.
 
-    python -m benchmarks                    # full suite (big shapes; minutes)
-    python -m benchmarks --quick            # tiny shapes, seconds
+    python -m benchmarks                    # full suite (big shapes; ~45 min on 2 CPU cores)
+    python -m benchmarks --quick            # smoke run: tiny shapes, about a minute
     python -m benchmarks --cases ce_int_f32,scaling_vocab
     python -m benchmarks --out /tmp/bench
 
@@ -39,6 +39,20 @@ EXTRA_TARGETS = {
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "results"
 EXTRA_TIMEOUT_S = {True: 300, False: 3600}
+# The benchmarks' optional dependencies (the "benchmarks" extra): import name -> pip name.
+DEPENDENCIES = {"torch": "torch", "optax": "optax", "matplotlib": "matplotlib"}
+SMOKE = "smoke run (--quick, tiny shapes): not a measurement"
+
+
+def missing_dependencies() -> list[str]:
+    """The optional dependencies that do not import, by their pip names."""
+    missing = []
+    for module, package in DEPENDENCIES.items():
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(package)
+    return missing
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -51,7 +65,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--quick", action="store_true", help="tiny shapes (seconds); for smoke tests"
+        "--quick",
+        action="store_true",
+        help="smoke run: tiny shapes, about a minute; its report says it is not a measurement",
     )
     parser.add_argument(
         "--cases",
@@ -158,7 +174,8 @@ def run_extra(name: str, quick: bool, out: Path) -> dict[str, Any]:
         except subprocess.TimeoutExpired as exc:
             output = (exc.stdout or b"").decode(errors="replace") if exc.stdout else ""
             result = {"status": "failed", "reason": f"timed out after {exc.timeout} s"}
-    sys.stdout.write(output[-2000:])
+    if result.get("status") != "skipped":
+        sys.stdout.write(output[-2000:])
     result.update(
         stdout_tail=output[-20000:],
         wall_s=time.perf_counter() - t0,
@@ -291,8 +308,13 @@ def headline_table(results: dict[str, Any]) -> list[str]:
     return _table(header, rows)  # fmt: skip
 
 
-def targets_table(targets: list[dict[str, Any]]) -> list[str]:
-    rows = [[t["name"], t["criterion"], t["figure"] or "—", f"**{t['verdict']}**"] for t in targets]
+def targets_table(targets: list[dict[str, Any]], smoke: bool = False) -> list[str]:
+    """The targets and their verdicts; a smoke run's verdicts say they are not measurements."""
+    mark = " (smoke run)" if smoke else ""
+    rows = [
+        [t["name"], t["criterion"], t["figure"] or "—", f"**{t['verdict']}**{mark}"]
+        for t in targets
+    ]
     return _table(["target (CPU, value_and_grad, median)", "criterion", "figure", "verdict"], rows)
 
 
@@ -427,10 +449,20 @@ def _cell(v: Any) -> str:
 def render_markdown(results: dict[str, Any], out: Path, stem: str) -> str:
     d = results["device"]
     bw = results["stream_bandwidth"]
-    mode = "quick (tiny shapes: timings are not representative)" if results["quick"] else "full"
+    smoke = bool(results["quick"])
+    mode = SMOKE if smoke else "full"
     lines = [
-        f"# jaxloss benchmarks: {d['name']}",
+        f"# jaxloss benchmarks: {d['name']}" + (f" — {SMOKE}" if smoke else ""),
         "",
+    ]
+    if smoke:
+        lines += [
+            "> **Smoke run.** `--quick` runs every case on tiny shapes to check that it "
+            "works; the timings, ratios and verdicts below are not measurements. "
+            "`python -m benchmarks` measures.",
+            "",
+        ]
+    lines += [
         f"Device kind `{d['kind']}` ({d['platform']}, {d['device_count']} device(s)); "
         f"jax {d['versions']['jax']}, optax {d['versions']['optax']}, "
         f"torch {d['versions']['torch']} ({d['torch_threads']} threads, "
@@ -440,7 +472,8 @@ def render_markdown(results: dict[str, Any], out: Path, stem: str) -> str:
         f"Streaming bandwidth (jitted `a + 1` on {bw['buffer_bytes'] >> 20} MiB into the donated "
         f"buffer, 2 x size / median time): **{bw['GBps']:.1f} GB/s** (best {bw['GBps_best']:.1f}).",
         "",
-        "## Headline: value_and_grad of the mean loss, median of interleaved repeats",
+        "## Headline: value_and_grad of the mean loss, median of interleaved repeats"
+        + (" (smoke run)" if smoke else ""),
         "",
         *headline_table(results),
         "",
@@ -448,9 +481,9 @@ def render_markdown(results: dict[str, Any], out: Path, stem: str) -> str:
         "bytes of the jitted value_and_grad. Effective bandwidth = bytes that must move / median "
         "time, as a share of the streaming bandwidth above.",
         "",
-        "## Targets",
+        "## Targets" + (f" — {SMOKE}" if smoke else ""),
         "",
-        *targets_table(results["targets"]),
+        *targets_table(results["targets"], smoke),
         "",
     ]
     if (out / f"{stem}-cases.png").exists():
@@ -542,6 +575,14 @@ def write_report(results: dict[str, Any], out: Path, stem: str) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    missing = missing_dependencies()
+    if missing:
+        print(
+            f"error: the benchmarks need {', '.join(missing)}, not installed; "
+            f'install the benchmarks extra: pip install -e ".[benchmarks]"',
+            file=sys.stderr,
+        )
+        raise SystemExit(1)
     args = _parse(argv)
     t_start = time.perf_counter()
     from benchmarks import _harness as h
@@ -564,7 +605,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     env = _environment(threads)
     stem = env["kind"]
-    print(f"# jaxloss benchmarks on {env['name']} ({'quick' if args.quick else 'full'}) -> {out}")
+    print(f"# jaxloss benchmarks on {env['name']} — {SMOKE if args.quick else 'full run'} -> {out}")
 
     bw = h.stream_bandwidth(repeats=5 if args.quick else 10)
     print(f"stream bandwidth: {bw['GBps']:.1f} GB/s")
@@ -609,14 +650,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"--- benchmarks/{name}.py")
             results["extras"][name] = run_extra(name, args.quick, out)
             e = results["extras"][name]
-            print(f"{name:18s} {e['status']} {e.get('reason', '')}")
+            if e["status"] == "skipped":
+                why = e.get("reason", "").removeprefix("not run: ")
+                print(f"{name:18s} skipped{' (quick run)' if args.quick else ''}: {why}")
+            else:
+                print(f"{name:18s} {e['status']} {e.get('reason', '')}")
 
     if args.cases:
         _merge_previous(results, out / f"{stem}.json", args.selected)
     results["finished_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
     results["wall_s"] = time.perf_counter() - t_start
     written = write_report(results, out, stem)
-    print("\n".join(targets_table(results["targets"])))
+    print("\n".join(targets_table(results["targets"], args.quick)))
     for p in written:
         print(f"wrote {p}")
     print(f"total {results['wall_s']:.1f} s")

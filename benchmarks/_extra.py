@@ -10,8 +10,10 @@ and writes what it returned to ``PATH`` as JSON. Nothing here imports JAX.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import inspect
+import io
 import json
 import sys
 import traceback
@@ -46,20 +48,27 @@ def call_main(name: str, quick: bool, out: Path | None) -> dict[str, Any]:
             break
     call = f"{module_name}.main({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
     sys.argv = [module_name, *argv]  # for a main that parses sys.argv itself
+    # A script without --quick stops with argparse's "error: unrecognized arguments"
+    # on stderr; that is a skip, not a failure, so its stderr is held back until known.
+    may_skip = quick and "quick" not in kwargs
+    held = io.StringIO()
     try:
-        returned = main(**kwargs)
+        with contextlib.redirect_stderr(held) if may_skip else contextlib.nullcontext():
+            returned = main(**kwargs)
     except SystemExit as exc:  # an argparse main
-        if exc.code == 2 and quick and "quick" not in kwargs:
-            # argparse's usage error: the script has no --quick option
+        if exc.code == 2 and may_skip:
             reason = f"not run: {module_name} has no --quick mode"
             return {"status": "skipped", "reason": reason, "call": call}
+        sys.stderr.write(held.getvalue())
         if exc.code not in (0, None):
             return {"status": "failed", "reason": f"exited with {exc.code}", "call": call}
         returned = None
     except Exception as exc:
+        sys.stderr.write(held.getvalue())
         reason = "".join(traceback.format_exception_only(type(exc), exc)).strip()[-500:]
         traceback.print_exc()
         return {"status": "failed", "reason": reason, "call": call}
+    sys.stderr.write(held.getvalue())
     result = {"status": "ok", "reason": "", "call": call, "returned": _jsonable(returned)}
     render = getattr(module, "render", None)
     if isinstance(returned, dict) and callable(render):

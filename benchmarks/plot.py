@@ -30,6 +30,13 @@ COLORS = {
 }
 
 
+def title(results: dict[str, Any], text: str) -> str:
+    """A figure title; a ``--quick`` run's says it is a smoke run, not a measurement."""
+    if results.get("quick"):
+        return f"SMOKE RUN (--quick, tiny shapes): not a measurement\n{text}"
+    return text
+
+
 def plot_cases(results: dict[str, Any], path: Path) -> Path | None:
     """Horizontal bars: each peer's value_and_grad median divided by the case's
     reference peer (1.0 = as fast as the reference; lower is faster)."""
@@ -57,7 +64,7 @@ def plot_cases(results: dict[str, Any], path: Path) -> Path | None:
     ax.invert_yaxis()
     ax.set_xlabel("value_and_grad time ÷ reference peer (median, log scale; lower is faster)",
                   fontsize=8)  # fmt: skip
-    fig.suptitle(f"Loss benchmarks on {results['device']['name']}", fontsize=9)
+    fig.suptitle(title(results, f"Loss benchmarks on {results['device']['name']}"), fontsize=9)
     handles = [plt.Rectangle((0, 0), 1, 1, color=COLORS[p]) for p in PEER_ORDER]
     ax.legend(handles, PEER_ORDER, fontsize=7, ncol=len(PEER_ORDER), loc="lower center",
               bbox_to_anchor=(0.5, 1.0), frameon=False)  # fmt: skip
@@ -104,7 +111,8 @@ def plot_scaling(results: dict[str, Any], path: Path) -> Path | None:
     ax_m.yaxis.set_major_locator(LogLocator(base=4))
     ax_m.yaxis.set_major_formatter(FuncFormatter(lambda b, _: fmt_bytes(int(b))))
     ax_m.yaxis.set_minor_formatter(NullFormatter())
-    fig.suptitle(f"Softmax CE, integer labels, f32, on {results['device']['name']}", fontsize=9)
+    name = results["device"]["name"]
+    fig.suptitle(title(results, f"Softmax CE, integer labels, f32, on {name}"), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     plt.close(fig)

@@ -416,15 +416,3 @@ class Reduction:
         if self.kind != "mean":
             return one
         return safe_divide(one, self.divisor(share, size, dtype))
-
-
-def check_reduction(reduction: str, extra: Sequence[str] = ()) -> str:
-    """Validates ``reduction`` (see :class:`Reduction`); returns it."""
-    return Reduction.of(reduction, batchmean="batchmean" in extra).kind
-
-
-def reduce_loss(
-    loss: Array, reduction: str, share: Array | None = None, batch_size: int | None = None
-) -> Array:
-    """``Reduction.of(reduction)(loss, share, batch_size=batch_size)``."""
-    return Reduction.of(reduction, batchmean=True)(loss, share, batch_size=batch_size)

@@ -1,13 +1,23 @@
 """Smoke run of the benchmark suite: ``python -m benchmarks --quick`` writes its
-report, JSON and plots with every core case. No timing is asserted."""
+report, JSON and plots with every core case, each marked as a smoke run. No
+timing is asserted."""
 
+from __future__ import annotations
+
+import contextlib
+import importlib
 import json
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT = 1800  # seconds; the quick run takes about a minute on an idle 2-core machine
 
 PEER_FIELDS = {
     "jax": ("fwd", "vag", "compile_fwd_s", "compile_vag_s", "scratch_fwd_bytes",
@@ -17,28 +27,66 @@ PEER_FIELDS = {
 TIMING_FIELDS = ("median_s", "min_s", "max_s", "times_s")
 
 
-def test_quick_benchmarks_write_report(tmp_path):
+@contextlib.contextmanager
+def child(cmd: Sequence[str], env: dict[str, str]) -> Iterator[subprocess.Popen]:
+    """A subprocess in its own process group (the suite starts children of its own),
+    killed with them and reaped on the way out, its pipes closed, whatever happened."""
+    proc = subprocess.Popen(
+        list(cmd),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # leftovers of the group, even if it exited
+        with contextlib.suppress(subprocess.TimeoutExpired, ValueError):
+            proc.communicate(timeout=60)
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+        proc.wait()
+
+
+def _import(name: str):
     sys.path.insert(0, str(ROOT))
     try:
-        from benchmarks.cases import CORE_CASE_NAMES
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(ROOT))
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--out", str(tmp_path)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
-    (json_path,) = tmp_path.glob("*.json")
-    (md_path,) = tmp_path.glob("*.md")
-    pngs = sorted(p.name for p in tmp_path.glob("*.png"))
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    """The quick run: (completed process, results JSON, output folder)."""
+    out = tmp_path_factory.mktemp("bench")
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "benchmarks", "--quick", "--out", str(out)]
+    with child(cmd, env) as proc:
+        stdout, stderr = proc.communicate(timeout=TIMEOUT)
+    done = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+    assert done.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    (json_path,) = out.glob("*.json")
+    return done, json.loads(json_path.read_text()), out
+
+
+def test_quick_benchmarks_write_report(quick):
+    _, results, out = quick
+    CORE_CASE_NAMES = _import("benchmarks.cases").CORE_CASE_NAMES
+
+    (json_path,) = out.glob("*.json")
+    (md_path,) = out.glob("*.md")
+    pngs = sorted(p.name for p in out.glob("*.png"))
     stem = json_path.stem
     assert md_path.stem == stem
     assert pngs == [f"{stem}-cases.png", f"{stem}-scaling.png"]
-    assert all(p.stat().st_size > 0 for p in tmp_path.glob("*.png"))
+    assert all(p.stat().st_size > 0 for p in out.glob("*.png"))
 
-    results = json.loads(json_path.read_text())
     assert results["quick"] is True
     assert results["stream_bandwidth"]["GBps"] > 0
     assert set(CORE_CASE_NAMES) <= set(results["cases"])
@@ -73,3 +121,62 @@ def test_quick_benchmarks_write_report(tmp_path):
     assert "## Targets" in report
     for name in CORE_CASE_NAMES:
         assert name in report
+
+
+def test_quick_report_is_marked_as_a_smoke_run(quick):
+    _, results, out = quick
+    (md_path,) = out.glob("*.md")
+    report = md_path.read_text().splitlines()
+    assert report[0].startswith("# jaxloss benchmarks:") and "smoke run" in report[0]
+    assert any(line.startswith("> **Smoke run.**") for line in report)
+    start = next(i for i, line in enumerate(report) if line.startswith("## Targets"))
+    assert "not a measurement" in report[start]
+    rows = [line for line in report[start + 1 :] if line.startswith("| ")][1:]  # past the header
+    rows = rows[: len(results["targets"])]
+    assert len(rows) == len(results["targets"]) >= 6
+    assert all(row.rstrip(" |").endswith("(smoke run)") for row in rows), rows
+
+
+def test_quick_run_prints_skips_not_errors(quick):
+    done, results, _ = quick
+    lines = (done.stdout + done.stderr).splitlines()
+    assert not [line for line in lines if line.lstrip().startswith("error:")]
+    assert not [line for line in lines if "unrecognized arguments" in line]
+    printed = done.stdout.splitlines()
+    for name, extra in results["extras"].items():
+        if extra["status"] == "skipped":
+            line = f"{name:18s} skipped (quick run): {extra['reason'].removeprefix('not run: ')}"
+            assert line in printed, (name, done.stdout[-3000:])
+
+
+@pytest.mark.parametrize("smoke", [True, False])
+def test_plot_titles_mark_a_smoke_run(quick, tmp_path, monkeypatch, smoke):
+    import matplotlib.figure
+
+    results = quick[1]
+    plot = _import("benchmarks.plot")
+    titles = []
+    savefig = matplotlib.figure.Figure.savefig
+
+    def spy(fig, *args, **kwargs):
+        titles.append(fig.get_suptitle())
+        return savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", spy)
+    made = plot.plot_all({**results, "quick": smoke}, tmp_path, "cpu")
+    assert len(made) == len(titles) == 2
+    assert all(("SMOKE RUN" in t and "not a measurement" in t) == smoke for t in titles), titles
+
+
+def test_missing_torch_names_the_extra(monkeypatch, tmp_path, capsys):
+    # The module sets OMP_WAIT_POLICY when first imported; monkeypatch restores it.
+    monkeypatch.setenv("OMP_WAIT_POLICY", os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
+    bench_main = _import("benchmarks.__main__")
+    monkeypatch.setitem(sys.modules, "torch", None)  # "import torch" now fails
+    with pytest.raises(SystemExit) as exc:
+        bench_main.main(["--quick", "--out", str(tmp_path / "out")])
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err  # one line, no traceback
+    assert "torch" in err and 'pip install -e ".[benchmarks]"' in err
+    assert not (tmp_path / "out").exists()

@@ -159,22 +159,30 @@ def test_empty_batch_mean_is_zero(name):
 
 
 # --------------------------------------------------------------------------
-# reduce_loss, safe_divide, safe_mul
+# Reduction, safe_divide, safe_mul
 # --------------------------------------------------------------------------
 
 
-def test_reduce_loss_mechanics():
+def test_reduction_mechanics():
     loss = jnp.array([1.0, 2.0, 0.0, 3.0])
-    assert cm.reduce_loss(loss, "none") is loss
-    assert cm.reduce_loss(loss, "sum") == 6.0
-    assert cm.reduce_loss(loss, "mean") == 1.5
+    R = cm.Reduction.of
+    assert R("none")(loss) is loss
+    assert R("sum")(loss) == 6.0
+    assert R("mean")(loss) == 1.5
     den = jnp.array([0.5, 1.0, 0.0, 1.5])
-    assert cm.reduce_loss(loss, "mean", den) == 2.0
-    assert cm.reduce_loss(loss, "batchmean", batch_size=3) == 2.0
+    assert R("mean")(loss, den) == 2.0
+    # shares only matter to the mean
+    assert R("sum")(loss, den) == 6.0 and R("none")(loss, den) is loss
+    assert R("batchmean", batchmean=True)(loss, batch_size=3) == 2.0
+    # the gradient scale is 1 / divisor for the mean, 1 otherwise
+    assert R("mean").scale(den, 4, jnp.float32) == 1.0 / 3.0
+    assert R("sum").scale(den, 4, jnp.float32) == 1.0
+    assert R("mean").scale(None, 4, jnp.float32) == 0.25
     # Nothing counts: 0, never NaN, and the gradient is 0 (PyTorch: NaN).
-    f = lambda loss: cm.reduce_loss(loss, "mean", jnp.zeros(4))
+    f = lambda loss: R("mean")(loss, jnp.zeros(4))
     assert f(loss) == 0.0
     assert jnp.all(jax.grad(f)(loss) == 0.0)
+    assert R("mean").scale(jnp.zeros(4), 4, jnp.float32) == 0.0
 
 
 def test_safe_divide_and_safe_mul_have_no_nan_in_derivatives():
@@ -196,12 +204,12 @@ def test_safe_divide_and_safe_mul_have_no_nan_in_derivatives():
 # --------------------------------------------------------------------------
 
 
-def test_check_reduction():
-    assert cm.check_reduction("mean") == "mean"
-    assert cm.check_reduction("batchmean", extra=("batchmean",)) == "batchmean"
+def test_reduction_validation():
+    assert cm.Reduction.of("mean").kind == "mean"
+    assert cm.Reduction.of("batchmean", batchmean=True).kind == "batchmean"
     for bad in ("avg", "batchmean", None, 1, "Mean"):
         with pytest.raises(ValueError, match=r"reduction must be one of 'none', 'sum', 'mean'"):
-            cm.check_reduction(bad)
+            cm.Reduction.of(bad)
 
 
 def test_static_float():

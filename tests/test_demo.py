@@ -1,18 +1,28 @@
-"""``python -m jaxloss.demo``: a quick run on one and on eight simulated CPU devices.
+"""``python -m jaxloss.demo``: a quick run on one CPU device and one on eight simulated ones.
 
-The two quick runs start side by side in subprocesses (the eight-device one
-with ``--xla_force_host_platform_device_count=8``); the tests then read their
-tables and JSON files. The demo's per-loss gradient check runs in the
-single-device run (the eight-device run skips it to keep CI fast: it only
-compares losses). Bad flags are checked in-process through ``main``.
+The one-device run calls ``main`` in the test process (with the demo's own
+JAX settings: no x64, standard promotion) and includes the per-loss gradient
+check. The eight-device run needs ``--xla_force_host_platform_device_count=8``
+before JAX starts, so it runs in a subprocess, started first so that both
+train at the same time; it skips the gradient check and is compared loss by
+loss with the one-device run. Both are shared by every test of this module and
+run once, on one xdist worker (the ``xdist_group`` below). Bad flags and
+missing optional dependencies are checked in-process through ``main``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import io
 import json
 import os
+import pathlib
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -20,9 +30,41 @@ import pytest
 
 from jaxloss.demo import _runs, main
 
-STEPS = 6  # fixed number of steps for the one-vs-eight-device comparison
+pytestmark = pytest.mark.xdist_group("demo")
+
+STEPS = 4  # steps per run: every later loss depends on the earlier all-reduced gradients
 BATCH = 64  # a multiple of 8: both runs see the same global batches
-TIMEOUT = 600
+TIMEOUT = 1800  # seconds; a quick run takes about a minute on an idle 2-core machine
+
+
+@contextlib.contextmanager
+def child(cmd: Sequence[str], env: dict[str, str]) -> Iterator[subprocess.Popen]:
+    """A subprocess (in its own process group) that is killed and reaped on the way out.
+
+    Whatever happens in the block (a timeout, a failed assertion), the group is
+    killed if still running, its pipes are drained and closed and its status is
+    collected, so no process outlives the test and no ``ResourceWarning`` is left.
+    """
+    proc = subprocess.Popen(
+        list(cmd),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired, ValueError):
+            proc.communicate(timeout=60)
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+        proc.wait()
 
 
 def _env(devices: int) -> dict[str, str]:
@@ -35,86 +77,150 @@ def _env(devices: int) -> dict[str, str]:
     return env
 
 
+def _argv(out: pathlib.Path, *extra: str) -> list[str]:
+    return [
+        "--quick",
+        "--no-progress",
+        "--platform",
+        "cpu",
+        "--steps",
+        str(STEPS),
+        "--batch-size",
+        str(BATCH),
+        "--seed",
+        "0",
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
+@dataclasses.dataclass
+class Run:
+    returncode: int | str | None
+    stdout: str
+    stderr: str
+    out: pathlib.Path
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        path = self.out / "results.json"
+        assert path.exists(), f"results.json was not written\n{self.stderr[-4000:]}"
+        return json.loads(path.read_text())
+
+
+def _in_process(argv: list[str], out: pathlib.Path) -> Run:
+    """``main(argv)`` here, with the settings the command line has (the suite's
+    conftest enables x64 and strict promotion; the demo runs without them)."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with (
+        contextlib.redirect_stdout(stdout),
+        contextlib.redirect_stderr(stderr),
+        jax.enable_x64(False),
+        jax.numpy_dtype_promotion("standard"),
+        jax.numpy_rank_promotion("allow"),
+    ):
+        try:
+            code = main(argv)
+        except SystemExit as exc:
+            code = exc.code
+    return Run(code, stdout.getvalue(), stderr.getvalue(), out)
+
+
+def _command(argv: list[str]) -> list[str]:
+    return [sys.executable, "-m", "jaxloss.demo", *argv]
+
+
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """Both quick runs, started together: {devices: (completed process, results JSON)}."""
-    procs = {}
-    for devices in (1, 8):
-        out = tmp_path_factory.mktemp(f"demo{devices}")
-        cmd = [
-            sys.executable,
-            "-m",
-            "jaxloss.demo",
-            "--quick",
-            "--no-progress",
-            "--steps",
-            str(STEPS),
-            "--batch-size",
-            str(BATCH),
-            "--seed",
-            "0",
-            "--out",
-            str(out),
-        ]
-        if devices > 1:
-            cmd.append("--no-gradcheck")
-        proc = subprocess.Popen(
-            cmd, env=_env(devices), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        procs[devices] = (proc, out)
-    results = {}
-    for devices, (proc, out) in procs.items():
-        stdout, stderr = proc.communicate(timeout=TIMEOUT)
-        done = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
-        path = out / "results.json"
-        payload = json.loads(path.read_text()) if path.exists() else None
-        results[devices] = (done, payload, out)
-    return results
+def runs(tmp_path_factory) -> dict[int, Run]:
+    """{devices: Run} for the one- and eight-device quick runs."""
+    out1 = tmp_path_factory.mktemp("demo1")
+    out8 = tmp_path_factory.mktemp("demo8")
+    argv8 = _argv(out8, "--no-gradcheck")
+    with child(_command(argv8), _env(8)) as proc8:
+        if len(jax.local_devices(backend="cpu")) == 1:
+            one = _in_process(_argv(out1), out1)
+        else:  # this process simulates several CPU devices itself
+            with child(_command(_argv(out1)), _env(1)) as proc1:
+                stdout, stderr = proc1.communicate(timeout=TIMEOUT)
+            one = Run(proc1.returncode, stdout, stderr, out1)
+        stdout, stderr = proc8.communicate(timeout=TIMEOUT)
+    return {1: one, 8: Run(proc8.returncode, stdout, stderr, out8)}
 
 
 @pytest.mark.parametrize("devices", [1, 8])
 def test_quick_run_succeeds_and_writes_outputs(runs, devices):
-    done, payload, out = runs[devices]
-    assert done.returncode == 0, done.stderr[-4000:]
-    assert payload is not None, "results.json was not written"
+    run = runs[devices]
+    assert run.returncode == 0, run.stderr[-4000:]
+    payload = run.payload
     assert payload["config"]["num_devices"] == devices
+    assert payload["config"]["platform"] == "cpu"
     assert payload["config"]["steps"] == STEPS
-    assert (out / "loss_curves.png").stat().st_size > 0
-    assert (out / "summary.png").stat().st_size > 0
+    assert payload["config"]["batch_size"] == BATCH
+    assert payload["config"]["quick"] is True
+    assert (run.out / "loss_curves.png").stat().st_size > 0
+    assert (run.out / "summary.png").stat().st_size > 0
+    assert payload["results"], "no runs"
     for row in payload["results"]:
-        assert len(row["loss_curve"]) == STEPS
+        assert row["steps"] == len(row["loss_curve"]) == STEPS, row["name"]
+        assert row["batch_size"] == BATCH, row["name"]
         assert np.all(np.isfinite(row["loss_curve"])), row["name"]
         assert np.isfinite(row["test_metric"]) and np.isfinite(row["baseline"]), row["name"]
+    assert f"{len(payload['results'])} run(s) on {devices} cpu device(s)" in run.stdout
 
 
 @pytest.mark.parametrize("devices", [1, 8])
 def test_table_lists_every_loss(runs, devices):
-    done, payload, _ = runs[devices]
-    table_names = {line.split()[0] for line in done.stdout.splitlines() if line.strip()}
+    run = runs[devices]
+    payload = run.payload
+    assert payload["table"] in run.stdout  # the printed table is the stored one
+    lines = payload["table"].splitlines()
+    assert lines[0].split()[:2] == ["loss", "data"]
+    rows = {line.split()[0]: line for line in lines[2:]}
+    assert list(rows) == [r["name"] for r in payload["results"]]
     public = _runs.public_losses()
     assert public, "jaxloss exports no losses?"
-    missing = [name for name in public if name not in table_names]
-    assert not missing, f"not in the table: {missing}\n{done.stdout}"
+    missing = [name for name in public if name not in rows]
+    assert not missing, f"not in the table: {missing}\n{payload['table']}"
     covered = {n for row in payload["results"] for n in row["losses"]}
     assert set(public) <= covered
+    for r in payload["results"]:
+        assert f"{r['train_loss']:.4f}" in rows[r["name"]], r["name"]
 
 
 def test_gradcheck_ok_for_every_loss(runs):
-    _, payload, _ = runs[1]
+    payload = runs[1].payload
     bad = {
         r["name"]: r["gradcheck"] for r in payload["results"] if r["gradcheck"]["ok"] is not True
     }
     assert not bad, bad
+    for r in payload["results"]:
+        assert r["gradcheck"]["passed"] == r["gradcheck"]["checks"] > 0, r["name"]
+
+
+def test_no_gradcheck_is_reported_as_skipped(runs):
+    payload = runs[8].payload
+    assert all(r["gradcheck"]["ok"] is None for r in payload["results"])
+    lines = payload["table"].splitlines()[2:]
+    assert lines and all(line.rstrip().endswith("skipped") for line in lines)
 
 
 def test_data_parallel_matches_single_device(runs):
-    _, one, _ = runs[1]
-    _, eight, _ = runs[8]
-    assert [r["name"] for r in one["results"]] == [r["name"] for r in eight["results"]]
-    for a, b in zip(one["results"], eight["results"], strict=True):
-        # Global-batch means: sharding changes only the order of float additions.
+    one = runs[1].payload["results"]
+    eight = runs[8].payload["results"]
+    assert [r["name"] for r in one] == [r["name"] for r in eight]
+    for a, b in zip(one, eight, strict=True):
+        # Global-batch means: sharding changes only the order of float additions, so
+        # the loss before any update agrees to float32 rounding. Each Adam step divides
+        # by the gradient's own magnitude and so magnifies rounding in near-zero
+        # gradient entries (most of all for the piecewise-linear hinge losses): later
+        # steps agree to 1e-3. A dropped shard, a per-device mean or a missing
+        # gradient all-reduce moves the loss by a percent or more.
         np.testing.assert_allclose(
-            b["loss_curve"], a["loss_curve"], rtol=1e-4, atol=1e-6, err_msg=a["name"]
+            b["loss_curve"][0], a["loss_curve"][0], rtol=1e-5, atol=1e-6, err_msg=a["name"]
+        )
+        np.testing.assert_allclose(
+            b["loss_curve"], a["loss_curve"], rtol=1e-3, atol=1e-6, err_msg=a["name"]
         )
         np.testing.assert_allclose(b["test_metric"], a["test_metric"], rtol=1e-3, err_msg=a["name"])
 
@@ -138,7 +244,7 @@ def test_data_parallel_matches_single_device(runs):
 def test_bad_flags_exit_with_a_message(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
         main(argv)
-    assert exc.value.code != 0
+    assert exc.value.code == 2
     err = capsys.readouterr().err
     assert message in err
     assert "usage: python -m jaxloss.demo" in err
@@ -174,12 +280,43 @@ def test_missing_platform_is_an_error(capsys):
 
 
 def test_bad_flag_exits_non_zero_from_the_command_line():
-    done = subprocess.run(
-        [sys.executable, "-m", "jaxloss.demo", "--steps", "0"],
-        env=_env(1),
-        capture_output=True,
-        text=True,
-        timeout=120,
+    with child(_command(["--steps", "0"]), _env(1)) as proc:
+        _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 2
+    assert "--steps: expected a positive integer, got 0" in stderr
+
+
+# --- missing optional dependencies -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "module, package",
+    [
+        ("flax", "flax"),
+        ("optax", "optax"),
+        ("sklearn", "scikit-learn"),
+        ("matplotlib", "matplotlib"),
+        ("tqdm", "tqdm"),
+    ],
+)
+def test_missing_dependency_names_the_extra(module, package, monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, module, None)  # "import module" now fails
+    assert main(["--quick", "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err  # one line, no traceback
+    assert package in err
+    assert 'pip install -e ".[demo]"' in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_dependency_exit_status_from_the_command_line():
+    code = (
+        "import runpy, sys; sys.modules['flax'] = None; "
+        "runpy.run_module('jaxloss.demo', run_name='__main__')"
     )
-    assert done.returncode == 2
-    assert "--steps: expected a positive integer, got 0" in done.stderr
+    with child([sys.executable, "-c", code, "--quick"], _env(1)) as proc:
+        stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 1, stderr
+    assert stderr.strip().splitlines() == [stderr.strip()]
+    assert "flax" in stderr and 'pip install -e ".[demo]"' in stderr
+    assert "Traceback" not in stderr and not stdout
