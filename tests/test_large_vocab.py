@@ -469,3 +469,25 @@ def test_vocab_parallel_one_shard_equals_unsharded_with_check_grads():
         out_specs=P(),
     )
     _assert_close(jax.jit(fused)(h, w, b), ref, 1e-12)
+
+
+def test_chunk_barrier_keeps_no_tiled_copy_of_the_kernel(monkeypatch):
+    """``_pin``'s optimization barrier (jax 0.10.2): without it XLA hoists the
+    kernel's tile slices out of the chunk loop and keeps a tiled copy of W."""
+    from jaxloss import _large_vocab
+
+    n, d, v = 1024, 256, 16384
+    h = jax.ShapeDtypeStruct((n, d), jnp.float32)
+    w = jax.ShapeDtypeStruct((d, v), jnp.float32)
+    y = jnp.zeros((n,), jnp.int32)
+
+    def temp():
+        f = lambda h, w: jaxloss.fused_linear_softmax_cross_entropy(h, w, y, chunk_size=256)
+        compiled = jax.jit(jax.value_and_grad(f, argnums=(0, 1))).lower(h, w).compile()
+        return compiled.memory_analysis().temp_size_in_bytes
+
+    pinned = temp()
+    monkeypatch.setattr(_large_vocab, "_pin", lambda w, b, h_c: (w, b))
+    unpinned = temp()
+    kernel = d * v * 4
+    assert unpinned - pinned >= kernel, (pinned, unpinned, kernel)
