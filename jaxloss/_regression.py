@@ -7,10 +7,10 @@ plain formula is exact. Three get a linear-tangent rule
 - Huber / smooth L1: ``d/de = clip(e, -delta, delta)``, recomputed under
   ``jax.checkpoint`` (residuals: the inputs only); one fused pass instead of
   autodiff through ``min``/``abs`` (whose tie rule splits the gradient).
-- log-cosh: ``d/de = tanh(e)``, read off the loss value
-  (``sign(e) sqrt(1 - exp(-2 loss))``) with its own rule ``1 - tanh^2``, so the
-  second derivative is right at ``e = 0`` (autodiff of a stable ``|e|`` form
-  gives 0 there, the truth is 1). Recomputed under ``jax.checkpoint`` like
+- log-cosh: ``d/de = tanh(e)``, whose own derivative ``1 - tanh^2`` is right
+  at ``e = 0`` (autodiff of a stable ``|e|`` form gives 0 there, the truth is
+  1) and whose slope survives errors far below the loss's underflow
+  (``|e| < 1e-19`` in float32). Recomputed under ``jax.checkpoint`` like
   Huber's: the residuals are the caller's buffers.
 - absolute error: ``d|e|/de = sign(e)``, 0 at ``e = 0`` as in PyTorch.
 """
@@ -21,6 +21,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxloss import _common as cm
 
@@ -302,25 +303,9 @@ def _log_cosh_value(e):
     return jnp.where(small, 0.0, a - _LOG2) + jnp.log1p(arg)
 
 
-def _tanh_slope(_, args, de):
-    # lc = log cosh(e) is a function of e: d tanh e = (1 - tanh^2 e) de
-    s = _tanh_from_log_cosh(*args)
-    return (1.0 - s * s) * de
-
-
-# tanh e = sign(e) sqrt(1 - 1 / cosh^2 e): the slope read off the loss itself, so
-# the gradient reuses the loss's own expm1/log1p terms. The loss operand's tangent
-# is 0 (it moves only with e).
-_tanh_from_log_cosh = cm.linear_rule(
-    lambda e, lc: (jnp.sign(e) * jnp.sqrt(-jnp.expm1(-2.0 * lc)), None),
-    {0: _tanh_slope, 1: lambda _, args, dlc: jnp.zeros_like(dlc)},
-)
-
-
 def _log_cosh_slope(args):
-    # d/de log cosh e = tanh e; its own derivative 1 - tanh^2 e is 1 at e = 0
-    e = _error(*args)
-    return _tanh_from_log_cosh(e, _log_cosh_value(e))
+    # d/de log cosh e = tanh e; autodiff of tanh gives 1 - tanh^2 e (1 at e = 0)
+    return jnp.tanh(_error(*args))
 
 
 _log_cosh = cm.linear_rule(
@@ -433,7 +418,10 @@ def poisson_nll_loss(
     if log_input:
         loss = jnp.exp(x) - t * x
     else:
-        loss = x - t * jnp.log(x + e)
+        # 0 log 0 = 0: a zero target gives x (gradient 1) even where x + eps = 0
+        xe = x + e
+        degenerate = (xe == 0) & (t == 0)
+        loss = x - t * jnp.log(jnp.where(degenerate, jnp.ones_like(xe), xe))
     if full:
         big = t > 1
         ts = jnp.where(big, t, jnp.ones_like(t))
@@ -444,6 +432,8 @@ def poisson_nll_loss(
 
 def _gaussian_var(var, shape):
     """PyTorch's rules for the shape of ``var``, then broadcast to ``shape``."""
+    if var is None:
+        raise TypeError("var must be an array of variances (positive floats); got None.")
     v = cm.as_float_array(var, "var")
     vs = v.shape
     if vs == tuple(shape) or v.ndim == 0:
@@ -513,15 +503,22 @@ def gaussian_nll_loss(
         raise TypeError(f"full must be a bool; got {full!r}.")
     e = cm.static_float(eps, "eps", low=0.0)
     v = _gaussian_var(var, x.shape)
-    if cm.is_concrete(v) and (jax.device_get(v) < 0).any():
-        raise ValueError("var has negative entries; variances must be >= 0.")
+    if cm.is_concrete(v):
+        host = np.asarray(jax.device_get(v))
+        if np.isnan(host).any():
+            raise ValueError("var has NaN entries; variances must be >= 0.")
+        if (host < 0).any():
+            raise ValueError("var has negative entries; variances must be >= 0.")
+        if e == 0.0 and (host == 0).any():
+            raise ValueError("var has zero entries and eps=0: the loss would be NaN; use eps > 0.")
     v = v.astype(cm.compute_dtype(x, v))
     x = x.astype(v.dtype)
     t = t.astype(v.dtype)
     # clamp(var, eps) with an identity derivative (PyTorch clamps under no_grad)
     v = v + jax.lax.stop_gradient(jnp.maximum(v, e) - v)
-    d = x - t
-    loss = 0.5 * (jnp.log(v) + d * d / v)
+    # (d / sqrt(v))^2 rather than d^2 / v: finite wherever the loss is (d = 1e20, v = 1e30)
+    r = (x - t) / jnp.sqrt(v)
+    loss = 0.5 * (jnp.log(v) + r * r)
     if full:
         loss = loss + _HALF_LOG_2PI
     return red(loss)
