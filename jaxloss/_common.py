@@ -122,11 +122,14 @@ def static_int(value: Any, name: str, *, allow_none: bool = True) -> int | None:
     return int(value)
 
 
-def normalize_axis(axis: int, ndim: int, name: str = "axis") -> int:
+def normalize_axis(axis: int, ndim: int, name: str = "axis", array: str = "logits") -> int:
+    """``axis`` as a non-negative int for an ``ndim``-dimensional ``array``."""
     if isinstance(axis, bool) or not isinstance(axis, (numbers.Integral, np.integer)):
         raise TypeError(f"{name} must be an int; got {axis!r}.")
     if ndim == 0:
-        raise ValueError("logits must have at least one dimension (the class axis); got a scalar.")
+        raise ValueError(
+            f"{array} must have at least one dimension (the class axis); got a scalar."
+        )
     if not -ndim <= axis < ndim:
         raise ValueError(f"{name}={axis} is out of range for an array with {ndim} dimensions.")
     return int(axis) % ndim
@@ -178,7 +181,11 @@ def prepare_logits(
 ) -> tuple[Array, Array | None]:
     """Float logits and optional class mask, with the class axis moved last."""
     x = as_float_array(logits, name)
-    ax = normalize_axis(axis, x.ndim)
+    ax = normalize_axis(axis, x.ndim, array=name)
+    if x.shape[ax] == 0:
+        raise ValueError(
+            f"{name} has no classes: axis {axis} of {name}.shape={x.shape} has size 0."
+        )
     mask = as_mask(where, x.shape, name)
     x = jnp.moveaxis(x, ax, -1)
     if mask is not None:

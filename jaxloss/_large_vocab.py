@@ -566,6 +566,8 @@ def _prepare_fused(hidden, kernel, labels, bias, chunk_size, kernel_name, bias_n
             f"(the Flax Dense layout; a tied embedding passes embedding.T); got "
             f"{kernel_name}.shape={w.shape} for hidden.shape={h.shape}."
         )
+    if w.shape[1] == 0:
+        raise ValueError(f"{kernel_name} has no classes: {kernel_name}.shape={w.shape}.")
     y = cm.as_int_array(labels, "labels")
     if y.shape != h.shape[:1]:
         raise ValueError(
