@@ -50,8 +50,9 @@ def _bce_forward(x, y, pw, w, eps):
     a, _ = _bce_coeffs(x, y, pw, eps)
     tail = jnp.log1p(jnp.exp(-jnp.abs(x)))
     # Clamped at the largest float so that a zero coefficient times an infinite
-    # logit gives 0 without a select, which keeps the elementwise loss fused into
-    # the reduction (XLA:CPU materialises an [N, C] temporary around a select).
+    # logit gives 0 without a select: XLA:CPU (jax 0.10.2) then fuses the loss into
+    # the reduction with no temporary, where selects (safe_mul) cost three [N, C]
+    # float32 buffers; pinned by tests/test_workarounds.py::test_bce_clamp.
     big = jnp.finfo(x.dtype).max
     sp_pos = jnp.minimum(jnp.maximum(x, 0.0) + tail, big)  # -log(1 - sigmoid(x))
     sp_neg = jnp.minimum(jnp.maximum(-x, 0.0) + tail, big)  # -log sigmoid(x)
@@ -61,24 +62,13 @@ def _bce_forward(x, y, pw, w, eps):
 
 
 def _bce_tangent(x, y, pw, w, dx, eps):
-    # Evaluated on a trailing unit axis (a free reshape) so that XLA cannot merge
-    # this pass's broadcast constants with the forward's: a shared constant can no
-    # longer fuse into the forward's reduction and XLA:CPU materialises it as an
-    # [N, C] buffer.
-    x, y, pw, w, dx = (None if v is None else v[..., None] for v in (x, y, pw, w, dx))
     x = x.astype(cm.compute_dtype(x))
     a, b = _bce_coeffs(x, y, pw, eps)
-    # d/dx [a sp(-x) + b sp(x)] = sigmoid(x) (a + b) - a, with sigmoid(x) =
-    # (h + (1 - h) e) / (1 + e), e = exp(-|x|), h = (1 + sign(x)) / 2: accurate in
-    # relative terms for every x, select-free (XLA:CPU's own logistic lowering
-    # makes an [N, C] temporary here), and e <= 1 never overflows, so the
-    # derivatives stay finite at x = +-inf (1 / (1 + exp(-x)) gives NaN there).
-    e = jnp.exp(-jnp.abs(x))
-    h = 0.5 * (1.0 + jnp.sign(x))
-    g = (a + b) * ((h + (1.0 - h) * e) / (1.0 + e)) - a
+    # d/dx [a sp(-x) + b sp(x)] = sigmoid(x) (a + b) - a; finite at x = +-inf.
+    g = (a + b) * jax.nn.sigmoid(x) - a
     if w is not None:
         g = _widen(w, g) * g
-    return (g * dx.astype(x.dtype))[..., 0]
+    return g * dx.astype(x.dtype)
 
 
 def _bce_tangent_x(_, args, dx):

@@ -47,8 +47,9 @@ def _kl_elements(lp, t, mask, log_target):
         elem = t * (jnp.log(t) - lp)
     if mask is not None:
         keep = keep & mask
-    # One select at the end: 0 * inf never happens, and XLA:CPU computes the
-    # expression in one pass before the row sum.
+    # One select at the end: 0 * inf never happens, and XLA:CPU (jax 0.10.2) keeps
+    # one [N, C] temporary before the row sum where selects on t and lp keep two;
+    # pinned by tests/test_workarounds.py::test_kl_single_select.
     return jnp.where(keep, elem, 0.0)
 
 

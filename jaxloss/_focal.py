@@ -132,8 +132,9 @@ def _sigmoid_forward(x, y, alpha, gamma):
     a_t = _alpha_t(y, alpha)
     loss = loss if a_t is None else a_t * loss
     # Exactly 0 where the cross-entropy is. Ending in a select also keeps XLA:CPU
-    # from splitting this expression around the reduction that follows (which
-    # materialises ~8 intermediates instead of 1).
+    # (jax 0.10.2) from splitting this expression around the reduction that
+    # follows: value_and_grad of the sum keeps one [N, C] float32 temporary with
+    # it and nine without; pinned by tests/test_workarounds.py::test_focal_select.
     return jnp.where(ce == 0, 0.0, loss)
 
 

@@ -18,8 +18,10 @@ Array = jax.Array
 
 
 def _relu(z):
-    # max(0, z) with derivative 0 at z = 0 (PyTorch's); a select, which XLA:CPU
-    # fuses into one pass (jax.nn.relu's max against a broadcast 0 it does not)
+    # max(0, z) with derivative 0 at z = 0 (PyTorch's), as a select: under
+    # value_and_grad XLA:CPU (jax 0.10.2) keeps one [N, C] temporary with it and two
+    # with jax.nn.relu (the forward alone needs one and none); pinned by
+    # tests/test_workarounds.py::test_hinge_select.
     return jnp.where(z > 0, z, 0.0)
 
 

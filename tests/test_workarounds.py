@@ -1,0 +1,125 @@
+"""Pins the code forms chosen for XLA:CPU's fusion (jax 0.10.2).
+
+Each test compiles ``value_and_grad`` of a loss with the form the module uses
+and with the plainer alternative (patched in here), and compares the compiled
+temporary bytes: deterministic, no execution. A failure means the form no longer
+saves memory on this jax version: revisit the comment at the named line.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import jaxloss
+from jaxloss import _binary, _divergence, _focal, _hinge
+from jaxloss import _common as cm
+
+N, C = 512, 1024
+ONE_BUFFER = N * C * 4  # one [N, C] float32 array
+
+
+def _spec(dtype=jnp.float32):
+    return jax.ShapeDtypeStruct((N, C), jnp.dtype(dtype))
+
+
+def _temp_bytes(loss, *specs, argnums=0):
+    f = jax.value_and_grad(lambda *a: loss(*a).sum(), argnums=argnums)
+    return jax.jit(f).lower(*specs).compile().memory_analysis().temp_size_in_bytes
+
+
+def _measure(monkeypatch, module, name, plain, loss, *specs, argnums=0):
+    """Temporary bytes of ``loss`` as written and with ``module.name`` = ``plain``."""
+    kept = _temp_bytes(loss, *specs, argnums=argnums)
+    with monkeypatch.context() as m:
+        m.setattr(module, name, plain)
+        alternative = _temp_bytes(loss, *specs, argnums=argnums)
+    return kept, alternative
+
+
+def _bce_forward_select(x, y, pw, w, eps):
+    # 0 * inf avoided with selects rather than a clamp.
+    x = x.astype(cm.compute_dtype(x))
+    a, b = _binary._bce_coeffs(x, y, pw, eps)
+    tail = jnp.log1p(jnp.exp(-jnp.abs(x)))
+    sp_pos = jnp.maximum(x, 0.0) + tail
+    sp_neg = jnp.maximum(-x, 0.0) + tail
+    loss = jnp.minimum(cm.safe_mul(a, sp_neg) + cm.safe_mul(b, sp_pos), jnp.finfo(x.dtype).max)
+    return loss if w is None else _binary._widen(w, loss) * loss
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_bce_clamp(monkeypatch, dtype):
+    def loss(x, y):
+        return jaxloss.sigmoid_binary_cross_entropy(x, y)
+
+    kept, plain = _measure(
+        monkeypatch, _binary, "_bce_forward", _bce_forward_select, loss, _spec(dtype), _spec(dtype)
+    )
+    assert kept < ONE_BUFFER, kept
+    assert kept < plain, (kept, plain)
+
+
+def _kl_elements_inner(lp, t, mask, log_target):
+    # Operands guarded by their own selects instead of one select at the end.
+    lp, t = _divergence._upcast(lp, t)
+    if log_target:
+        keep = t != -jnp.inf
+        elem = jnp.exp(t) * (jnp.where(keep, t, 0.0) - jnp.where(keep, lp, 0.0))
+    else:
+        keep = t != 0
+        elem = t * (jnp.log(jnp.where(keep, t, jnp.ones_like(t))) - jnp.where(keep, lp, 0.0))
+    return _divergence._masked(elem, mask)
+
+
+@pytest.mark.parametrize("log_target", [False, True])
+def test_kl_single_select(monkeypatch, log_target):
+    def loss(lp, t):
+        return jaxloss.kl_divergence(lp, t, log_target=log_target)
+
+    kept, plain = _measure(
+        monkeypatch,
+        _divergence,
+        "_kl_elements",
+        _kl_elements_inner,
+        loss,
+        _spec(),
+        _spec(),
+        argnums=(0, 1),
+    )
+    assert kept <= ONE_BUFFER, kept
+    assert kept < plain, (kept, plain)
+
+
+def _sigmoid_forward_plain(x, y, alpha, gamma):
+    # The same loss without the final select.
+    x = x.astype(cm.compute_dtype(x))
+    y = y.astype(x.dtype)
+    tail = jnp.log1p(jnp.exp(-jnp.abs(x)))
+    sp_pos = jnp.maximum(x, 0.0) + tail
+    sp_neg = jnp.maximum(-x, 0.0) + tail
+    ce = cm.safe_mul(y, sp_neg) + cm.safe_mul(1.0 - y, sp_pos)
+    loss = ce * _focal._pow_gamma(_focal._sigmoid_parts(x, y)[2], gamma)
+    a_t = _focal._alpha_t(y, alpha)
+    return loss if a_t is None else a_t * loss
+
+
+def test_focal_select(monkeypatch):
+    def loss(x, y):
+        return jaxloss.sigmoid_focal_loss(x, y)
+
+    kept, plain = _measure(
+        monkeypatch, _focal, "_sigmoid_forward", _sigmoid_forward_plain, loss, _spec(), _spec()
+    )
+    assert kept <= ONE_BUFFER, kept
+    assert kept < plain, (kept, plain)
+
+
+def test_hinge_select(monkeypatch):
+    def loss(x, y):
+        return jaxloss.hinge_loss(x, y)
+
+    kept, plain = _measure(monkeypatch, _hinge, "_relu", jax.nn.relu, loss, _spec(), _spec())
+    assert kept <= ONE_BUFFER, kept
+    assert kept < plain, (kept, plain)
