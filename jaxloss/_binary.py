@@ -58,7 +58,7 @@ def _bce_forward(x, y, pw, w, eps):
     sp_neg = jnp.minimum(jnp.maximum(-x, 0.0) + tail, big)  # -log sigmoid(x)
     ys = _smooth(_widen(y, x), eps)
     loss = a * sp_neg + (sp_pos - ys * sp_pos)
-    return loss if w is None else _widen(w, loss) * loss
+    return _apply_weight(loss, w)
 
 
 def _bce_tangent(x, y, pw, w, dx, eps):
@@ -244,9 +244,9 @@ def binary_cross_entropy(
     red = cm.Reduction.of(reduction)
     if cm.is_concrete(p):
         host = np.asarray(jax.device_get(p))
-        if ((host < 0) | (host > 1)).any():
+        if not ((host >= 0) & (host <= 1)).all():
             raise ValueError(
-                "probs must lie in [0, 1]; use sigmoid_binary_cross_entropy for logits."
+                "probs must lie in [0, 1] (no NaN); use sigmoid_binary_cross_entropy for logits."
             )
     loss = _bce_probs(p, y, w)
     return red(loss)

@@ -40,7 +40,10 @@ def _kl_elements(lp, t, mask, log_target):
     if log_target:
         # KL = e^lt (lt - lp), 0 where lt = -inf
         keep = t != -jnp.inf
-        elem = jnp.exp(t) * (t - lp)
+        diff = t - lp
+        # e^lt underflows to 0 (lt < -104 in float32) where lt - lp = inf: the
+        # true term is +inf, not 0 * inf
+        elem = jnp.where(diff == jnp.inf, jnp.inf, jnp.exp(t) * diff)
     else:
         # KL = t (log t - lp), 0 where t = 0 (NaN for t < 0, as in PyTorch and optax)
         keep = t != 0
@@ -56,8 +59,8 @@ def _kl_elements(lp, t, mask, log_target):
 def _kl_tangent_lp(res, args, dlp):
     lp, t, mask, log_target = args
     lp, t = _upcast(lp, t)
-    prob = jnp.exp(t) if log_target else t
-    return jnp.sum(_masked(-(prob * dlp.astype(lp.dtype)), mask), axis=-1)
+    prob = _masked(jnp.exp(t) if log_target else t, mask)
+    return jnp.sum(-(prob * dlp.astype(lp.dtype)), axis=-1)
 
 
 def _kl_tangent_t(res, args, dt):
@@ -69,17 +72,15 @@ def _kl_tangent_t(res, args, dt):
         nz = t != 0
         log_t = jnp.log(jnp.where(nz, t, jnp.ones_like(t)))
         coef = jnp.where(nz, log_t + 1.0 - jnp.where(nz, lp, 0.0), 0.0)
-    return jnp.sum(_masked(coef * dt.astype(lp.dtype), mask), axis=-1)
+    # masked before the product: its transpose never meets 0 * inf
+    return jnp.sum(_masked(coef, mask) * dt.astype(lp.dtype), axis=-1)
 
 
-_kl = cm.linear_rule(
-    lambda lp, t, mask, log_target: (
-        jnp.sum(_kl_elements(lp, t, mask, log_target), axis=-1),
-        None,
-    ),
-    {0: _kl_tangent_lp, 1: _kl_tangent_t},
-    static_argnums=(3,),
-)
+def _kl_forward(lp, t, mask, log_target):
+    return jnp.sum(_kl_elements(lp, t, mask, log_target), axis=-1), None
+
+
+_kl = cm.linear_rule(_kl_forward, {0: _kl_tangent_lp, 1: _kl_tangent_t}, static_argnums=(3,))
 
 
 def kl_divergence(

@@ -130,7 +130,7 @@ def _sigmoid_forward(x, y, alpha, gamma):
     log_u = _sigmoid_parts(x, y)[2]
     loss = ce * _pow_gamma(log_u, gamma)  # FL = ce (1 - p_t)^gamma
     a_t = _alpha_t(y, alpha)
-    loss = loss if a_t is None else a_t * loss
+    loss = loss if a_t is None else cm.safe_mul(a_t, loss)  # alpha_t = 0 gives 0, even at inf
     # Exactly 0 where the cross-entropy is. Ending in a select also keeps XLA:CPU
     # (jax 0.10.2) from splitting this expression around the reduction that
     # follows: value_and_grad of the sum keeps one [N, C] float32 temporary with
@@ -234,8 +234,8 @@ def sigmoid_focal_loss(
         a = cm.as_float_array(alpha, "alpha")
         if a.ndim:  # a scalar stays a scalar (no [N] copy kept for the backward pass)
             a = cm.broadcast_to_shape(a, x.shape, "alpha", "logits")
-        if cm.is_concrete(a) and (((av := jax.device_get(a)) < 0) | (av > 1)).any():
-            raise ValueError("alpha must lie in [0, 1].")
+        if cm.is_concrete(a) and not (((av := jax.device_get(a)) >= 0) & (av <= 1)).all():
+            raise ValueError("alpha must lie in [0, 1] (no NaN).")
         a = a.astype(dtype)
     # x and y stay in the caller's dtypes: the rule widens them, so the residuals are
     # the caller's buffers and the gradient comes back in the input dtype.
@@ -401,8 +401,8 @@ def softmax_focal_loss(
                 f"alpha must be a scalar or have shape ({num_classes},), one per class; "
                 f"got {a.shape}."
             )
-        if cm.is_concrete(a) and (jax.device_get(a) < 0).any():
-            raise ValueError("alpha must be non-negative.")
+        if cm.is_concrete(a) and not (jax.device_get(a) >= 0).all():
+            raise ValueError("alpha must be non-negative (no NaN).")
     cm.check_labels_in_range(y, num_classes, ignore_index)
     loss, share = _softmax_focal(x, y, a, _FocalOpts(ignore_index, g))
     return red(loss, share)

@@ -27,9 +27,9 @@ def _relu(z):
 
 def _prepare_pm1(scores, labels):
     x = cm.as_float_array(scores, "scores")
-    y = jnp.asarray(labels)
-    if not (jnp.issubdtype(y.dtype, jnp.floating) or jnp.issubdtype(y.dtype, jnp.integer)):
-        raise TypeError(f"labels must be -1 or 1 (int or float); got dtype {y.dtype}.")
+    y = cm.as_numeric_array(labels, "labels")
+    if y.dtype == jnp.bool_:
+        raise TypeError("labels must be -1 or 1 (int or float); got dtype bool.")
     y = cm.broadcast_to_shape(y, x.shape, "labels", "scores")
     if cm.is_concrete(y):
         host = jax.device_get(y)

@@ -11,7 +11,6 @@ only the order of float additions, never the math.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +22,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 import jaxloss
+from jaxloss._registry import REGISTRY
 from jaxloss.demo import _data
 from jaxloss.demo._models import MLP, CharLM
 
@@ -103,7 +103,8 @@ class Task:
     weight_decay: float = 1e-4
 
     def load(self, seed: int, runner: Any) -> _data.Dataset:
-        raise NotImplementedError
+        """The task's dataset: ``_data.<name>(seed)`` unless a task loads its own."""
+        return getattr(_data, self.name)(seed)
 
     def make_model(self, ds: _data.Dataset, spec: Spec, env: Env, rngs: nnx.Rngs) -> nnx.Module:
         return MLP(ds.info["num_features"], 64, spec.out_dim, rngs=rngs)
@@ -136,10 +137,6 @@ class Digits(Task):
     name = "digits"
     data_label = "digits (10 classes)"
     default_steps = 400
-    learning_rate = 3e-3
-
-    def load(self, seed, runner):
-        return _data.digits(seed)
 
     def evaluate(self, spec, pred, ds):
         out = pred["outputs"]
@@ -186,10 +183,6 @@ class BreastCancer(Task):
     name = "breast_cancer"
     data_label = "breast cancer (binary)"
     default_steps = 250
-    learning_rate = 3e-3
-
-    def load(self, seed, runner):
-        return _data.breast_cancer(seed)
 
     def make_model(self, ds, spec, env, rngs):
         return MLP(ds.info["num_features"], 32, 1, rngs=rngs)
@@ -212,11 +205,7 @@ class Diabetes(Task):
     name = "diabetes"
     data_label = "diabetes (regression)"
     default_steps = 300
-    learning_rate = 3e-3
     weight_decay = 1e-2
-
-    def load(self, seed, runner):
-        return _data.diabetes(seed)
 
     def make_model(self, ds, spec, env, rngs):
         return MLP(ds.info["num_features"], 32, spec.out_dim, rngs=rngs)
@@ -237,7 +226,6 @@ class PythonText(Task):
     name = "python_text"
     data_label = "Python source (chars)"
     default_steps = 1000
-    learning_rate = 3e-3
     context = 12
     dim = 32
     dhidden = 128
@@ -361,43 +349,65 @@ def _vocab_parallel(fused: bool):
     return loss
 
 
+def _digits_spec(name: str, setting: str, head=_identity, **options: Any) -> Spec:
+    """A digits run of a loss on the ten class scores (after ``head``) and integer labels."""
+    return Spec(
+        name,
+        "digits",
+        setting,
+        lambda x, b, p, e: _lib(name)(x, b["y"], reduction="mean", **options),
+        head=head,
+        out_dim=10,
+    )
+
+
+def _binary_spec(name: str, setting: str, labels=_identity, **options: Any) -> Spec:
+    """A breast-cancer run of a loss on the decision score and the (mapped) 0/1 labels."""
+    return Spec(
+        name,
+        "breast_cancer",
+        setting,
+        lambda x, b, p, e: _lib(name)(x, labels(b["y"]), reduction="mean", **options),
+        score=_logits_score,
+    )
+
+
+def _regression_spec(name: str, setting: str, **options: Any) -> Spec:
+    """A diabetes run of an elementwise regression loss on the first output."""
+    return Spec(
+        name,
+        "diabetes",
+        setting,
+        lambda x, b, p, e: _lib(name)(x[:, 0], b["y"], reduction="mean", **options),
+        score=_regression,
+        target="y_raw",
+    )
+
+
 def _lm_params(model: nnx.Module) -> tuple[jax.Array, jax.Array]:
     return model.kernel, model.output_bias
 
 
+def _vocab_parallel_spec(name: str, fused: bool) -> Spec:
+    """A language-model run with the vocabulary sharded over the devices (padded to 8)."""
+    return Spec(
+        name,
+        "python_text",
+        "vocab sharded over 'data'",
+        _vocab_parallel(fused),
+        params=_lm_params,
+        lm={"tied": False, "pad_vocab_to": 8},
+    )
+
+
 SPECS: tuple[Spec, ...] = (
     # --- digits: multiclass, integer labels -------------------------------
-    Spec(
-        "softmax_cross_entropy_with_integer_labels",
-        "digits",
-        "label_smoothing=0.1",
-        lambda x, b, p, e: _lib("softmax_cross_entropy_with_integer_labels")(
-            x, b["y"], label_smoothing=0.1, reduction="mean"
-        ),
-        out_dim=10,
+    _digits_spec(
+        "softmax_cross_entropy_with_integer_labels", "label_smoothing=0.1", label_smoothing=0.1
     ),
-    Spec(
-        "nll_loss",
-        "digits",
-        "on log_softmax outputs",
-        lambda x, b, p, e: _lib("nll_loss")(x, b["y"], reduction="mean"),
-        head=jax.nn.log_softmax,
-        out_dim=10,
-    ),
-    Spec(
-        "softmax_focal_loss",
-        "digits",
-        "gamma=2",
-        lambda x, b, p, e: _lib("softmax_focal_loss")(x, b["y"], gamma=2.0, reduction="mean"),
-        out_dim=10,
-    ),
-    Spec(
-        "multiclass_hinge_loss",
-        "digits",
-        "margin=1",
-        lambda x, b, p, e: _lib("multiclass_hinge_loss")(x, b["y"], margin=1.0, reduction="mean"),
-        out_dim=10,
-    ),
+    _digits_spec("nll_loss", "on log_softmax outputs", head=jax.nn.log_softmax),
+    _digits_spec("softmax_focal_loss", "gamma=2", gamma=2.0),
+    _digits_spec("multiclass_hinge_loss", "margin=1", margin=1.0),
     # --- breast cancer: binary ---------------------------------------------
     Spec(
         "sigmoid_binary_cross_entropy",
@@ -416,78 +426,16 @@ SPECS: tuple[Spec, ...] = (
         head=jax.nn.sigmoid,
         score=_prob_score,
     ),
-    Spec(
-        "sigmoid_focal_loss",
-        "breast_cancer",
-        "alpha=0.25, gamma=2",
-        lambda x, b, p, e: _lib("sigmoid_focal_loss")(
-            x, b["y"], alpha=0.25, gamma=2.0, reduction="mean"
-        ),
-        score=_logits_score,
-    ),
-    Spec(
-        "hinge_loss",
-        "breast_cancer",
-        "labels in {-1, +1}",
-        lambda x, b, p, e: _lib("hinge_loss")(x, _pm1(b["y"]), reduction="mean"),
-        score=_logits_score,
-    ),
-    Spec(
-        "squared_hinge_loss",
-        "breast_cancer",
-        "labels in {-1, +1}",
-        lambda x, b, p, e: _lib("squared_hinge_loss")(x, _pm1(b["y"]), reduction="mean"),
-        score=_logits_score,
-    ),
+    _binary_spec("sigmoid_focal_loss", "alpha=0.25, gamma=2", alpha=0.25, gamma=2.0),
+    _binary_spec("hinge_loss", "labels in {-1, +1}", labels=_pm1),
+    _binary_spec("squared_hinge_loss", "labels in {-1, +1}", labels=_pm1),
     # --- diabetes: regression on the standardised target -------------------
-    Spec(
-        "squared_error",
-        "diabetes",
-        "mean = MSE",
-        lambda x, b, p, e: _lib("squared_error")(x[:, 0], b["y"], reduction="mean"),
-        score=_regression,
-        target="y_raw",
-    ),
-    Spec(
-        "l2_loss",
-        "diabetes",
-        "half squared error",
-        lambda x, b, p, e: _lib("l2_loss")(x[:, 0], b["y"], reduction="mean"),
-        score=_regression,
-        target="y_raw",
-    ),
-    Spec(
-        "absolute_error",
-        "diabetes",
-        "mean = L1",
-        lambda x, b, p, e: _lib("absolute_error")(x[:, 0], b["y"], reduction="mean"),
-        score=_regression,
-        target="y_raw",
-    ),
-    Spec(
-        "huber_loss",
-        "diabetes",
-        "delta=1",
-        lambda x, b, p, e: _lib("huber_loss")(x[:, 0], b["y"], delta=1.0, reduction="mean"),
-        score=_regression,
-        target="y_raw",
-    ),
-    Spec(
-        "smooth_l1_loss",
-        "diabetes",
-        "beta=1",
-        lambda x, b, p, e: _lib("smooth_l1_loss")(x[:, 0], b["y"], beta=1.0, reduction="mean"),
-        score=_regression,
-        target="y_raw",
-    ),
-    Spec(
-        "log_cosh",
-        "diabetes",
-        "",
-        lambda x, b, p, e: _lib("log_cosh")(x[:, 0], b["y"], reduction="mean"),
-        score=_regression,
-        target="y_raw",
-    ),
+    _regression_spec("squared_error", "mean = MSE"),
+    _regression_spec("l2_loss", "half squared error"),
+    _regression_spec("absolute_error", "mean = L1"),
+    _regression_spec("huber_loss", "delta=1", delta=1.0),
+    _regression_spec("smooth_l1_loss", "beta=1", beta=1.0),
+    _regression_spec("log_cosh", ""),
     Spec(
         "gaussian_nll_loss",
         "diabetes",
@@ -540,36 +488,24 @@ SPECS: tuple[Spec, ...] = (
         params=_lm_params,
         lm={"tied": True},
     ),
-    Spec(
-        "vocab_parallel_softmax_cross_entropy",
-        "python_text",
-        "vocab sharded over 'data'",
-        _vocab_parallel(fused=False),
-        params=_lm_params,
-        lm={"tied": False, "pad_vocab_to": 8},
-    ),
-    Spec(
-        "vocab_parallel_fused_linear_softmax_cross_entropy",
-        "python_text",
-        "vocab sharded over 'data'",
-        _vocab_parallel(fused=True),
-        params=_lm_params,
-        lm={"tied": False, "pad_vocab_to": 8},
-    ),
+    _vocab_parallel_spec("vocab_parallel_softmax_cross_entropy", fused=False),
+    _vocab_parallel_spec("vocab_parallel_fused_linear_softmax_cross_entropy", fused=True),
 )
 
+# Runs keyed by the registry name of the loss they train with (tests/test_registry.py
+# checks that every key is a registry row and every row has a run).
 SPECS_BY_NAME: dict[str, Spec] = {s.name: s for s in SPECS}
 
 
 def public_losses() -> list[str]:
-    """Every public loss function the installed ``jaxloss`` exports."""
-    names = getattr(jaxloss, "__all__", None) or [n for n in dir(jaxloss) if not n.startswith("_")]
-    return sorted(
-        n
-        for n in names
-        if inspect.isfunction(getattr(jaxloss, n, None))
-        and getattr(jaxloss, n).__module__.startswith("jaxloss.")
-    )
+    """Every public loss, from the loss registry (``jaxloss._registry``)."""
+    return sorted(row.name for row in REGISTRY)
+
+
+def missing_specs() -> list[str]:
+    """Registry rows that no demo run uses (``python -m jaxloss.demo`` warns about each)."""
+    covered = {n for s in SPECS for n in s.losses}
+    return [row.name for row in REGISTRY if row.name not in covered]
 
 
 def available_specs() -> list[Spec]:
