@@ -51,10 +51,11 @@ def as_float_array(x: ArrayLike, name: str) -> Array:
 
 def as_numeric_array(x: ArrayLike, name: str) -> Array:
     """Converts ``x`` to a JAX array and checks that it is float, integer or bool."""
-    try:
-        arr = jnp.asarray(x)
-    except TypeError:
-        raise TypeError(f"{name} must be a numeric array; got {type(x).__name__}.") from None
+    if not hasattr(x, "dtype"):  # lists, scalars: look before JAX converts (strings)
+        kind = np.asarray(x).dtype.kind
+        if kind not in "fiub":
+            raise TypeError(f"{name} must be numeric (float, int or bool); got {x!r}.")
+    arr = jnp.asarray(x)
     ok = (jnp.floating, jnp.integer, jnp.bool_)
     if not any(jnp.issubdtype(arr.dtype, kind) for kind in ok):
         raise TypeError(f"{name} must be numeric (float, int or bool); got dtype {arr.dtype}.")

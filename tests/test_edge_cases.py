@@ -1,0 +1,241 @@
+"""Edge cases found by an outside property sweep: each row gives the true value.
+
+Every expected value comes from a float64 formula written out here (numpy), or
+from the same loss on an equivalent input (integer-label CE is exact where the
+focal loss is compared with it). Each case runs eagerly and under ``jit``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxloss
+
+INF = np.inf
+f32 = lambda a: jnp.asarray(a, jnp.float32)
+
+
+def _both(fn, *args):
+    """``fn(*args)`` eagerly and under ``jit``: both results, as numpy."""
+    return np.asarray(fn(*args)), np.asarray(jax.jit(fn)(*args))
+
+
+def _lse(a):
+    m = np.max(a, axis=-1, keepdims=True)
+    return (m + np.log(np.sum(np.exp(a - m), axis=-1, keepdims=True)))[..., 0]
+
+
+def test_r1_softmax_focal_row_without_classes_does_not_count():
+    x = f32([[-INF, -INF, -INF], [0.0, 1.0, 2.0]])
+    y = jnp.array([0, 2])
+    fn = lambda x: jaxloss.softmax_focal_loss(x, y, reduction="mean")
+    # focal loss of the second row alone (gamma = 2): -(1 - p)^2 log p
+    p = np.exp(2.0 - _lse(np.array([0.0, 1.0, 2.0])))
+    want = -((1.0 - p) ** 2) * np.log(p)
+    for got in _both(fn, x):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    for grad in _both(jax.grad(fn), x):
+        assert np.all(grad[0] == 0.0) and np.isfinite(grad).all()
+
+
+def test_r2_probability_ce_row_without_classes_does_not_count():
+    x = f32([[-INF, -INF], [0.0, 0.0]])
+    t = f32([[0.0, 0.0], [1.0, 0.0]])
+    for kw in ({}, {"where": jnp.array([[True, True], [True, True]])}):
+        fn = lambda x, kw=kw: jaxloss.softmax_cross_entropy(x, t, reduction="mean", **kw)
+        for got in _both(fn, x):
+            np.testing.assert_allclose(got, np.log(2.0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("log_target", [False, True])
+def test_r3_kl_target_gradient_is_zero_on_masked_classes(log_target):
+    lp = f32([0.0, -INF])
+    t = np.array([0.5, 0.5])
+    where = jnp.array([True, False])
+    targets = f32(np.log(t) if log_target else t)
+    fn = lambda t_: jaxloss.kl_divergence(lp, t_, where=where, log_target=log_target).sum()
+    # d/dt [t (log t - lp)] = log t + 1 - lp; with log targets times e^lt
+    d0 = np.log(0.5) + 1.0 - 0.0
+    want = [d0 * (0.5 if log_target else 1.0), 0.0]
+    for grad in _both(jax.grad(fn), targets):
+        np.testing.assert_allclose(grad, want, rtol=1e-6)
+
+
+def test_r4_kl_log_target_underflow_gives_inf():
+    fn = lambda lp, t: jaxloss.kl_divergence(lp, t, log_target=True)
+    # e^-200 (-200 - (-inf)) = +inf in exact arithmetic
+    for got in _both(fn, f32([0.0, -INF]), f32([0.0, -200.0])):
+        assert got == INF
+
+
+def test_r5_sigmoid_focal_zero_alpha_t_at_infinite_logits():
+    fn = lambda x: jaxloss.sigmoid_focal_loss(x, f32([0.0, 1.0]), alpha=1.0)
+    # alpha_t = alpha y + (1 - alpha)(1 - y): 0 for y = 0; y = 1 at x = -inf is inf
+    for got in _both(fn, f32([INF, -INF])):
+        np.testing.assert_array_equal(got, [0.0, INF])
+
+
+def test_r6_bce_zero_weight_times_huge_loss_is_zero():
+    def fn(x):
+        return jaxloss.sigmoid_binary_cross_entropy(
+            x, f32([1.0, 1.0]), pos_weight=2.0, weight=f32([0.0, 1.0]), reduction="sum"
+        )
+
+    want = 2.0 * np.log1p(np.exp(-0.5))  # pos_weight * softplus(-x) at x = 0.5
+    for got in _both(fn, f32([-3e38, 0.5])):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("fused", ["fused", "vocab_parallel_fused"])
+def test_r7_fused_with_minus_inf_bias(fused):
+    h = f32([[1.0, 0.0], [0.0, 1.0]])
+    w = f32([[1.0, 2.0, 3.0], [0.5, -1.0, 2.0]])
+    b = f32([0.0, 0.0, -INF])
+    y = jnp.array([0, 1])
+
+    def fn(h, w, b, y):
+        if fused == "fused":
+            return jaxloss.fused_linear_softmax_cross_entropy(
+                h, w, y, bias=b, label_smoothing=0.1, reduction="none"
+            )
+        from jax.sharding import PartitionSpec as P
+
+        mesh = jax.make_mesh((1,), ("v",), axis_types=(jax.sharding.AxisType.Auto,))
+        return jax.shard_map(
+            lambda h, w, b, y: jaxloss.vocab_parallel_fused_linear_softmax_cross_entropy(
+                h, w, y, axis_name="v", bias_shard=b, label_smoothing=0.1, reduction="none"
+            ),
+            mesh=mesh,
+            in_specs=(P(), P(None, "v"), P("v"), P()),
+            out_specs=P(),
+        )(h, w, b, y)
+
+    # CE with smoothing over the K = 2 classes whose logit is finite (float64)
+    s = np.asarray(h, np.float64) @ np.asarray(w, np.float64)
+    s = s[:, :2]
+    lse = _lse(s)
+    want = 0.9 * (lse - s[[0, 1], [0, 1]]) + 0.1 * np.mean(lse[:, None] - s, axis=-1)
+    for got in _both(fn, h, w, b, y):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    # a row whose only class has bias -inf: 0, not NaN
+    one = fn(f32([[1.0, 1.0]]), f32([[1.0], [1.0]]), f32([-INF]), jnp.array([0]))
+    np.testing.assert_array_equal(np.asarray(one), [0.0])
+
+
+def test_r8_poisson_zero_log_zero():
+    fn = lambda x: jaxloss.poisson_nll_loss(x, f32([0.0]), log_input=False, eps=0.0).sum()
+    # x - t log(x + eps) with 0 log 0 = 0: value 0, d/dx = 1
+    for got in _both(fn, f32([0.0])):
+        assert got == 0.0
+    for grad in _both(jax.grad(fn), f32([0.0])):
+        np.testing.assert_array_equal(grad, [1.0])
+
+
+def test_r9_gaussian_nll_large_error_and_variance():
+    # inputs traced (not closed over) so that XLA does not fold (x - t)^2 to inf
+    fn = lambda x, v: jaxloss.gaussian_nll_loss(x, f32([0.0]), v).sum()
+    x, v = f32([1e20]), 1e30
+    want = 0.5 * (np.log(v) + 1e40 / v)  # 0.5 (log var + (x - t)^2 / var)
+    dwant = 0.5 * (1.0 / v - 1e40 / v**2)
+    for got in _both(fn, x, f32([v])):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    for grad in _both(jax.grad(fn, argnums=1), x, f32([v])):
+        np.testing.assert_allclose(grad, [dwant], rtol=1e-5)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e6, 1e7, 1e8])
+def test_r14_softmax_focal_of_equal_logits_is_exact(scale):
+    x = jnp.full((1, 3), scale, jnp.float32)
+    y = jnp.array([0])
+    fn = lambda x: jaxloss.softmax_focal_loss(x, y).sum()
+    p = 1.0 / 3.0  # equal logits: p_y = 1/3 at any scale
+    want = -((1.0 - p) ** 2) * np.log(p)
+    for got in _both(fn, x):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    for grad in _both(jax.grad(fn), x):
+        np.testing.assert_allclose(grad.sum(), 0.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("vp", [False, True])
+def test_r15_fused_with_huge_equal_logits(vp):
+    h, w, y = f32([[1e7]]), jnp.ones((1, 4), jnp.float32), jnp.array([0])
+    fn = lambda h: jaxloss.fused_linear_softmax_cross_entropy(h, w, y, reduction="none")
+    if vp:
+        from jax.sharding import PartitionSpec as P
+
+        mesh = jax.make_mesh((1,), ("v",), axis_types=(jax.sharding.AxisType.Auto,))
+        fn = jax.shard_map(
+            lambda h: jaxloss.vocab_parallel_fused_linear_softmax_cross_entropy(
+                h, w, y, axis_name="v", reduction="none"
+            ),
+            mesh=mesh,
+            in_specs=P(),
+            out_specs=P(),
+        )
+    # four equal logits: lse - s_y = log 4, and the gradient is 0
+    for got in _both(fn, h):
+        np.testing.assert_allclose(got, [np.log(4.0)], rtol=1e-6)
+    for grad in _both(jax.grad(lambda h: fn(h).sum()), h):
+        np.testing.assert_allclose(grad, [[0.0]], atol=1e-6)
+
+
+def test_log_cosh_slope_below_the_loss_underflow():
+    e = f32([1e-20, -1e-25])
+    for grad in _both(jax.grad(lambda e: jaxloss.log_cosh(e).sum()), e):
+        np.testing.assert_allclose(grad, np.tanh(np.asarray(e, np.float64)), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: jaxloss.softmax_cross_entropy(f32(np.zeros((2, 0))), f32(np.zeros((2, 0)))),
+         "logits has no classes"),
+        (lambda: jaxloss.softmax_cross_entropy_with_integer_labels(
+            f32(np.zeros((2, 0))), jnp.zeros((2,), jnp.int32)), "logits has no classes"),
+        (lambda: jaxloss.fused_linear_softmax_cross_entropy(
+            f32(np.zeros((2, 3))), f32(np.zeros((3, 0))), jnp.zeros((2,), jnp.int32)),
+         "kernel has no classes"),
+        (lambda: jaxloss.nll_loss(f32(1.0), jnp.int32(0)), "log_probs must have at least"),
+        (lambda: jaxloss.gaussian_nll_loss(f32([0.0]), f32([0.0]), None), "var must be"),
+        (lambda: jaxloss.gaussian_nll_loss(f32([0.0]), f32([0.0]), f32([np.nan])), "var has NaN"),
+        (lambda: jaxloss.gaussian_nll_loss(f32([0.0]), f32([0.0]), f32([0.0]), eps=0.0),
+         "eps=0"),
+        (lambda: jaxloss.sigmoid_focal_loss(f32([0.0]), f32([0.0]), alpha=np.nan), "alpha"),
+        (lambda: jaxloss.softmax_focal_loss(f32([[0.0, 1.0]]), jnp.array([0]),
+                                            alpha=f32([np.nan, 1.0])), "alpha"),
+        (lambda: jaxloss.binary_cross_entropy(f32([np.nan]), f32([0.0])), "probs must lie"),
+    ],
+)  # fmt: skip
+def test_clear_errors(call, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        call()
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        jaxloss.sigmoid_binary_cross_entropy,
+        jaxloss.binary_cross_entropy,
+        jaxloss.sigmoid_focal_loss,
+        jaxloss.hinge_loss,
+        jaxloss.squared_hinge_loss,
+    ],
+)
+def test_string_labels_are_named(fn):
+    with pytest.raises(TypeError, match="labels"):
+        fn(f32([0.5, 0.5]), ["a", "b"])
+
+
+def test_every_row_ignored_gives_zero_mean_and_zero_gradient():
+    x = f32([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
+    y = jnp.array([-1, -1])
+    fn = lambda x: jaxloss.softmax_cross_entropy_with_integer_labels(
+        x, y, ignore_index=-1, reduction="mean"
+    )
+    for got in _both(fn, x):
+        assert got == 0.0
+    for grad in _both(jax.grad(fn), x):
+        assert np.all(grad == 0.0)
