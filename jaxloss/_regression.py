@@ -38,7 +38,9 @@ def _prepare_raw(predictions, targets, name="predictions", required=False):
         if required:
             raise TypeError("targets is required for this loss; got None.")
         return x, None
-    t = cm.broadcast_to_shape(cm.as_float_array(targets, "targets"), x.shape, "targets", name)
+    # unbroadcast: widened before it is broadcast, so that the gradient of a
+    # broadcast (e.g. scalar) bf16 target is summed in float32
+    t = cm.check_broadcastable(cm.as_float_array(targets, "targets"), x.shape, "targets", name)
     return x, t
 
 
@@ -46,23 +48,29 @@ def _prepare(predictions, targets, name="predictions", required=False):
     """As ``_prepare_raw``, cast to the compute dtype (float32 for bf16/f16)."""
     x, t = _prepare_raw(predictions, targets, name, required)
     dtype = cm.compute_dtype(x) if t is None else cm.compute_dtype(x, t)
-    return x.astype(dtype), (None if t is None else t.astype(dtype))
+    return x.astype(dtype), (None if t is None else _widened(t, x.shape, dtype))
+
+
+def _widened(t, shape, dtype):
+    return jnp.broadcast_to(t.astype(dtype), shape)
 
 
 def _error(x, t):
     # inputs are widened here, inside the rules, so the residuals are the caller's buffers
     dtype = cm.compute_dtype(x) if t is None else cm.compute_dtype(x, t)
     x = x.astype(dtype)
-    return x if t is None else x - t.astype(dtype)
+    return x if t is None else x - _widened(t, x.shape, dtype)
 
 
 def _linear(coef, dx, dt):
     # coef * (dx - dt); None is a zero tangent, the callers skip the all-zero case
+    if dt is not None:
+        dt = _widened(dt, coef.shape, coef.dtype)
     if dt is None:
         return coef * dx.astype(coef.dtype)
     if dx is None:
-        return -(coef * dt.astype(coef.dtype))
-    return coef * (dx.astype(coef.dtype) - dt.astype(coef.dtype))
+        return -(coef * dt)
+    return coef * (dx.astype(coef.dtype) - dt)
 
 
 # d|e|/de = sign(e): 0 at e = 0 as in PyTorch (jnp.abs gives 1 there)

@@ -239,3 +239,20 @@ def test_every_row_ignored_gives_zero_mean_and_zero_gradient():
         assert got == 0.0
     for grad in _both(jax.grad(fn), x):
         assert np.all(grad == 0.0)
+
+
+@pytest.mark.parametrize("name", ["squared_error", "huber_loss", "log_cosh"])
+def test_bf16_broadcast_target_gradient_is_summed_in_float32(name):
+    fn = getattr(jaxloss, name)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=1000), jnp.bfloat16)
+    t = jnp.bfloat16(0.3)
+    got = jax.grad(lambda t: fn(x, t).sum())(t)
+    # float64 gradient of the same bf16 inputs, rounded once to bf16
+    x64, t64 = np.asarray(x, np.float64), float(t)
+    ref = {
+        "squared_error": lambda: np.sum(-2.0 * (x64 - t64)),
+        "huber_loss": lambda: np.sum(-np.clip(x64 - t64, -1.0, 1.0)),
+        "log_cosh": lambda: np.sum(-np.tanh(x64 - t64)),
+    }[name]()
+    assert got.dtype == jnp.bfloat16
+    assert float(got) == float(jnp.bfloat16(ref)), (float(got), ref)
