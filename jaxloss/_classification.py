@@ -135,9 +135,9 @@ _ce_prob = cm.linear_rule(
 def softmax_cross_entropy_with_integer_labels(
     logits: ArrayLike,
     labels: ArrayLike,
-    *,
-    axis: int = -1,
+    axis: int | tuple[int, ...] | None = -1,
     where: ArrayLike | None = None,
+    *,
     weight: ArrayLike | None = None,
     ignore_index: int | None = None,
     label_smoothing: float = 0.0,
@@ -196,7 +196,7 @@ def softmax_cross_entropy_with_integer_labels(
       ``torch.nn.functional.cross_entropy``;
       ``optax.softmax_cross_entropy_with_integer_labels``.
     """
-    x, mask = cm.prepare_logits(logits, axis, where)
+    x, mask, _ = cm.prepare_logits(logits, axis, where)
     y = cm.prepare_int_labels(labels, x, axis, jnp.shape(logits))
     red = cm.Reduction.of(reduction)
     o = cm.ce_options(ignore_index, label_smoothing, z_loss, logit_softcap)
@@ -210,9 +210,9 @@ def softmax_cross_entropy_with_integer_labels(
 def softmax_cross_entropy(
     logits: ArrayLike,
     labels: ArrayLike,
-    *,
-    axis: int = -1,
+    axis: int | tuple[int, ...] | None = -1,
     where: ArrayLike | None = None,
+    *,
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     reduction: str = "none",
@@ -255,16 +255,17 @@ def softmax_cross_entropy(
       ``optax.softmax_cross_entropy``; ``torch.nn.functional.cross_entropy``
       with probability targets.
     """
-    x, mask = cm.prepare_logits(logits, axis, where)
+    x, mask, axes = cm.prepare_logits(logits, axis, where)
     t = cm.as_float_array(labels, "labels")
-    ax = cm.normalize_axis(axis, t.ndim) if t.ndim == x.ndim else None
-    if ax is None or t.shape != jnp.shape(logits):
+    try:
+        t = jnp.broadcast_to(t, jnp.shape(logits))
+    except ValueError:
         raise ValueError(
-            "labels must be class probabilities with the shape of logits; got "
+            "labels must be class probabilities broadcastable to the shape of logits; got "
             f"labels.shape={t.shape}, logits.shape={jnp.shape(logits)}. "
             "For class indices use softmax_cross_entropy_with_integer_labels."
-        )
-    t = jnp.moveaxis(t, ax, -1)
+        ) from None
+    t = cm.classes_last(t, axes)
     red = cm.Reduction.of(reduction)
     o = cm.ce_options(None, label_smoothing, z_loss, None)
     # The labels keep their dtype: the rule widens them with the logits, so a
@@ -310,7 +311,7 @@ def nll_loss(
     References:
       ``torch.nn.functional.nll_loss``.
     """
-    lp, _ = cm.prepare_logits(log_probs, axis, None, "log_probs")
+    lp, _, _ = cm.prepare_logits(log_probs, axis, None, "log_probs")
     y = cm.prepare_int_labels(labels, lp, axis, jnp.shape(log_probs))
     red = cm.Reduction.of(reduction)
     ignore_index = cm.static_int(ignore_index, "ignore_index")

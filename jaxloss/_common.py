@@ -144,15 +144,18 @@ def check_same_shape(a: Array, b: Array, name_a: str, name_b: str) -> None:
         )
 
 
+def _broadcasts(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
+    try:
+        return np.broadcast_shapes(shape, target) == tuple(target)
+    except ValueError:
+        return False
+
+
 def check_broadcastable(x: ArrayLike, shape: tuple[int, ...], name: str, target: str) -> Array:
     """Checks that ``x`` broadcasts to ``shape`` and returns it unbroadcast, so a rule
     can broadcast it internally instead of keeping a full-size copy as a residual."""
     arr = jnp.asarray(x)
-    try:
-        ok = np.broadcast_shapes(arr.shape, shape) == tuple(shape)
-    except ValueError:
-        ok = False
-    if not ok:
+    if not _broadcasts(arr.shape, shape):
         raise ValueError(
             f"{name} with shape {arr.shape} does not broadcast to the shape of {target}, "
             f"{tuple(shape)}."
@@ -177,21 +180,52 @@ def as_mask(
     return broadcast_to_shape(arr, shape, "where", target)
 
 
-def prepare_logits(
-    logits: ArrayLike, axis: int, where: ArrayLike | None, name: str = "logits"
-) -> tuple[Array, Array | None]:
-    """Float logits and optional class mask, with the class axis moved last."""
-    x = as_float_array(logits, name)
-    ax = normalize_axis(axis, x.ndim, array=name)
-    if x.shape[ax] == 0:
+def class_axes(axis: Any, ndim: int, array: str = "logits") -> tuple[int, ...]:
+    """optax's ``axis``: an int, a tuple of ints (several class dimensions, read
+    as one flattened class axis) or ``None`` (every axis)."""
+    if ndim == 0:
         raise ValueError(
-            f"{name} has no classes: axis {axis} of {name}.shape={x.shape} has size 0."
+            f"{array} must have at least one dimension (the class axis); got a scalar."
         )
-    mask = as_mask(where, x.shape, name)
-    x = jnp.moveaxis(x, ax, -1)
-    if mask is not None:
-        mask = jnp.moveaxis(mask, ax, -1)
-    return x, mask
+    if axis is None:
+        return tuple(range(ndim))
+    if isinstance(axis, (tuple, list)):
+        axes = tuple(normalize_axis(a, ndim, array=array) for a in axis)
+        if not axes or len(set(axes)) != len(axes):
+            raise ValueError(f"axis must name distinct axes of {array}; got {axis!r}.")
+        return axes
+    return (normalize_axis(axis, ndim, array=array),)
+
+
+def classes_last(a: Array, axes: tuple[int, ...]) -> Array:
+    """``a`` with the class ``axes`` moved last (in order) and flattened into one."""
+    if axes == (a.ndim - 1,):
+        return a
+    batch = tuple(i for i in range(a.ndim) if i not in axes)
+    a = jnp.transpose(a, batch + axes)
+    return a.reshape((*a.shape[: len(batch)], -1))
+
+
+def prepare_logits(
+    logits: ArrayLike, axis: Any, where: ArrayLike | None, name: str = "logits"
+) -> tuple[Array, Array | None, tuple[int, ...]]:
+    """Float logits and optional class mask with the class axes moved last and
+    flattened, and those axes. A ``where`` shaped like the batch (the logits'
+    shape without the class axes) is a per-example mask, as in optax: a masked
+    example has no class left. Any other ``where`` must broadcast to the
+    logits (e.g. ``[C]``: a class mask shared by every example)."""
+    x = as_float_array(logits, name)
+    axes = class_axes(axis, x.ndim, name)
+    if any(x.shape[a] == 0 for a in axes):
+        raise ValueError(f"{name} has no classes: axis {axis} of {name}.shape={x.shape} is empty.")
+    mask = None
+    if where is not None:
+        w = jnp.asarray(where)
+        batch = tuple(n for i, n in enumerate(x.shape) if i not in axes)
+        if w.ndim == len(batch) and _broadcasts(w.shape, batch):
+            w = jnp.expand_dims(w, axes)  # per example (optax's rule, which wins a tie)
+        mask = classes_last(as_mask(w, x.shape, name), axes)
+    return classes_last(x, axes), mask, axes
 
 
 def prepare_int_labels(

@@ -86,9 +86,9 @@ _kl = cm.linear_rule(_kl_forward, {0: _kl_tangent_lp, 1: _kl_tangent_t}, static_
 def kl_divergence(
     log_predictions: ArrayLike,
     targets: ArrayLike,
-    *,
-    axis: int = -1,
+    axis: int | tuple[int, ...] | None = -1,
     where: ArrayLike | None = None,
+    *,
     log_target: bool = False,
     reduction: str = "none",
 ) -> Array:
@@ -142,11 +142,8 @@ def kl_divergence(
     red = cm.Reduction.of(reduction, batchmean=True)
     if not isinstance(log_target, bool):
         raise TypeError(f"log_target must be a bool; got {log_target!r}.")
-    ax = cm.normalize_axis(axis, lp.ndim)
-    mask = cm.as_mask(where, lp.shape, "log_predictions")
-    lp, t = jnp.moveaxis(lp, ax, -1), jnp.moveaxis(t, ax, -1)
-    if mask is not None:
-        mask = jnp.moveaxis(mask, ax, -1)
+    lp, mask, axes = cm.prepare_logits(lp, axis, where, "log_predictions")
+    t = cm.classes_last(t, axes)
     loss = _kl(lp, t, mask, log_target)
     # with ``where``, a row counts in the mean when some class is allowed
     share = None if mask is None else jnp.any(mask, axis=-1).astype(loss.dtype)

@@ -387,7 +387,7 @@ def softmax_focal_loss(
       Lin et al., *Focal Loss for Dense Object Detection*, 2017 (the
       multi-class form); ``torch.nn.functional.cross_entropy`` at ``gamma=0``.
     """
-    x, _ = cm.prepare_logits(logits, axis, None)
+    x, _, _ = cm.prepare_logits(logits, axis, None)
     y = cm.prepare_int_labels(labels, x, axis, jnp.shape(logits))
     red = cm.Reduction.of(reduction)
     g = cm.static_float(gamma, "gamma", low=0.0)

@@ -852,7 +852,7 @@ def vocab_parallel_softmax_cross_entropy(
       ``torch.nn.functional.cross_entropy``.
     """
     _, shards = _bind_axis(axis_name, "vocab_parallel_softmax_cross_entropy")
-    x, mask = cm.prepare_logits(logits, axis, where)
+    x, mask, _ = cm.prepare_logits(logits, axis, where)
     y = cm.prepare_int_labels(labels, x, axis, jnp.shape(logits))
     red = cm.Reduction.of(reduction)
     o = cm.ce_options(ignore_index, label_smoothing, z_loss, logit_softcap)

@@ -278,17 +278,20 @@ def _ce_int_ref(
     logits ``cap * tanh(x / cap)``, plus the PaLM z-loss ``z * w_y * lse**2``."""
     cap = logit_softcap
     s = logits if cap is None else cap * jnp.tanh(logits / cap)
-    valid = jnp.ones(s.shape, bool) if where is None else jnp.broadcast_to(where, s.shape)
-    valid = valid & (s != -jnp.inf)
+    # where=None: every class counts (PyTorch); a mask also drops -inf logits
+    valid = None if where is None else jnp.broadcast_to(where, s.shape) & (s != -jnp.inf)
     lse = jax.nn.logsumexp(s, axis=-1, where=valid)
-    logp = jnp.where(valid, jax.nn.log_softmax(s, axis=-1, where=valid), 0.0)
+    logp = s - lse[..., None]
+    count = s.shape[-1]
+    if valid is not None:
+        logp = jnp.where(valid, logp, 0.0)
+        count = jnp.sum(valid, axis=-1).astype(s.dtype)
     w = jnp.ones(s.shape[-1:], s.dtype) if weight is None else jnp.asarray(weight, s.dtype)
     active = jnp.ones(labels.shape, bool) if ignore_index is None else labels != ignore_index
     ys = jnp.where(active, labels, 0)
     w_y = jnp.where(active, w[ys], 0.0)
     # torch: the smoothing term is sum_k w_k (-log p_k) / K, not scaled by w_y
-    wlogp = jnp.where(valid, jnp.broadcast_to(w, s.shape) * logp, 0.0)
-    smooth = -jnp.sum(wlogp, axis=-1) / jnp.sum(valid, axis=-1).astype(s.dtype)
+    smooth = -jnp.sum(_lead(w, s) * logp, axis=-1) / count
     eps = label_smoothing
     loss = (1 - eps) * w_y * -_pick(logp, ys) + eps * smooth + z_loss * w_y * lse**2
     return _reduce(jnp.where(active, loss, 0.0), reduction, jnp.sum(w_y))

@@ -21,14 +21,12 @@ from jaxloss import _common as cm
 
 CONTRACT = {
     "softmax_cross_entropy": (
-        ["logits", "labels"],
-        {"axis": -1, "where": None, "label_smoothing": 0.0, "z_loss": 0.0, "reduction": "none"},
+        ["logits", "labels", "axis", "where"],
+        {"label_smoothing": 0.0, "z_loss": 0.0, "reduction": "none"},
     ),
     "softmax_cross_entropy_with_integer_labels": (
-        ["logits", "labels"],
+        ["logits", "labels", "axis", "where"],
         {
-            "axis": -1,
-            "where": None,
             "weight": None,
             "ignore_index": None,
             "label_smoothing": 0.0,
@@ -56,6 +54,8 @@ def test_signature_matches_design(name):
     assert list(params) == positional + list(keywords)
     for p in positional:
         assert params[p].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+    # optax's positional axis=-1, where=None
+    assert [params[p].default for p in positional[2:]] == [-1, None][: len(positional) - 2]
     for k, default in keywords.items():
         assert params[k].kind is inspect.Parameter.KEYWORD_ONLY, k
         assert params[k].default == default, k

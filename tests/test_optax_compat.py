@@ -1,0 +1,93 @@
+"""optax's calling conventions, called side by side with optax 0.2.8.
+
+Positional ``axis``/``where``, tuple and ``None`` axes, per-example masks, and
+the padding pattern (labels of -1 on padded rows, masked after the loss).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxloss
+
+R = np.random.default_rng(7)
+X = jnp.asarray(R.normal(size=(5, 4)), jnp.float32)
+Y = jnp.asarray(R.integers(0, 4, size=5))
+T = jax.nn.softmax(jnp.asarray(R.normal(size=(5, 4)), jnp.float32))
+EXAMPLE_MASK = jnp.array([True, False, True, True, False])
+CLASS_MASK = jnp.asarray(R.uniform(size=(5, 4)) > 0.3).at[:, 0].set(True)
+
+
+def close(a, b):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-6, atol=2e-6)
+
+
+@pytest.mark.parametrize("where", [None, EXAMPLE_MASK, CLASS_MASK])
+def test_positional_axis_and_where(where):
+    y = jnp.where(CLASS_MASK[jnp.arange(5), Y], Y, 0)  # labels on allowed classes
+    close(
+        jaxloss.softmax_cross_entropy_with_integer_labels(X.T, y, 0, None if where is None
+                                                          else where.T if where.ndim == 2
+                                                          else where),
+        optax.softmax_cross_entropy_with_integer_labels(X.T, y, 0, None if where is None
+                                                        else where.T if where.ndim == 2
+                                                        else where),
+    )  # fmt: skip
+    close(
+        jaxloss.softmax_cross_entropy(X, T, -1, where),
+        optax.softmax_cross_entropy(X, T, -1, where),
+    )
+    if where is None or where.ndim == 2:  # optax's KL has no per-example mask
+        lp = jax.nn.log_softmax(X)
+        close(jaxloss.kl_divergence(lp, T, -1, where), optax.kl_divergence(lp, T, -1, where))
+
+
+def test_tuple_and_none_axes():
+    shape = (2, 3, 4, 5)
+    x = jnp.asarray(R.normal(size=shape), jnp.float32)
+    labels = jnp.asarray(R.integers(0, 12, size=(2, 5)))  # flat index into axes (1, 2)
+    close(
+        jaxloss.softmax_cross_entropy_with_integer_labels(x, labels, (1, 2)),
+        optax.softmax_cross_entropy_with_integer_labels(x, labels, (1, 2)),
+    )
+    t = jax.nn.softmax(jnp.asarray(R.normal(size=shape), jnp.float32), axis=(1, 2))
+    close(jaxloss.softmax_cross_entropy(x, t, (1, 2)), optax.softmax_cross_entropy(x, t, (1, 2)))
+    t_all = jax.nn.softmax(x, axis=None)
+    close(
+        jaxloss.softmax_cross_entropy(x, t_all, None), optax.softmax_cross_entropy(x, t_all, None)
+    )
+
+
+def test_per_example_where_gives_zero_and_does_not_count():
+    got = jaxloss.softmax_cross_entropy_with_integer_labels(X, Y, where=EXAMPLE_MASK)
+    assert np.all(np.asarray(got)[~np.asarray(EXAMPLE_MASK)] == 0.0)
+    mean = jaxloss.softmax_cross_entropy_with_integer_labels(
+        X, Y, where=EXAMPLE_MASK, reduction="mean"
+    )
+    full = optax.softmax_cross_entropy_with_integer_labels(X, Y)
+    close(mean, np.asarray(full)[np.asarray(EXAMPLE_MASK)].mean())
+
+
+def test_padding_pattern_gives_clean_gradients_under_jit():
+    pad = jnp.array([True, True, False, True, False])
+    labels = jnp.where(pad, Y, -1)
+
+    @jax.jit
+    def loss(x, labels):  # labels traced, as in a training step
+        per_row = jaxloss.softmax_cross_entropy_with_integer_labels(x, labels)
+        return jnp.where(pad, per_row, 0.0).sum()
+
+    def reference(x):
+        per_row = optax.softmax_cross_entropy_with_integer_labels(x, jnp.where(pad, Y, 0))
+        return jnp.where(pad, per_row, 0.0).sum()
+
+    value, grad = jax.value_and_grad(loss)(X, labels)
+    close(value, reference(X))
+    close(grad, jax.grad(reference)(X))
+    # the padded rows' own losses are NaN (out-of-range label), never a wrapped class
+    assert np.isnan(np.asarray(jax.jit(jaxloss.softmax_cross_entropy_with_integer_labels)(
+        X, labels))[~np.asarray(pad)]).all()  # fmt: skip
