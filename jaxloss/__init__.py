@@ -5,6 +5,9 @@ from importlib.metadata import PackageNotFoundError, version
 from jaxloss._binary import binary_cross_entropy as binary_cross_entropy
 from jaxloss._binary import sigmoid_binary_cross_entropy as sigmoid_binary_cross_entropy
 from jaxloss._classification import nll_loss as nll_loss
+from jaxloss._classification import poly_loss_cross_entropy as poly_loss_cross_entropy
+from jaxloss._classification import safe_softmax_cross_entropy as safe_softmax_cross_entropy
+from jaxloss._classification import smooth_labels as smooth_labels
 from jaxloss._classification import softmax_cross_entropy as softmax_cross_entropy
 from jaxloss._classification import (
     softmax_cross_entropy_with_integer_labels as softmax_cross_entropy_with_integer_labels,

@@ -9,6 +9,7 @@ recomputes ``softmax * A - q`` in one fused elementwise pass.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -327,3 +328,136 @@ def nll_loss(
     # Out of range under jit: NaN, whatever the weight of the clipped class.
     loss = jnp.where(info.bad, jnp.nan, loss)
     return red(loss, share)
+
+
+def safe_softmax_cross_entropy(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    reduction: str = "none",
+) -> Array:
+    r"""Softmax cross-entropy with :math:`0 \log 0 = 0` (optax's ``safe_`` variant).
+
+    .. math:: \ell_i = -\sum_c t_{i,c} \log \mathrm{softmax}(x_i)_c
+
+    jaxloss's :func:`softmax_cross_entropy` already treats a zero target on a
+    ``-inf`` logit as 0 (value and gradients), so the two agree everywhere;
+    this name exists for programs written against optax.
+
+    Args:
+      logits: unnormalized scores ``[..., C]``.
+      labels: class probabilities broadcastable to ``logits``.
+      reduction: ``"none"``, ``"sum"`` or ``"mean"`` (over rows with a class).
+
+    Returns:
+      Per-row loss ``logits.shape[:-1]`` or its reduction; float32 for bf16/f16.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> x = jnp.array([[0.0, -jnp.inf]], jnp.float32)
+      >>> jaxloss.safe_softmax_cross_entropy(x, jnp.array([[1.0, 0.0]], jnp.float32))
+      Array([0.], dtype=float32)
+
+    Note:
+      A positive target on a ``-inf`` logit gives ``inf`` (the true value).
+
+    References:
+      ``optax.safe_softmax_cross_entropy``.
+    """
+    return softmax_cross_entropy(logits, labels, reduction=reduction)
+
+
+def poly_loss_cross_entropy(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    epsilon: ArrayLike = 2.0,
+    axis: int | tuple[int, ...] | None = -1,
+    where: ArrayLike | None = None,
+    reduction: str = "none",
+) -> Array:
+    r"""PolyLoss: cross-entropy plus :math:`\epsilon` times the first polynomial term.
+
+    .. math:: \ell_i = \mathrm{CE}(x_i, t_i) + \epsilon \sum_c t_{i,c} (1 - p_{i,c})
+
+    with :math:`p = \mathrm{softmax}(x)` over the allowed classes.
+
+    Args:
+      logits: unnormalized scores; the class axis (or axes) is ``axis``.
+      labels: class probabilities broadcastable to ``logits``.
+      epsilon: the coefficient :math:`\epsilon` (optax's default 2.0); may be
+        traced (learned, scheduled, ``vmap``-ped).
+      axis, where: as in :func:`softmax_cross_entropy` (optax's semantics).
+      reduction: ``"none"``, ``"sum"`` or ``"mean"`` (over rows with a class).
+
+    Returns:
+      Per-row loss or its reduction; float32 for bf16/f16 inputs.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> x = jnp.array([[2.0, 0.0, -1.0]], jnp.float32)
+      >>> jaxloss.poly_loss_cross_entropy(x, jnp.array([[1.0, 0.0, 0.0]], jnp.float32))
+      Array([0.48225665], dtype=float32)
+
+    Note:
+      Masked classes and ``-inf`` logits have :math:`p = 0` and add nothing;
+      a row with no class gives 0.
+
+    References:
+      Leng et al., *PolyLoss: A Polynomial Expansion Perspective of
+      Classification Loss Functions*, ICLR 2022; ``optax.poly_loss_cross_entropy``.
+    """
+    red = cm.Reduction.of(reduction)
+    ce = softmax_cross_entropy(logits, labels, axis, where)
+    x, mask, axes = cm.prepare_logits(logits, axis, where)
+    t = cm.classes_last(
+        jnp.broadcast_to(cm.as_float_array(labels, "labels"), jnp.shape(logits)), axes
+    )
+    s = sm.upcast(x)
+    valid = sm.valid_classes(s, mask)
+    p = jax.nn.softmax(jnp.where(valid, s, -jnp.inf), axis=-1, where=valid)
+    one_minus = jnp.sum(jnp.where(valid, t.astype(s.dtype) * (1.0 - p), 0.0), axis=-1)
+    eps = cm.as_float_array(epsilon, "epsilon").astype(s.dtype)
+    nonempty = jnp.any(valid, axis=-1)
+    return red(ce + eps * one_minus, nonempty.astype(s.dtype))
+
+
+def smooth_labels(
+    labels: ArrayLike,
+    alpha: ArrayLike,
+    *,
+    axis: int | tuple[int, ...] | None = -1,
+    where: ArrayLike | None = None,
+) -> Array:
+    r"""Label smoothing: :math:`(1 - \alpha)\, t + \alpha / K` over the class axis.
+
+    Args:
+      labels: class probabilities (e.g. one-hot), float.
+      alpha: the smoothing :math:`\alpha`; may be traced.
+      axis: the class axis (or axes, or ``None`` for all).
+      where: classes that count; ``K`` is their number per row (optax).
+
+    Returns:
+      The smoothed labels, the shape of ``labels``.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> jaxloss.smooth_labels(jnp.array([[1.0, 0.0]], jnp.float32), 0.2)
+      Array([[0.90000004, 0.1       ]], dtype=float32)
+
+    Note:
+      Not a loss: it prepares targets for :func:`softmax_cross_entropy` (whose
+      ``label_smoothing`` does the same inside the loss).
+
+    References:
+      ``optax.smooth_labels``; Szegedy et al., *Rethinking the Inception
+      Architecture for Computer Vision*, 2016.
+    """
+    t = cm.as_float_array(labels, "labels")
+    a = cm.as_float_array(alpha, "alpha").astype(t.dtype)
+    axes = cm.class_axes(axis, t.ndim, "labels")
+    if where is None:
+        k = math.prod(t.shape[i] for i in axes)
+    else:
+        k = jnp.sum(jnp.asarray(where), axis=axes, keepdims=True).astype(t.dtype)
+    return (1.0 - a) * t + a / k

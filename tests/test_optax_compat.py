@@ -91,3 +91,36 @@ def test_padding_pattern_gives_clean_gradients_under_jit():
     # the padded rows' own losses are NaN (out-of-range label), never a wrapped class
     assert np.isnan(np.asarray(jax.jit(jaxloss.softmax_cross_entropy_with_integer_labels)(
         X, labels))[~np.asarray(pad)]).all()  # fmt: skip
+
+
+@pytest.mark.parametrize("where", [None, CLASS_MASK])
+def test_poly_loss_and_smooth_labels_match_optax(where):
+    from optax import losses as ol
+
+    close(
+        jaxloss.poly_loss_cross_entropy(X, T, epsilon=0.5, where=where),
+        ol.poly_loss_cross_entropy(X, T, epsilon=0.5, where=where),
+    )
+    grads = [
+        jax.grad(lambda x, f=f: f(x, T, where=where).sum())(X)
+        for f in (jaxloss.poly_loss_cross_entropy, ol.poly_loss_cross_entropy)
+    ]
+    close(*grads)
+    # epsilon traced (scheduled or learned)
+    traced = jax.jit(lambda e: jaxloss.poly_loss_cross_entropy(X, T, epsilon=e, where=where))
+    close(traced(1.5), ol.poly_loss_cross_entropy(X, T, epsilon=1.5, where=where))
+    # optax's own smooth_labels(where=) fails under strict promotion: its formula
+    k = 4.0 if where is None else np.asarray(where).sum(-1, keepdims=True)
+    close(jaxloss.smooth_labels(T, 0.1, where=where), 0.9 * np.asarray(T) + 0.1 / k)
+    close(jax.jit(jaxloss.smooth_labels)(T, 0.3), ol.smooth_labels(T, 0.3))
+
+
+def test_safe_softmax_cross_entropy_matches_optax_and_is_finite_at_minus_inf():
+    from optax import losses as ol
+
+    close(jaxloss.safe_softmax_cross_entropy(X, T), ol.safe_softmax_cross_entropy(X, T))
+    x = X.at[:, 1].set(-jnp.inf)
+    t = T.at[:, 1].set(0.0)
+    close(jaxloss.safe_softmax_cross_entropy(x, t), ol.safe_softmax_cross_entropy(x, t))
+    grad = jax.grad(lambda x: jaxloss.safe_softmax_cross_entropy(x, t).sum())(x)
+    assert np.isfinite(np.asarray(grad)).all()
