@@ -12,7 +12,19 @@ from jaxloss._classification import softmax_cross_entropy as softmax_cross_entro
 from jaxloss._classification import (
     softmax_cross_entropy_with_integer_labels as softmax_cross_entropy_with_integer_labels,
 )
+from jaxloss._ctc import ctc_loss as ctc_loss
+from jaxloss._ctc import ctc_loss_with_forward_probs as ctc_loss_with_forward_probs
+from jaxloss._dice import binary_dice_loss as binary_dice_loss
+from jaxloss._dice import dice_loss as dice_loss
+from jaxloss._dice import (
+    multiclass_generalized_dice_loss as multiclass_generalized_dice_loss,
+)
+from jaxloss._divergence import convex_kl_divergence as convex_kl_divergence
+from jaxloss._divergence import generalized_kl_divergence as generalized_kl_divergence
 from jaxloss._divergence import kl_divergence as kl_divergence
+from jaxloss._divergence import (
+    kl_divergence_with_log_targets as kl_divergence_with_log_targets,
+)
 from jaxloss._focal import sigmoid_focal_loss as sigmoid_focal_loss
 from jaxloss._focal import softmax_focal_loss as softmax_focal_loss
 from jaxloss._hinge import hinge_loss as hinge_loss
@@ -27,6 +39,7 @@ from jaxloss._large_vocab import (
 from jaxloss._large_vocab import (
     vocab_parallel_softmax_cross_entropy as vocab_parallel_softmax_cross_entropy,
 )
+from jaxloss._ranking import ranking_softmax_loss as ranking_softmax_loss
 from jaxloss._regression import absolute_error as absolute_error
 from jaxloss._regression import gaussian_nll_loss as gaussian_nll_loss
 from jaxloss._regression import huber_loss as huber_loss
@@ -35,6 +48,13 @@ from jaxloss._regression import log_cosh as log_cosh
 from jaxloss._regression import poisson_nll_loss as poisson_nll_loss
 from jaxloss._regression import smooth_l1_loss as smooth_l1_loss
 from jaxloss._regression import squared_error as squared_error
+from jaxloss._similarity import cosine_distance as cosine_distance
+from jaxloss._similarity import cosine_similarity as cosine_similarity
+from jaxloss._similarity import ntxent as ntxent
+from jaxloss._similarity import triplet_margin_loss as triplet_margin_loss
+from jaxloss._sparsemax import make_fenchel_young_loss as make_fenchel_young_loss
+from jaxloss._sparsemax import multiclass_sparsemax_loss as multiclass_sparsemax_loss
+from jaxloss._sparsemax import sparsemax_loss as sparsemax_loss
 
 try:
     __version__ = version("jaxloss")

@@ -115,6 +115,21 @@ def static_float(
     return v
 
 
+def hyperparameter(
+    value: Any, name: str, *, low: float | None = None, low_open: bool = False, dtype: Any = None
+) -> float | Array:
+    """A hyperparameter optax takes as an array (``gamma``, ``delta``, ``margin``,
+    ...): a concrete value is validated and returned as a Python float (which may
+    select a specialised path); a traced one is returned as a float array for
+    the general path (in ``dtype`` when given)."""
+    if is_concrete(value):
+        return static_float(value, name, low=low, low_open=low_open)
+    arr = as_float_array(value, name)
+    if arr.ndim:
+        raise ValueError(f"{name} must be a scalar; got shape {arr.shape}.")
+    return arr if dtype is None else arr.astype(dtype)
+
+
 def static_int(value: Any, name: str, *, allow_none: bool = True) -> int | None:
     if value is None and allow_none:
         return None
@@ -326,9 +341,10 @@ def _add_tangents(total: Any, term: Any) -> Any:
 
 def linear_rule(
     forward: Callable[..., tuple[Any, Any]],
-    tangents: dict[int, Callable[..., Any]],
+    tangents: dict[int, Any],
     *,
     static_argnums: Sequence[int] = (),
+    traceable_argnums: Sequence[int] = (),
     pass_want: bool = False,
 ) -> Callable[..., Any]:
     """A ``jax.custom_jvp`` whose tangent is linear in the input tangents.
@@ -346,10 +362,30 @@ def linear_rule(
     ``after(args, t)`` then runs on the checkpointed tangent outside the
     checkpoint (a collective that must transpose as itself, not be
     rematerialised). ``static_argnums`` are hashable non-array
-    options. With ``pass_want`` the forward is called as
-    ``forward(want, *args)``, ``want`` the frozenset of argnums with a nonzero
-    tangent (empty in the primal call), so it can form what those need.
+    options; ``traceable_argnums`` are hyperparameters that are static when
+    given as Python numbers (a specialised path) and operands otherwise (traced
+    values: the general path, differentiable by autodiff of the forward). With
+    ``pass_want`` the forward is called as ``forward(want, *args)``, ``want``
+    the frozenset of argnums with a nonzero tangent (empty in the primal
+    call), so it can form what those need.
     """
+    cache: dict[tuple[int, ...], Callable[..., Any]] = {}
+
+    def dispatch(*args):
+        fixed = tuple(i for i in traceable_argnums if isinstance(args[i], (int, float)))
+        if fixed not in cache:
+            cache[fixed] = _custom_jvp(forward, tangents, (*static_argnums, *fixed), pass_want)
+        return cache[fixed](*args)
+
+    return (
+        dispatch
+        if traceable_argnums
+        else _custom_jvp(forward, tangents, tuple(static_argnums), pass_want)
+    )
+
+
+def _custom_jvp(forward, tangents, static_argnums, pass_want):
+    """The ``jax.custom_jvp`` of :func:`linear_rule` for one set of static arguments."""
     static = tuple(sorted(static_argnums))
 
     def call(want, args):

@@ -17,6 +17,8 @@ inputs, and a zero target never meets ``log 0`` or ``0 * inf``.
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 
@@ -148,3 +150,178 @@ def kl_divergence(
     # with ``where``, a row counts in the mean when some class is allowed
     share = None if mask is None else jnp.any(mask, axis=-1).astype(loss.dtype)
     return red(loss, share, batch_size=jnp.shape(log_predictions)[0])
+
+
+def _kl_prelude(log_predictions, targets, axis, where, targets_name, reduction, batchmean):
+    """Validated ``(lp, t, mask, red)`` with the class axes moved last and flattened."""
+    lp = cm.as_float_array(log_predictions, "log_predictions")
+    t = cm.as_float_array(targets, targets_name)
+    cm.check_same_shape(lp, t, "log_predictions", targets_name)
+    red = cm.Reduction.of(reduction, batchmean=batchmean)
+    lp, mask, axes = cm.prepare_logits(lp, axis, where, "log_predictions")
+    return lp, cm.classes_last(t, axes), mask, red
+
+
+def _row_share(mask, loss):
+    return None if mask is None else jnp.any(mask, axis=-1).astype(loss.dtype)
+
+
+def kl_divergence_with_log_targets(
+    log_predictions: ArrayLike,
+    log_targets: ArrayLike,
+    axis: int | tuple[int, ...] | None = -1,
+    where: ArrayLike | None = None,
+    *,
+    reduction: str = "none",
+) -> Array:
+    r"""Kullback-Leibler divergence :math:`\mathrm{KL}(t \,\|\, p)` with targets in log space.
+
+    .. math::
+        \ell_i = \sum_c e^{\log t_{i,c}} \left(\log t_{i,c} - \log p_{i,c}\right)
+
+    The same divergence as :func:`kl_divergence` with ``log_target=True``.
+
+    Args:
+      log_predictions: :math:`\log p`, e.g. ``jax.nn.log_softmax(logits)``.
+      log_targets: :math:`\log t`, the shape of ``log_predictions``.
+        Differentiable.
+      axis: the class axis (an int, a tuple of ints or ``None``) summed over.
+      where: boolean mask broadcastable to ``log_predictions`` (or shaped like
+        the batch); ``False`` elements are left out of the sum.
+      reduction: ``"none"`` (one value per example, optax's result),
+        ``"sum"``, ``"mean"`` (over examples) or ``"batchmean"`` (the sum
+        divided by ``log_predictions.shape[0]``, PyTorch's).
+
+    Returns:
+      Per-example divergence or its reduction; float32 for bf16/f16 inputs.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> lt = jnp.log(jnp.array([[0.5, 0.5]], dtype=jnp.float32))
+      >>> lp = jnp.log(jnp.array([[0.25, 0.75]], dtype=jnp.float32))
+      >>> jaxloss.kl_divergence_with_log_targets(lp, lt)
+      Array([0.14384104], dtype=float32)
+
+    Note:
+      A ``-inf`` log-target contributes 0 with finite derivatives, even
+      against a ``-inf`` log-prediction (optax gives NaN there).
+
+    References:
+      ``optax.losses.kl_divergence_with_log_targets``;
+      ``torch.nn.functional.kl_div(..., log_target=True)``.
+    """
+    lp, lt, mask, red = _kl_prelude(
+        log_predictions, log_targets, axis, where, "log_targets", reduction, True
+    )
+    loss = _kl(lp, lt, mask, True)
+    return red(loss, _row_share(mask, loss), batch_size=jnp.shape(log_predictions)[0])
+
+
+def _generalized(lp, t, mask):
+    lp, t = _upcast(lp, t)
+    return _kl(lp, t, mask, False) + jnp.sum(_masked(jnp.exp(lp) - t, mask), axis=-1)
+
+
+def generalized_kl_divergence(
+    log_predictions: ArrayLike,
+    targets: ArrayLike,
+    axis: int | tuple[int, ...] | None = -1,
+    where: ArrayLike | None = None,
+    *,
+    reduction: str = "none",
+) -> Array:
+    r"""Generalized Kullback-Leibler divergence, for unnormalized distributions.
+
+    .. math::
+        \ell_i = \sum_c \left[t_{i,c} \left(\log t_{i,c} - \log p_{i,c}\right)
+        - t_{i,c} + p_{i,c}\right]
+
+    with :math:`0 \log 0 = 0`: the Bregman divergence of
+    :math:`x \log x - x`; equal to :func:`kl_divergence` when :math:`t` and
+    :math:`p` both sum to 1.
+
+    Args:
+      log_predictions: :math:`\log p` (``p`` need not sum to 1).
+      targets: nonnegative :math:`t`, the shape of ``log_predictions``.
+        Differentiable.
+      axis: the class axis (an int, a tuple of ints or ``None``) summed over.
+      where: boolean mask broadcastable to ``log_predictions`` (or shaped like
+        the batch); ``False`` elements are left out of the sum.
+      reduction: ``"none"`` (one value per example, optax's result), ``"sum"``
+        or ``"mean"`` (over examples; rows with nothing allowed do not count).
+
+    Returns:
+      Per-example divergence or its reduction; float32 for bf16/f16 inputs.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> t = jnp.array([[1.0, 2.0]], dtype=jnp.float32)
+      >>> lp = jnp.log(jnp.array([[1.0, 1.0]], dtype=jnp.float32))
+      >>> jaxloss.generalized_kl_divergence(lp, t)
+      Array([0.38629436], dtype=float32)
+
+    Note:
+      A zero target contributes :math:`p` with finite derivatives, also at a
+      ``-inf`` log-prediction (optax gives NaN there). The derivative with
+      respect to a zero target is -1: the :math:`t \log t` term contributes 0
+      there, as in :func:`kl_divergence` (its one-sided limit is
+      :math:`-\infty`).
+
+    References:
+      ``optax.losses.generalized_kl_divergence``; Boyd and Vandenberghe,
+      *Convex Optimization*, p. 90.
+    """
+    lp, t, mask, red = _kl_prelude(
+        log_predictions, targets, axis, where, "targets", reduction, False
+    )
+    loss = _generalized(lp, t, mask)
+    return red(loss, _row_share(mask, loss))
+
+
+def convex_kl_divergence(
+    log_predictions: ArrayLike,
+    targets: ArrayLike,
+    axis: int | tuple[int, ...] | None = -1,
+    where: ArrayLike | None = None,
+    *,
+    reduction: str = "none",
+) -> Array:
+    r"""Deprecated alias of :func:`generalized_kl_divergence` (optax's old name).
+
+    .. math::
+        \ell_i = \sum_c \left[t_{i,c} \left(\log t_{i,c} - \log p_{i,c}\right)
+        - t_{i,c} + p_{i,c}\right]
+
+    Args:
+      log_predictions: :math:`\log p`.
+      targets: nonnegative :math:`t`, the shape of ``log_predictions``.
+      axis: the class axis (an int, a tuple of ints or ``None``) summed over.
+      where: boolean mask; ``False`` elements are left out of the sum.
+      reduction: ``"none"``, ``"sum"`` or ``"mean"``.
+
+    Returns:
+      The numbers of :func:`generalized_kl_divergence`.
+
+    Example:
+      >>> import warnings, jax.numpy as jnp, jaxloss
+      >>> t = jnp.array([[1.0, 2.0]], dtype=jnp.float32)
+      >>> lp = jnp.zeros((1, 2), dtype=jnp.float32)
+      >>> with warnings.catch_warnings():
+      ...     warnings.simplefilter("ignore", DeprecationWarning)
+      ...     jaxloss.convex_kl_divergence(lp, t)
+      Array([0.38629436], dtype=float32)
+
+    Note:
+      Emits a ``DeprecationWarning`` on each call (at trace time under
+      ``jit``), as optax does; Python shows it by default only in
+      ``__main__``, so programs keep running with the same numbers.
+
+    References:
+      ``optax.losses.convex_kl_divergence`` (deprecated in optax).
+    """
+    warnings.warn(
+        "convex_kl_divergence is deprecated (as in optax); use generalized_kl_divergence.",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return generalized_kl_divergence(log_predictions, targets, axis, where, reduction=reduction)

@@ -70,9 +70,14 @@ def _safe_log(a: Array) -> Array:
     return jnp.where(pos, jnp.log(jnp.where(pos, a, jnp.ones_like(a))), -jnp.inf)
 
 
-def _pow_gamma(log_u: Array, gamma: float) -> Array:
-    # u^gamma = exp(gamma log u); u^0 = 1 even where u = 0.
-    return jnp.ones_like(log_u) if gamma == 0.0 else jnp.exp(gamma * log_u)
+def _pow_gamma(log_u: Array, gamma: float | Array) -> Array:
+    # u^gamma = exp(gamma log u); u^0 = 1 even where u = 0
+    if isinstance(gamma, float):
+        return jnp.ones_like(log_u) if gamma == 0.0 else jnp.exp(gamma * log_u)
+    # traced gamma: d/dgamma u^gamma = log(u) u^gamma, taken as 0 where u = 0
+    finite = log_u > -jnp.inf
+    ug = jnp.exp(gamma * jnp.where(finite, log_u, 0.0))
+    return jnp.where(finite, ug, jnp.where(gamma == 0, 1.0, 0.0))
 
 
 def _h(z: Array) -> Array:
@@ -168,7 +173,7 @@ def _sigmoid_tangent_y(res, args, dy):
 _sigmoid_focal = cm.linear_rule(
     lambda x, y, alpha, gamma: (_sigmoid_forward(x, y, alpha, gamma), None),
     {0: _sigmoid_tangent_x, 1: _sigmoid_tangent_y},
-    static_argnums=(3,),
+    traceable_argnums=(3,),
 )
 
 
@@ -227,8 +232,8 @@ def sigmoid_focal_loss(
     y = cm.as_numeric_array(labels, "labels")
     y = cm.broadcast_to_shape(y, x.shape, "labels", "logits")
     red = cm.Reduction.of(reduction)
-    g = cm.static_float(gamma, "gamma", low=0.0)
     dtype = cm.compute_dtype(x)
+    g = cm.hyperparameter(gamma, "gamma", low=0.0, dtype=dtype)
     a = None
     if alpha is not None:
         a = cm.as_float_array(alpha, "alpha")
@@ -249,7 +254,6 @@ def sigmoid_focal_loss(
 
 class _FocalOpts(NamedTuple):
     ignore_index: int | None
-    gamma: float
 
 
 def _margin_rows(x, labels, ignore_index):
@@ -300,23 +304,23 @@ def _row_scale(info: sm.Labels, alpha, counted, dtype):
     return jnp.where(info.bad, jnp.full_like(a, jnp.nan), a)
 
 
-def _softmax_focal_forward(x, labels, alpha, opts: _FocalOpts):
+def _softmax_focal_forward(x, labels, alpha, gamma, opts: _FocalOpts):
     """``((loss, share), (d, S', log_sum'))``; ``share`` is 1 on counted rows."""
     d, shift, log_sum, info, counted = _margin_rows(x, labels, opts.ignore_index)
     scale = _row_scale(info, alpha, counted, d.dtype)
-    loss = jnp.where(counted, _margin_loss(jnp.where(counted, d, 0.0), opts.gamma), 0.0)
+    loss = jnp.where(counted, _margin_loss(jnp.where(counted, d, 0.0), gamma), 0.0)
     return (cm.safe_mul(scale, loss), counted.astype(d.dtype)), (d, shift, log_sum)
 
 
 def _softmax_focal_tangent_x(res, args, dx):
     d, shift, log_sum = res
-    x, labels, alpha, opts = args
+    x, labels, alpha, gamma, opts = args
     s = sm.upcast(x)
     info = sm.labels_info(labels, x.shape[-1], opts.ignore_index)
     # rows that do not count have d = +inf; out-of-range rows: NaN loss, zero gradient
     counted = (d != jnp.inf) & ~info.bad
     d = jnp.where(counted, d, 0.0)
-    slope = _row_scale(info, alpha, counted, s.dtype) * _margin_slope(d, opts.gamma)
+    slope = _row_scale(info, alpha, counted, s.dtype) * _margin_slope(d, gamma)
     zero = jnp.zeros_like(d)
     others = _others(s, info)
     # dd/dx_c = [c == y] - [c != y] p'_c, p' the softmax over the other classes
@@ -327,7 +331,10 @@ def _softmax_focal_tangent_x(res, args, dx):
 
 
 _softmax_focal = cm.linear_rule(
-    _softmax_focal_forward, {0: _softmax_focal_tangent_x}, static_argnums=(3,)
+    _softmax_focal_forward,
+    {0: _softmax_focal_tangent_x},
+    static_argnums=(4,),
+    traceable_argnums=(3,),
 )
 
 
@@ -390,7 +397,7 @@ def softmax_focal_loss(
     x, _, _ = cm.prepare_logits(logits, axis, None)
     y = cm.prepare_int_labels(labels, x, axis, jnp.shape(logits))
     red = cm.Reduction.of(reduction)
-    g = cm.static_float(gamma, "gamma", low=0.0)
+    g = cm.hyperparameter(gamma, "gamma", low=0.0, dtype=cm.compute_dtype(x))
     ignore_index = cm.static_int(ignore_index, "ignore_index")
     num_classes = x.shape[-1]
     a = None
@@ -404,5 +411,5 @@ def softmax_focal_loss(
         if cm.is_concrete(a) and not (jax.device_get(a) >= 0).all():
             raise ValueError("alpha must be non-negative (no NaN).")
     cm.check_labels_in_range(y, num_classes, ignore_index)
-    loss, share = _softmax_focal(x, y, a, _FocalOpts(ignore_index, g))
+    loss, share = _softmax_focal(x, y, a, g, _FocalOpts(ignore_index))
     return red(loss, share)

@@ -80,7 +80,7 @@ def hinge_loss(
     """
     x, y = _prepare_pm1(scores, labels)
     red = cm.Reduction.of(reduction)
-    m = cm.static_float(margin, "margin")
+    m = cm.hyperparameter(margin, "margin", dtype=x.dtype)
     return red(_relu(m - y * x))
 
 
@@ -113,7 +113,7 @@ def squared_hinge_loss(
     """
     x, y = _prepare_pm1(scores, labels)
     red = cm.Reduction.of(reduction)
-    m = cm.static_float(margin, "margin")
+    m = cm.hyperparameter(margin, "margin", dtype=x.dtype)
     z = m - y * x
     return red(jnp.where(z > 0, z * z, 0.0))
 
@@ -171,7 +171,7 @@ def multiclass_hinge_loss(
             f"labels.shape={y.shape} for scores.shape={x.shape}, expected {x.shape[:-1]}."
         )
     red = cm.Reduction.of(reduction)
-    m = cm.static_float(margin, "margin")
+    m = cm.hyperparameter(margin, "margin", dtype=x.dtype)
     if isinstance(p, bool) or p not in (1, 2):
         raise ValueError(f"p must be 1 or 2 (as in PyTorch); got {p!r}.")
     num_classes = x.shape[-1]

@@ -210,8 +210,15 @@ def resolve(path: str) -> Callable[..., Any]:
     return obj
 
 
+# Public functions of ``jaxloss`` that are not losses (no row).
+NOT_LOSSES = {
+    "smooth_labels": "a label transform (optax.smooth_labels)",
+    "make_fenchel_young_loss": "a factory that returns a loss",
+}
+
+
 def public_names() -> list[str]:
-    """Every public loss function ``jaxloss`` exports today."""
+    """Every public loss function ``jaxloss`` exports today (all but :data:`NOT_LOSSES`)."""
     import jaxloss
 
     names = getattr(jaxloss, "__all__", None) or dir(jaxloss)
@@ -221,6 +228,7 @@ def public_names() -> list[str]:
         if not n.startswith("_")
         and inspect.isfunction(getattr(jaxloss, n, None))
         and getattr(jaxloss, n).__module__.startswith("jaxloss.")
+        and n not in NOT_LOSSES
     )
 
 
@@ -305,6 +313,21 @@ def _ce_prob_ref(logits, labels, *, label_smoothing=0.0, z_loss=0.0, reduction="
     t = (1 - label_smoothing) * labels + label_smoothing / logits.shape[-1]
     loss = jnp.sum(t * (lse[..., None] - logits), axis=-1) + z_loss * lse**2
     return _reduce(loss, reduction)
+
+
+def _safe_ce_ref(logits, labels, *, reduction="none"):
+    """``optax.losses.safe_softmax_cross_entropy``: ``-sum(t * log_softmax(x))`` with
+    ``0 log 0 = 0`` (a zero target on a ``-inf`` logit adds nothing)."""
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return _reduce(-jnp.sum(jnp.where(labels == 0, 0.0, labels * logp), axis=-1), reduction)
+
+
+def _poly_ref(logits, labels, *, epsilon=2.0, reduction="none"):
+    """``optax.losses.poly_loss_cross_entropy`` (Leng et al. 2022, Poly-1):
+    ``CE + epsilon * sum(t * (1 - softmax(x)))``."""
+    p = jax.nn.softmax(logits, axis=-1)
+    poly = epsilon * jnp.sum(labels * (1 - p), axis=-1)
+    return _reduce(_ce_prob_ref(logits, labels) + poly, reduction)
 
 
 def _nll_ref(log_probs, labels, *, weight=None, reduction="none"):
@@ -498,6 +521,28 @@ def _build_softmax_ce(regime, rng):
     if regime == "large":
         return Inputs(args, {}, (0, 1))
     return Inputs(args, {"where": jnp.asarray(MASK), "reduction": "mean"}, (0, 1), False)
+
+
+def _build_safe_ce(regime, rng):
+    x = _logits(rng, regime)
+    t = _np_softmax(rng.normal(size=x.shape))
+    if regime != "masked":
+        return Inputs((_f32(x), _f32(t)), {}, (0, 1))
+    x[~MASK], t[~MASK] = -np.inf, 0.0  # zero targets on -inf logits; row 2 keeps its logits
+    x[2], t[2] = rng.normal(size=5), _np_softmax(rng.normal(size=5))
+    t /= t.sum(-1, keepdims=True)
+    return Inputs((_f32(x), _f32(t)), {"reduction": "mean"}, reference=False)
+
+
+def _build_poly(regime, rng):
+    x = _logits(rng, regime)
+    args = (_f32(x), _f32(_np_softmax(rng.normal(size=x.shape))))
+    if regime == "small":
+        return Inputs(args, {"epsilon": 1.5}, (0, 1))
+    if regime == "large":
+        return Inputs(args, {}, (0, 1))
+    kw = {"epsilon": 1.5, "where": jnp.asarray(MASK), "reduction": "mean"}
+    return Inputs(args, kw, (0, 1), reference=False)
 
 
 def _build_ce_int(regime, rng):
@@ -739,7 +784,6 @@ _TORCH = "torch.nn.functional."
 _CE_OPTIONS = "label_smoothing=0.0, z_loss=0.0"
 _INT_OPTIONS = f"ignore_index=None, {_CE_OPTIONS}, logit_softcap=None"
 _REGRESSION = "(predictions, targets=None, *, {}reduction='none')"
-_AXIS_ISSUE = "issue 13: axis and where are keyword-only; optax takes them positionally"
 _HINGE_ISSUE = "issue 13: the positional parameters are (scores, labels), optax's are named "
 _HINGE_ISSUE += "(predictor_outputs, targets)"
 _HINGE = "(predictor_outputs, targets, *, margin=1.0, reduction='none')"
@@ -752,14 +796,19 @@ REGISTRY: tuple[LossSpec, ...] = (
              f"(logits, labels, axis=-1, where=None, *, {_CE_OPTIONS}, reduction='none')",
              _ce_prob_ref, _build_softmax_ce, _bench_probs,
              _OPTAX + "softmax_cross_entropy", _TORCH + "cross_entropy",
-             batch_options={"label_smoothing": 0.1}, signature_issue=_AXIS_ISSUE),
+             batch_options={"label_smoothing": 0.1}),
     LossSpec("softmax_cross_entropy_with_integer_labels", "_classification",
              f"(logits, labels, axis=-1, where=None, *, weight=None, {_INT_OPTIONS},"
              " reduction='none')",
              _ce_int_ref, _build_ce_int, _bench_class,
              _OPTAX + "softmax_cross_entropy_with_integer_labels", _TORCH + "cross_entropy",
-             batch_options={"label_smoothing": 0.1, "z_loss": 1e-3},
-             signature_issue=_AXIS_ISSUE),
+             batch_options={"label_smoothing": 0.1, "z_loss": 1e-3}),
+    LossSpec("safe_softmax_cross_entropy", "_classification",
+             "(logits, labels, *, reduction='none')",
+             _safe_ce_ref, _build_safe_ce, _bench_probs, _OPTAX + "safe_softmax_cross_entropy"),
+    LossSpec("poly_loss_cross_entropy", "_classification",
+             "(logits, labels, *, epsilon=2.0, axis=-1, where=None, reduction='none')",
+             _poly_ref, _build_poly, _bench_probs, _OPTAX + "poly_loss_cross_entropy"),
     LossSpec("nll_loss", "_classification",
              "(log_probs, labels, *, axis=-1, weight=None, ignore_index=None,"
              " reduction='none')",
@@ -800,7 +849,7 @@ REGISTRY: tuple[LossSpec, ...] = (
              "(log_predictions, targets, axis=-1, where=None, *, log_target=False,"
              " reduction='none')",
              _kl_ref, _build_kl, _bench_kl, _OPTAX + "kl_divergence", _TORCH + "kl_div",
-             batch_options={"reduction": "batchmean"}, signature_issue=_AXIS_ISSUE),
+             batch_options={"reduction": "batchmean"}),
     LossSpec("squared_error", "_regression", _REGRESSION.format(""), _squared_error_ref,
              _regression_builder(), _bench_regression,
              _OPTAX + "squared_error", _TORCH + "mse_loss"),

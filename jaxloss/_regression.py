@@ -202,7 +202,7 @@ _huber = cm.linear_rule(
         0: lambda _, args, dx: _linear(_huber_slope(args), dx, None),
         1: lambda _, args, dt: _linear(_huber_slope(args), None, dt),
     },
-    static_argnums=(2, 3),
+    traceable_argnums=(2, 3),
 )
 
 
@@ -246,7 +246,7 @@ def huber_loss(
     """
     x, t = _prepare_raw(predictions, targets)
     red = cm.Reduction.of(reduction)
-    d = cm.static_float(delta, "delta", low=0.0, low_open=True)
+    d = cm.hyperparameter(delta, "delta", low=0.0, low_open=True, dtype=cm.compute_dtype(x))
     return red(_huber(x, t, d, 1.0))
 
 
@@ -289,8 +289,8 @@ def smooth_l1_loss(
     """
     x, t = _prepare_raw(predictions, targets)
     red = cm.Reduction.of(reduction)
-    b = cm.static_float(beta, "beta", low=0.0)
-    if b == 0.0:
+    b = cm.hyperparameter(beta, "beta", low=0.0, dtype=cm.compute_dtype(x))
+    if isinstance(b, float) and b == 0.0:
         return red(_abs(_error(x, t)))  # beta = 0 is L1
     return red(_huber(x, t, b, 1.0 / b))
 

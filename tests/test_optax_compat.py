@@ -124,3 +124,36 @@ def test_safe_softmax_cross_entropy_matches_optax_and_is_finite_at_minus_inf():
     close(jaxloss.safe_softmax_cross_entropy(x, t), ol.safe_softmax_cross_entropy(x, t))
     grad = jax.grad(lambda x: jaxloss.safe_softmax_cross_entropy(x, t).sum())(x)
     assert np.isfinite(np.asarray(grad)).all()
+
+
+@pytest.mark.parametrize("value", [0.0, 0.5, 2.0])
+def test_traced_hyperparameters_match_optax(value):
+    x = jnp.asarray(R.normal(size=(6,)), jnp.float32)
+    y = jnp.asarray(R.integers(0, 2, size=(6,)), jnp.float32)
+    pairs = [
+        (lambda g: jaxloss.sigmoid_focal_loss(x, y, gamma=g), lambda g: optax.sigmoid_focal_loss(
+            x, y, gamma=g)),
+        (lambda d: jaxloss.huber_loss(x, y, delta=d + 0.25), lambda d: optax.huber_loss(
+            x, y, delta=d + 0.25)),
+    ]  # fmt: skip
+    for ours, theirs in pairs:
+        close(jax.jit(ours)(value), theirs(value))  # traced
+        close(ours(value), theirs(value))  # concrete: the specialised path
+        # learning the hyperparameter: autodiff of the plain formula
+        close(
+            jax.grad(lambda v, f=ours: f(v).sum())(value),
+            jax.grad(lambda v, f=theirs: f(v).sum())(value),
+        )
+        close(jax.vmap(ours)(jnp.array([value, value + 1.0])),
+              jnp.stack([theirs(value), theirs(value + 1.0)]))  # fmt: skip
+
+
+def test_traced_gamma_softmax_focal_equals_the_static_path():
+    x = jnp.asarray(R.normal(size=(4, 5)), jnp.float32)
+    y = jnp.asarray(R.integers(0, 5, size=4))
+    for gamma in (0.0, 1.5):
+        f = lambda g: jaxloss.softmax_focal_loss(x, y, gamma=g)
+        close(jax.jit(f)(gamma), f(gamma))
+        gx = [jax.grad(lambda x, g=g: jaxloss.softmax_focal_loss(x, y, gamma=g).sum())(x)
+              for g in (gamma, jnp.float32(gamma))]  # fmt: skip
+        close(*gx)

@@ -372,6 +372,17 @@ def _binary_spec(name: str, setting: str, labels=_identity, **options: Any) -> S
     )
 
 
+def _distillation_spec(name: str) -> Spec:
+    """A student run of a probability-target cross-entropy on the teacher's probabilities."""
+    return Spec(
+        name,
+        "distillation",
+        f"teacher probabilities, T={_T:g}",
+        lambda x, b, p, e: _lib(name)(x / _T, b["soft"], reduction="mean") * _T**2,
+        out_dim=10,
+    )
+
+
 def _regression_spec(name: str, setting: str, **options: Any) -> Spec:
     """A diabetes run of an elementwise regression loss on the first output."""
     return Spec(
@@ -406,6 +417,15 @@ SPECS: tuple[Spec, ...] = (
         "softmax_cross_entropy_with_integer_labels", "label_smoothing=0.1", label_smoothing=0.1
     ),
     _digits_spec("nll_loss", "on log_softmax outputs", head=jax.nn.log_softmax),
+    Spec(
+        "poly_loss_cross_entropy",
+        "digits",
+        "epsilon=2, one-hot labels",
+        lambda x, b, p, e: _lib("poly_loss_cross_entropy")(
+            x, jax.nn.one_hot(b["y"], 10, dtype=x.dtype), reduction="mean"
+        ),
+        out_dim=10,
+    ),
     _digits_spec("softmax_focal_loss", "gamma=2", gamma=2.0),
     _digits_spec("multiclass_hinge_loss", "margin=1", margin=1.0),
     # --- breast cancer: binary ---------------------------------------------
@@ -468,15 +488,8 @@ SPECS: tuple[Spec, ...] = (
         ),
         out_dim=10,
     ),
-    Spec(
-        "softmax_cross_entropy",
-        "distillation",
-        f"teacher probabilities, T={_T:g}",
-        lambda x, b, p, e: (
-            _lib("softmax_cross_entropy")(x / _T, b["soft"], reduction="mean") * _T**2
-        ),
-        out_dim=10,
-    ),
+    _distillation_spec("softmax_cross_entropy"),
+    _distillation_spec("safe_softmax_cross_entropy"),
     # --- character language model -------------------------------------------
     Spec(
         "fused_linear_softmax_cross_entropy",
