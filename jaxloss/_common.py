@@ -479,7 +479,10 @@ class Reduction:
             return total
         if self.kind == "batchmean":
             return total / batch_size if batch_size else total
-        return safe_divide(total, self.divisor(share, loss.size, total.dtype))
+        # sum(loss / divisor): finite wherever the mean is, even when the sum
+        # overflows (losses near the float limit); 0 when nothing counts
+        scale = self.scale(share, loss.size, total.dtype)
+        return jnp.where(scale == 0, jnp.zeros_like(total), jnp.sum(loss * scale))
 
     def divisor(self, share: Array | None, size: int, dtype: Any) -> Array:
         """The mean's divisor: ``sum(share)``, or the element count without shares."""

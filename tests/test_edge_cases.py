@@ -256,3 +256,13 @@ def test_bf16_broadcast_target_gradient_is_summed_in_float32(name):
     }[name]()
     assert got.dtype == jnp.bfloat16
     assert float(got) == float(jnp.bfloat16(ref)), (float(got), ref)
+
+
+def test_mean_near_the_float_limit_is_finite_when_the_mean_is():
+    x = f32([-3.4e38, 3.4e38, 1.0])
+    y = f32([1.0, -1.0, 1.0])
+    fn = lambda x: jaxloss.hinge_loss(x, y, reduction="mean")
+    # max(0, 1 - y x) in float64, then the mean: 2.27e38 (the sum, 6.8e38, overflows)
+    want = np.mean(np.maximum(0.0, 1.0 - np.asarray(y, np.float64) * np.asarray(x, np.float64)))
+    for got in _both(fn, x):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
