@@ -21,6 +21,7 @@ from jaxloss._dice import (
 )
 from jaxloss._divergence import convex_kl_divergence as convex_kl_divergence
 from jaxloss._divergence import generalized_kl_divergence as generalized_kl_divergence
+from jaxloss._divergence import jensen_shannon_divergence as jensen_shannon_divergence
 from jaxloss._divergence import kl_divergence as kl_divergence
 from jaxloss._divergence import (
     kl_divergence_with_log_targets as kl_divergence_with_log_targets,
@@ -39,6 +40,9 @@ from jaxloss._large_vocab import (
 from jaxloss._large_vocab import (
     vocab_parallel_softmax_cross_entropy as vocab_parallel_softmax_cross_entropy,
 )
+from jaxloss._preference import dpo_loss as dpo_loss
+from jaxloss._preference import orpo_odds_ratio_loss as orpo_odds_ratio_loss
+from jaxloss._preference import simpo_loss as simpo_loss
 from jaxloss._ranking import ranking_softmax_loss as ranking_softmax_loss
 from jaxloss._regression import absolute_error as absolute_error
 from jaxloss._regression import gaussian_nll_loss as gaussian_nll_loss

@@ -325,3 +325,116 @@ def convex_kl_divergence(
         stacklevel=2,
     )
     return generalized_kl_divergence(log_predictions, targets, axis, where, reduction=reduction)
+
+
+def _jsd_term(w, la, lm, keep):
+    """``w e^la (la - lm)`` where ``keep``, else 0, with safe inputs in both branches."""
+    la_s, lm_s = jnp.where(keep, la, 0.0), jnp.where(keep, lm, 0.0)
+    return jnp.where(keep, w * jnp.exp(la_s) * (la_s - lm_s), 0.0)
+
+
+def _jsd_mixed(lp, lt, mask, beta):
+    """``beta KL(t || m) + (1 - beta) KL(p || m)``, ``m = beta t + (1 - beta) p``, for
+    ``0 < beta < 1`` (traced or not), in log space."""
+    keep_t, keep_p = lt != -jnp.inf, lp != -jnp.inf
+    # where both are -inf, logaddexp's derivative is NaN: feed it zeros there
+    some = keep_t | keep_p
+    lt_s, lp_s = jnp.where(some, lt, 0.0), jnp.where(some, lp, 0.0)
+    lm = jnp.logaddexp(lt_s + jnp.log(beta), lp_s + jnp.log1p(-beta))
+    if mask is not None:
+        keep_t, keep_p = keep_t & mask, keep_p & mask
+    elem = _jsd_term(beta, lt, lm, keep_t) + _jsd_term(1.0 - beta, lp, lm, keep_p)
+    return jnp.sum(elem, axis=-1)
+
+
+def _jsd(lp, lt, mask, beta):
+    if isinstance(beta, float):  # concrete: one branch
+        if beta == 0.0:
+            return _kl(lp, lt, mask, True)
+        if beta == 1.0:
+            return _kl(lt, lp, mask, True)
+        return _jsd_mixed(lp, lt, mask, beta)
+    # traced: every branch on inputs that keep the unselected ones finite
+    lo, hi = beta == 0.0, beta == 1.0
+    mid = jnp.where(lo | hi, jnp.asarray(0.5, lp.dtype), beta)
+    forward = _kl(jnp.where(lo, lp, lt), lt, mask, True)  # KL(t || p)
+    reverse = _kl(jnp.where(hi, lt, lp), lp, mask, True)  # KL(p || t)
+    return jnp.where(lo, forward, jnp.where(hi, reverse, _jsd_mixed(lp, lt, mask, mid)))
+
+
+def jensen_shannon_divergence(
+    log_predictions: ArrayLike,
+    log_targets: ArrayLike,
+    *,
+    beta: float | ArrayLike = 0.5,
+    axis: int | tuple[int, ...] | None = -1,
+    where: ArrayLike | None = None,
+    reduction: str = "none",
+) -> Array:
+    r"""Generalised Jensen-Shannon divergence between predictions and targets.
+
+    With :math:`p` the predictions (the student), :math:`t` the targets (the
+    teacher) and the mixture :math:`m = \beta t + (1 - \beta) p`:
+
+    .. math::
+        \mathrm{JSD}_\beta(t \,\|\, p) = \beta\, \mathrm{KL}(t \,\|\, m)
+        + (1 - \beta)\, \mathrm{KL}(p \,\|\, m)
+
+    ``beta`` weights the targets, exactly as Liger-Kernel's ``LigerJSD``
+    (``log_q`` = ``log_predictions``, ``log_p`` = ``log_targets``) and TRL's
+    ``GKDTrainer.generalized_jsd_loss`` (student, teacher). ``beta=0.5`` is the
+    symmetric Jensen-Shannon divergence. As in TRL and Liger, the endpoints
+    are the KL directions rather than the formula's limit 0:
+    ``beta=0`` gives the forward :math:`\mathrm{KL}(t \,\|\, p)` and
+    ``beta=1`` the reverse :math:`\mathrm{KL}(p \,\|\, t)`.
+
+    Args:
+      log_predictions: :math:`\log p`, e.g. ``jax.nn.log_softmax(logits)``.
+        ``-inf`` entries are allowed.
+      log_targets: :math:`\log t`, the shape of ``log_predictions``.
+        Differentiable; ``-inf`` entries are allowed.
+      beta: :math:`\beta \in [0, 1]`. May be traced (then the endpoints are
+        selected by value).
+      axis: the class axis (an int, a tuple of ints or ``None``) summed over.
+      where: boolean mask broadcastable to ``log_predictions`` (or shaped like
+        the batch); ``False`` elements are left out of the sum.
+      reduction: ``"none"`` (one value per example), ``"sum"``, ``"mean"``
+        (over examples; rows with nothing allowed do not count) or
+        ``"batchmean"`` (the sum divided by ``log_predictions.shape[0]``,
+        TRL's default without labels).
+
+    Returns:
+      Per-example divergence (``log_predictions.shape`` minus ``axis``) or its
+      reduction; float32 for bf16/f16 inputs.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> lp = jnp.log(jnp.array([[0.25, 0.75]], dtype=jnp.float32))
+      >>> lt = jnp.log(jnp.array([[0.5, 0.5]], dtype=jnp.float32))
+      >>> jaxloss.jensen_shannon_divergence(lp, lt)
+      Array([0.03382204], dtype=float32)
+
+    Note:
+      :math:`\log m` is a ``logaddexp`` of the two log-probabilities, so no
+      probability is ever formed from a tiny log-probability. For
+      :math:`0 < \beta < 1` the divergence is at most
+      :math:`-\beta \log\beta - (1-\beta)\log(1-\beta)` and finite, with
+      finite derivatives, also where either side is ``-inf`` or masked.
+      At ``beta=0`` or ``1`` a class that one side gives positive probability
+      and the other ``-inf`` makes the divergence ``inf``, the true value.
+
+    References:
+      Lin, *Divergence measures based on the Shannon entropy*, IEEE Trans.
+      Inf. Theory 1991; Agarwal et al., *On-Policy Distillation of Language
+      Models: Learning from Self-Generated Mistakes* (GKD), ICLR 2024, eq. 1;
+      Liger-Kernel ``LigerJSD``; TRL ``GKDTrainer.generalized_jsd_loss``.
+    """
+    lp, lt, mask, red = _kl_prelude(
+        log_predictions, log_targets, axis, where, "log_targets", reduction, True
+    )
+    lp, lt = _upcast(lp, lt)
+    b = cm.hyperparameter(beta, "beta", low=0.0, dtype=lp.dtype)
+    if isinstance(b, float) and b > 1.0:
+        raise ValueError(f"beta must be <= 1.0; got {b}.")
+    loss = _jsd(lp, lt, mask, b)
+    return red(loss, _row_share(mask, loss), batch_size=jnp.shape(log_predictions)[0])

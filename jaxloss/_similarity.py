@@ -38,14 +38,17 @@ def _common_shape(arrays: dict[str, Array]) -> tuple[int, ...]:
         raise ValueError(f"{', '.join(arrays)} must broadcast together; got {shapes}.") from None
 
 
-def _scaled_norm(a: Array, axes: tuple[int, ...], where: Array | None, eps: Array) -> Array:
-    """``sqrt(max(sum(a**2), eps))`` over ``axes`` (kept), without overflow or underflow."""
+def _unit(a: Array, axes: tuple[int, ...], where: Array | None, eps: Array) -> Array:
+    """``a / sqrt(max(sum(a**2), eps))`` over ``axes``, formed on ``a`` scaled by its
+    largest magnitude (no overflow or underflow); 0 for a zero vector."""
     big = jnp.max(jnp.abs(a), axis=axes, keepdims=True, where=where, initial=0.0)
     big = jax.lax.stop_gradient(jnp.where(jnp.isfinite(big) & (big > 0), big, 1.0))
-    sq = jnp.sum(jnp.square(a / big), axis=axes, keepdims=True, where=where)
+    a = a / big
+    sq = jnp.sum(jnp.square(a), axis=axes, keepdims=True, where=where)
     nonzero = sq > 0  # sqrt's derivative at 0 is infinite: keep it out of every path
-    norm = jnp.where(nonzero, big * jnp.sqrt(jnp.where(nonzero, sq, 1.0)), 0.0)
-    return jnp.maximum(norm, jnp.sqrt(jnp.maximum(eps, 0.0)))
+    norm = jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, sq, 1.0)), 0.0)
+    norm = jnp.maximum(norm, jnp.sqrt(jnp.maximum(eps, 0.0)) / big)
+    return a / jnp.where(norm > 0, norm, 1.0)
 
 
 def _cosine(a: Array, b: Array, epsilon: Any, axis: Any, where: Any) -> Array:
@@ -62,11 +65,7 @@ def _cosine(a: Array, b: Array, epsilon: Any, axis: Any, where: Any) -> Array:
     if mask is not None:  # masked entries (even inf or NaN) take no part, in any derivative
         a = jnp.where(mask, a, 0.0)
         b = jnp.where(mask, b, 0.0)
-    units = []
-    for v in (a, b):
-        norm = _scaled_norm(v, axes, mask, eps)
-        units.append(v / jnp.where(norm > 0, norm, 1.0))  # a zero vector's unit vector is 0
-    return jnp.sum(units[0] * units[1], axis=axes, where=mask)
+    return jnp.sum(_unit(a, axes, mask, eps) * _unit(b, axes, mask, eps), axis=axes, where=mask)
 
 
 def cosine_similarity(
@@ -258,7 +257,8 @@ def _ntxent_pairs(x: Array, labels: Array, tau: Array, eps: float) -> tuple[Arra
     top = jnp.max(logits, axis=1, keepdims=True, where=pos | neg, initial=-jnp.inf)
     top = jax.lax.stop_gradient(jnp.where(jnp.isfinite(top), top, 0.0))
     z = logits - top
-    neg_sum = jnp.sum(jnp.exp(z), axis=1, keepdims=True, where=neg)
+    # masked before exp: the excluded diagonal may overflow (no inf * 0 in a derivative)
+    neg_sum = jnp.sum(jnp.exp(jnp.where(neg, z, -jnp.inf)), axis=1, keepdims=True)
     has_neg = neg_sum > 0
     log_neg = jnp.log(jnp.where(has_neg, neg_sum, 1.0))
     # -log softmax of the pair against the anchor's negatives: log(sum_neg + e^z) - z
