@@ -29,7 +29,10 @@ from jaxloss._divergence import (
 from jaxloss._focal import sigmoid_focal_loss as sigmoid_focal_loss
 from jaxloss._focal import softmax_focal_loss as softmax_focal_loss
 from jaxloss._hinge import hinge_loss as hinge_loss
+from jaxloss._hinge import multi_margin_loss as multi_margin_loss
 from jaxloss._hinge import multiclass_hinge_loss as multiclass_hinge_loss
+from jaxloss._hinge import multiclass_perceptron_loss as multiclass_perceptron_loss
+from jaxloss._hinge import perceptron_loss as perceptron_loss
 from jaxloss._hinge import squared_hinge_loss as squared_hinge_loss
 from jaxloss._large_vocab import (
     fused_linear_softmax_cross_entropy as fused_linear_softmax_cross_entropy,

@@ -6,9 +6,10 @@ prefix ``y_1..y_n`` has been emitted and the last frame was a blank or the
 prefix is empty) and an emit state ``emit[n]`` (the last frame emitted
 ``y_{n+1}``). Impossible transitions get ``log_epsilon`` (optax's finite
 stand-in for ``log 0``; ``-inf`` gives exact zeros). Every combination is a
-select or ``jnp.logaddexp``, never a product with a 0/1 indicator, so ``-inf``
-log-probabilities and ``log_epsilon=-inf`` give ``inf`` losses, not NaN, and
-derivatives stay finite. Derivatives come from autodiff of the ``lax.scan``.
+select or a log-add-exp with finite derivatives at ``-inf``, never a product
+with a 0/1 indicator, so ``-inf`` log-probabilities and ``log_epsilon=-inf``
+give ``inf`` losses, not NaN, and derivatives stay finite. Derivatives come
+from autodiff of the ``lax.scan``.
 """
 
 from __future__ import annotations
@@ -59,9 +60,19 @@ def _prepare(logits, logit_paddings, labels, label_paddings, blank_id, log_epsil
     return x.astype(dtype), lpad, y, ypad, blank, eps.astype(dtype)
 
 
+def _logaddexp(a: Array, b: Array) -> Array:
+    """``log(e^a + e^b)`` whose derivatives are finite (0) where both are ``-inf``
+    (``jnp.logaddexp``'s are NaN there)."""
+    both = (a == -jnp.inf) & (b == -jnp.inf)
+    a = jnp.where(both, jnp.zeros_like(a), a)
+    b = jnp.where(both, jnp.zeros_like(b), b)
+    out = jnp.maximum(a, b) + jnp.log1p(jnp.exp(-jnp.abs(a - b)))
+    return jnp.where(both, jnp.full_like(out, -jnp.inf), out)
+
+
 def _add_to_blank(phi: Array, score: Array) -> Array:
     """``phi[:, 1:]`` log-added with ``score`` (the empty prefix ``phi[:, 0]`` kept)."""
-    return jnp.concatenate([phi[:, :1], jnp.logaddexp(phi[:, 1:], score)], axis=-1)
+    return jnp.concatenate([phi[:, :1], _logaddexp(phi[:, 1:], score)], axis=-1)
 
 
 def _alphas(x, lpad, y, blank, eps):
@@ -84,7 +95,7 @@ def _alphas(x, lpad, y, blank, eps):
         prev_phi, prev_emit = carry
         lp_emit, lp_blank, pad = xs
         phi = _add_to_blank(prev_phi, prev_emit + to_blank_eps)
-        emit = jnp.logaddexp(phi[:, :-1] + lp_emit, prev_emit + lp_emit)
+        emit = _logaddexp(phi[:, :-1] + lp_emit, prev_emit + lp_emit)
         nxt = _add_to_blank(phi + lp_blank, prev_emit + lp_blank + to_blank_frame)
         pad = pad[:, None]
         emit = jnp.where(pad, prev_emit, emit)

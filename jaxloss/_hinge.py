@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxloss import _common as cm
+from jaxloss import _softmax as sm
 
 ArrayLike = jax.typing.ArrayLike
 Array = jax.Array
@@ -25,18 +26,18 @@ def _relu(z):
     return jnp.where(z > 0, z, 0.0)
 
 
-def _prepare_pm1(scores, labels):
-    x = cm.as_float_array(scores, "scores")
-    y = cm.as_numeric_array(labels, "labels")
+def _prepare_pm1(scores, labels, names=("predictor_outputs", "targets")):
+    x = cm.as_float_array(scores, names[0])
+    y = cm.as_numeric_array(labels, names[1])
     if y.dtype == jnp.bool_:
-        raise TypeError("labels must be -1 or 1 (int or float); got dtype bool.")
-    y = cm.broadcast_to_shape(y, x.shape, "labels", "scores")
+        raise TypeError(f"{names[1]} must be -1 or 1 (int or float); got dtype bool.")
+    y = cm.broadcast_to_shape(y, x.shape, names[1], names[0])
     if cm.is_concrete(y):
         host = jax.device_get(y)
         bad = (host != 1) & (host != -1)
         if bad.any():
             raise ValueError(
-                f"labels must be -1 or 1; found {host[bad].flat[0]}. "
+                f"{names[1]} must be -1 or 1; found {host[bad].flat[0]}. "
                 "Map {0, 1} labels with 2 * labels - 1."
             )
     dtype = cm.compute_dtype(x)
@@ -44,8 +45,8 @@ def _prepare_pm1(scores, labels):
 
 
 def hinge_loss(
-    scores: ArrayLike,
-    labels: ArrayLike,
+    predictor_outputs: ArrayLike,
+    targets: ArrayLike,
     *,
     margin: float = 1.0,
     reduction: str = "none",
@@ -55,8 +56,8 @@ def hinge_loss(
     .. math:: \ell = \max(0,\ m - y\,s)
 
     Args:
-      scores: float decision values of any shape.
-      labels: -1 or 1 (int or float), broadcastable to ``scores``.
+      predictor_outputs: float decision values of any shape.
+      targets: -1 or 1 (int or float), broadcastable to ``predictor_outputs``.
       margin: :math:`m`, the margin the score must clear.
       reduction: ``"none"``, ``"sum"`` or ``"mean"`` (over all elements).
 
@@ -78,15 +79,15 @@ def hinge_loss(
     References:
       ``optax.hinge_loss`` (``margin=1``); Wikipedia, *Hinge loss*.
     """
-    x, y = _prepare_pm1(scores, labels)
+    x, y = _prepare_pm1(predictor_outputs, targets)
     red = cm.Reduction.of(reduction)
     m = cm.hyperparameter(margin, "margin", dtype=x.dtype)
     return red(_relu(m - y * x))
 
 
 def squared_hinge_loss(
-    scores: ArrayLike,
-    labels: ArrayLike,
+    predictor_outputs: ArrayLike,
+    targets: ArrayLike,
     *,
     margin: float = 1.0,
     reduction: str = "none",
@@ -111,23 +112,23 @@ def squared_hinge_loss(
     References:
       scikit-learn ``LinearSVC(loss="squared_hinge")``; Keras ``SquaredHinge``.
     """
-    x, y = _prepare_pm1(scores, labels)
+    x, y = _prepare_pm1(predictor_outputs, targets)
     red = cm.Reduction.of(reduction)
     m = cm.hyperparameter(margin, "margin", dtype=x.dtype)
     z = m - y * x
     return red(jnp.where(z > 0, z * z, 0.0))
 
 
-def multiclass_hinge_loss(
+def multi_margin_loss(
     scores: ArrayLike,
     labels: ArrayLike,
     *,
-    margin: float = 1.0,
     p: int = 1,
+    margin: float = 1.0,
     weight: ArrayLike | None = None,
     reduction: str = "none",
 ) -> Array:
-    r"""Multi-class hinge loss with PyTorch ``MultiMarginLoss`` semantics.
+    r"""PyTorch's multi-class margin loss (``MultiMarginLoss``, Weston-Watkins).
 
     .. math::
         \ell_i = \frac{w_{y_i}}{C} \sum_{c \ne y_i} \max(0,\ m - s_{i,y_i} + s_{i,c})^p
@@ -148,12 +149,12 @@ def multiclass_hinge_loss(
     Example:
       >>> import jax.numpy as jnp, jaxloss
       >>> s = jnp.array([[0.1, 0.2, 0.4, 0.8]], dtype=jnp.float32)
-      >>> jaxloss.multiclass_hinge_loss(s, jnp.array([3]))
+      >>> jaxloss.multi_margin_loss(s, jnp.array([3]))
       Array([0.325], dtype=float32)
 
     Note:
-      This is not ``optax.multiclass_hinge_loss`` (Crammer-Singer: the largest
-      violation, not the sum divided by C). A term exactly at the margin has
+      Not :func:`multiclass_hinge_loss`, which is optax's Crammer-Singer loss
+      (the largest violation, not the sum divided by C). A term exactly at the margin has
       derivative 0, as in PyTorch. Out-of-range labels raise ``ValueError``
       when concrete; under ``jit`` the row is NaN and ``checkify`` reports it.
 
@@ -197,3 +198,115 @@ def multiclass_hinge_loss(
     bad = (y < 0) | (y >= num_classes)
     loss = jnp.where(bad, jnp.nan, loss)
     return red(loss)
+
+
+def multiclass_hinge_loss(
+    scores: ArrayLike,
+    labels: ArrayLike,
+    *,
+    reduction: str = "none",
+) -> Array:
+    r"""optax's multi-class hinge loss (Crammer-Singer).
+
+    .. math:: \ell_i = \max_c \left(s_{i,c} + 1 - [c = y_i]\right) - s_{i,y_i}
+
+    Args:
+      scores: float scores ``[..., C]``; the class axis is the last one.
+      labels: integer class ids with the shape of ``scores`` minus the last axis.
+      reduction: ``"none"``, ``"sum"`` or ``"mean"`` (over examples).
+
+    Returns:
+      Per-example loss (``scores.shape[:-1]``) or its reduction; float32 for
+      bf16/f16 inputs.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> jaxloss.multiclass_hinge_loss(jnp.array([[10.0, 3.0]], jnp.float32), jnp.array([1]))
+      Array([8.], dtype=float32)
+
+    Note:
+      PyTorch's ``MultiMarginLoss`` (the sum of violations divided by C) is
+      :func:`multi_margin_loss`. Ties in the maximum share the gradient, as
+      ``jnp.max`` does (optax's numbers). Out-of-range labels raise
+      ``ValueError`` when concrete; under ``jit`` the row is NaN.
+
+    References:
+      ``optax.multiclass_hinge_loss``; Crammer and Singer, *On the Algorithmic
+      Implementation of Multiclass Kernel-based Vector Machines*, JMLR 2001.
+    """
+    return _max_violation(scores, labels, 1.0, reduction)
+
+
+def multiclass_perceptron_loss(
+    scores: ArrayLike,
+    labels: ArrayLike,
+    *,
+    reduction: str = "none",
+) -> Array:
+    r"""optax's multi-class perceptron loss: :math:`\max_c s_c - s_y`.
+
+    Args and returns: as :func:`multiclass_hinge_loss`.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> s = jnp.array([[10.0, 3.0]], jnp.float32)
+      >>> jaxloss.multiclass_perceptron_loss(s, jnp.array([1]))
+      Array([7.], dtype=float32)
+
+    Note:
+      0 when the label's score is (one of) the largest.
+
+    References:
+      ``optax.multiclass_perceptron_loss``.
+    """
+    return _max_violation(scores, labels, 0.0, reduction)
+
+
+def _max_violation(scores, labels, margin: float, reduction):
+    """``max_c (s_c + margin [c != y]) - s_y`` per example (optax's two losses)."""
+    x = cm.as_float_array(scores, "scores")
+    if x.ndim == 0:
+        raise ValueError("scores must have at least one dimension (the class axis); got a scalar.")
+    y = cm.prepare_int_labels(labels, x, -1, x.shape, "labels")
+    red = cm.Reduction.of(reduction)
+    num_classes = x.shape[-1]
+    cm.check_labels_in_range(y, num_classes, None)
+    x = x.astype(cm.compute_dtype(x))
+    info = sm.labels_info(y, num_classes, None)
+    target = lax.broadcasted_iota(info.safe.dtype, x.shape, x.ndim - 1) == info.safe[..., None]
+    loss = jnp.max(jnp.where(target, x, x + margin), axis=-1) - sm.label_logit(x, info.safe)
+    return red(jnp.where(info.bad, jnp.nan, loss))
+
+
+def perceptron_loss(
+    predictor_outputs: ArrayLike,
+    targets: ArrayLike,
+    *,
+    reduction: str = "none",
+) -> Array:
+    r"""optax's binary perceptron loss: :math:`\max(0, -y\,s)`, labels in {-1, 1}.
+
+    Args:
+      predictor_outputs: float scores of any shape.
+      targets: -1 or 1, the shape of ``predictor_outputs``.
+      reduction: ``"none"``, ``"sum"`` or ``"mean"`` (over all elements).
+
+    Returns:
+      Elementwise loss or its reduction; float32 for bf16/f16 inputs.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> s = jnp.array([0.5, -2.0], jnp.float32)
+      >>> jaxloss.perceptron_loss(s, jnp.array([1.0, 1.0], jnp.float32))
+      Array([0., 2.], dtype=float32)
+
+    Note:
+      Derivative 0 at ``y s = 0``. optax requires equal shapes; so does this.
+
+    References:
+      ``optax.perceptron_loss``; Rosenblatt, 1958.
+    """
+    x, y = _prepare_pm1(predictor_outputs, targets)
+    cm.check_same_shape(jnp.asarray(predictor_outputs), jnp.asarray(targets),
+                        "predictor_outputs", "targets")  # fmt: skip
+    return cm.Reduction.of(reduction)(_relu(-y * x))

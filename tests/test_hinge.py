@@ -98,7 +98,7 @@ def test_multiclass_vs_torch(p, margin, weighted):
             ts, torch.tensor(YC), p=p, margin=margin, weight=tw, reduction=reduction
         )
         ref.sum().backward()
-        f = lambda a, r=reduction: jaxloss.multiclass_hinge_loss(
+        f = lambda a, r=reduction: jaxloss.multi_margin_loss(
             a, y, margin=margin, p=p, weight=jw, reduction=r
         )
         np.testing.assert_allclose(f(x), ref.detach().numpy(), rtol=1e-13, atol=1e-15)
@@ -111,25 +111,25 @@ def test_multiclass_mean_divides_by_examples_like_torch():
     x = jnp.array([[0.1, 0.2, 0.4, 0.8], [1.0, -1.0, 0.5, 0.0]])
     y = jnp.array([3, 0])
     w = jnp.array([1.0, 2.0, 3.0, 4.0])
-    none = jaxloss.multiclass_hinge_loss(x, y, weight=w)
+    none = jaxloss.multi_margin_loss(x, y, weight=w)
     np.testing.assert_allclose(none, [1.3, 0.125], rtol=1e-14)  # 4 * (0.3+0.4+0.6)/4, ...
-    mean = jaxloss.multiclass_hinge_loss(x, y, weight=w, reduction="mean")
+    mean = jaxloss.multi_margin_loss(x, y, weight=w, reduction="mean")
     assert float(mean) == pytest.approx(0.7125, abs=1e-14)
 
 
 def test_multiclass_batch_shapes_and_transforms():
     x, y = jnp.asarray(SC), jnp.asarray(YC)
-    ref = jaxloss.multiclass_hinge_loss(x, y)
+    ref = jaxloss.multi_margin_loss(x, y)
     # a single example [C] with a scalar label, as torch allows
-    np.testing.assert_allclose(jaxloss.multiclass_hinge_loss(x[0], y[0]), ref[0], rtol=1e-14)
+    np.testing.assert_allclose(jaxloss.multi_margin_loss(x[0], y[0]), ref[0], rtol=1e-14)
     # leading batch dims
     np.testing.assert_allclose(
-        jaxloss.multiclass_hinge_loss(x.reshape(2, 3, 5), y.reshape(2, 3)),
+        jaxloss.multi_margin_loss(x.reshape(2, 3, 5), y.reshape(2, 3)),
         ref.reshape(2, 3),
         rtol=1e-14,
     )
-    np.testing.assert_allclose(jax.vmap(jaxloss.multiclass_hinge_loss)(x, y), ref, rtol=1e-14)
-    np.testing.assert_allclose(jax.jit(jaxloss.multiclass_hinge_loss)(x, y), ref, rtol=1e-14)
+    np.testing.assert_allclose(jax.vmap(jaxloss.multi_margin_loss)(x, y), ref, rtol=1e-14)
+    np.testing.assert_allclose(jax.jit(jaxloss.multi_margin_loss)(x, y), ref, rtol=1e-14)
 
 
 def test_check_grads():
@@ -143,8 +143,8 @@ def test_check_grads():
         return (
             jaxloss.hinge_loss(a, y, margin=0.7, reduction="sum")
             + jaxloss.squared_hinge_loss(a, b, reduction="mean")
-            + jaxloss.multiclass_hinge_loss(sc, yc, p=1, weight=ww, reduction="sum")
-            + jaxloss.multiclass_hinge_loss(sc, yc, p=2, margin=2.0, reduction="mean")
+            + jaxloss.multi_margin_loss(sc, yc, p=1, weight=ww, reduction="sum")
+            + jaxloss.multi_margin_loss(sc, yc, p=2, margin=2.0, reduction="mean")
         )
 
     check_grads(jax.jit(f), (x, y, xc, w), order=2, modes=["fwd", "rev"])
@@ -161,7 +161,7 @@ def test_low_precision(dtype):
         return (
             jaxloss.hinge_loss(a, y),
             jaxloss.squared_hinge_loss(a, y),
-            jaxloss.multiclass_hinge_loss(b, yc, p=2),
+            jaxloss.multi_margin_loss(b, yc, p=2),
         )
 
     outs = jax.jit(f)(x, xc)
@@ -182,19 +182,17 @@ def test_extremes_are_finite():
     g = jax.grad(lambda a: jaxloss.hinge_loss(a, y, reduction="sum"))(x)
     np.testing.assert_array_equal(g, [0.0, -1.0, 1.0, 0.0, -1.0])
     sc = jnp.array([[1e30, -1e30, 0.0], [0.0, -jnp.inf, 1.0]], jnp.float32)
-    gm = jax.grad(lambda a: jaxloss.multiclass_hinge_loss(a, jnp.array([1, 0]), reduction="sum"))(
-        sc
-    )
+    gm = jax.grad(lambda a: jaxloss.multi_margin_loss(a, jnp.array([1, 0]), reduction="sum"))(sc)
     assert np.isfinite(gm).all()
 
 
 def test_labels_out_of_range():
     x = jnp.asarray(SC)
     with pytest.raises(ValueError, match="labels must lie"):
-        jaxloss.multiclass_hinge_loss(x, jnp.asarray(YC).at[0].set(5))
+        jaxloss.multi_margin_loss(x, jnp.asarray(YC).at[0].set(5))
     with pytest.raises(ValueError, match="never wraps"):
-        jaxloss.multiclass_hinge_loss(x, jnp.asarray(YC).at[0].set(-1))
-    f = jax.jit(jaxloss.multiclass_hinge_loss)
+        jaxloss.multi_margin_loss(x, jnp.asarray(YC).at[0].set(-1))
+    f = jax.jit(jaxloss.multi_margin_loss)
     out = f(x, jnp.asarray(YC).at[0].set(9))
     assert np.isnan(out[0]) and np.isfinite(out[1:]).all()
     err, _ = checkify.checkify(f, errors=checkify.user_checks)(x, jnp.asarray(YC).at[0].set(9))
@@ -207,22 +205,23 @@ def test_errors():
         jaxloss.hinge_loss(x, jnp.zeros_like(y))
     with pytest.raises(ValueError, match="-1 or 1"):
         jaxloss.squared_hinge_loss(x, (y + 1) / 2)
-    with pytest.raises(ValueError, match="labels"):
+    # optax's argument names: predictor_outputs, targets
+    with pytest.raises(ValueError, match="targets"):
         jaxloss.hinge_loss(x, y[:, :2])
-    with pytest.raises(TypeError, match="labels"):
+    with pytest.raises(TypeError, match="targets"):
         jaxloss.hinge_loss(x, y > 0)
     with pytest.raises(ValueError, match="reduction"):
         jaxloss.hinge_loss(x, y, reduction="batchmean")
-    with pytest.raises(TypeError, match="scores"):
+    with pytest.raises(TypeError, match="predictor_outputs"):
         jaxloss.hinge_loss(jnp.ones((2,), jnp.int32), jnp.ones((2,)))
     xc, yc = jnp.asarray(SC), jnp.asarray(YC)
     with pytest.raises(ValueError, match="p must be 1 or 2"):
-        jaxloss.multiclass_hinge_loss(xc, yc, p=3)
+        jaxloss.multi_margin_loss(xc, yc, p=3)
     with pytest.raises(ValueError, match="weight"):
-        jaxloss.multiclass_hinge_loss(xc, yc, weight=jnp.ones(4))
+        jaxloss.multi_margin_loss(xc, yc, weight=jnp.ones(4))
     with pytest.raises(ValueError, match="labels must have the shape"):
-        jaxloss.multiclass_hinge_loss(xc, yc[:3])
+        jaxloss.multi_margin_loss(xc, yc[:3])
     with pytest.raises(TypeError, match="labels"):
-        jaxloss.multiclass_hinge_loss(xc, yc.astype(jnp.float64))
+        jaxloss.multi_margin_loss(xc, yc.astype(jnp.float64))
     # traced labels are not checked: under jit the loss is computed as given
     assert jax.jit(jaxloss.hinge_loss)(x, jnp.zeros_like(y)).shape == x.shape

@@ -157,3 +157,32 @@ def test_traced_gamma_softmax_focal_equals_the_static_path():
         gx = [jax.grad(lambda x, g=g: jaxloss.softmax_focal_loss(x, y, gamma=g).sum())(x)
               for g in (gamma, jnp.float32(gamma))]  # fmt: skip
         close(*gx)
+
+
+@pytest.mark.parametrize(
+    "name", ["multiclass_hinge_loss", "multiclass_perceptron_loss", "perceptron_loss", "hinge_loss"]
+)
+def test_margin_losses_are_optax_s(name):
+    if name.startswith("multiclass"):
+        args = (X.astype(jnp.float64), Y)  # optax's one_hot is float64 under x64
+    else:
+        signs = jnp.asarray(R.choice([-1.0, 1.0], size=X.shape), jnp.float32)
+        args = (X, signs)
+    ours, theirs = getattr(jaxloss, name), getattr(optax.losses, name)
+    close(ours(*args), theirs(*args))
+    close(jax.jit(ours)(*args), theirs(*args))
+    if name.startswith("multiclass"):  # hinge/perceptron: PyTorch's slope 0 at the kink
+        close(jax.grad(lambda s: ours(s, args[1]).sum())(args[0]),
+              jax.grad(lambda s: theirs(s, args[1]).sum())(args[0]))  # fmt: skip
+
+
+def test_multiclass_hinge_is_crammer_singer_and_multi_margin_is_pytorch_s():
+    s, y = jnp.array([[10.0, 3.0]], jnp.float64), jnp.array([1])
+    # max_c(s_c + 1 - [c = y]) - s_y = 11 - 3 (optax); PyTorch: max(0, 1 - 3 + 10) / 2
+    close(jaxloss.multiclass_hinge_loss(s, y), optax.losses.multiclass_hinge_loss(s, y))
+    import torch
+
+    want = torch.nn.functional.multi_margin_loss(
+        torch.tensor(np.asarray(s)), torch.tensor(np.asarray(y)), reduction="none"
+    )
+    close(jaxloss.multi_margin_loss(s, y), want.numpy())
