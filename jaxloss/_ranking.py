@@ -53,7 +53,9 @@ def _list_losses(logits, labels, where, weights):
     # a -inf score with zero gain adds nothing, in the value and in every derivative
     logp = _masked_log_softmax(x, valid & (x != -jnp.inf))
     logp = jnp.where(valid & (x == -jnp.inf), -jnp.inf, logp)
-    loss = -jnp.sum(cm.safe_mul(gain, logp), axis=-1)
+    loss = -jnp.sum(
+        gain * jnp.where((gain == 0) & jnp.isinf(logp), 0.0, logp), axis=-1
+    )  # 0 log 0 = 0; d/dgain = log p
     rows = None if mask is None else jnp.any(mask, axis=-1)
     return loss, rows
 
