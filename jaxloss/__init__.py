@@ -1,6 +1,7 @@
 """jaxloss: JAX loss functions with closed-form, transform-safe derivative rules."""
 
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
+from importlib.metadata import version as _version
 
 from jaxloss._binary import binary_cross_entropy as binary_cross_entropy
 from jaxloss._binary import sigmoid_binary_cross_entropy as sigmoid_binary_cross_entropy
@@ -64,6 +65,6 @@ from jaxloss._sparsemax import multiclass_sparsemax_loss as multiclass_sparsemax
 from jaxloss._sparsemax import sparsemax_loss as sparsemax_loss
 
 try:
-    __version__ = version("jaxloss")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = _version("jaxloss")
+except _PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
