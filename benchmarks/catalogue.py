@@ -28,9 +28,10 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-import jaxloss
+from jaxloss._registry import REGISTRY, LossSpec, resolve
 
 
 @dataclasses.dataclass
@@ -39,188 +40,26 @@ class Case:
     peer_name: str
     ours: Callable
     peer: Callable
-    make_args: Callable  # (rows, cols, key) -> tuple of arrays; grad w.r.t. args[0]
+    make_args: Callable  # (rows, cols, seed) -> tuple of arrays; grad w.r.t. args[0]
 
 
-def _normal(key, shape, scale=1.0):
-    return scale * jax.random.normal(key, shape, jnp.float32)
+def _case(row: LossSpec) -> Case:
+    """A registry row's case: its optax function, or else its reference formula."""
+
+    def make_args(rows, cols, seed):
+        rng = np.random.default_rng(seed)
+        return tuple(jnp.asarray(a) for a in row.bench(rows, cols, rng, np.float32))
+
+    if row.optax:
+        peer, peer_name = resolve(row.optax), row.optax.replace("optax.losses.", "optax.")
+    else:
+        peer, peer_name = row.reference, "plain formula" + (f" ({row.torch})" if row.torch else "")
+    return Case(row.name, peer_name, row.fn, peer, make_args)
 
 
-def _pm1(key, shape):
-    return jnp.where(jax.random.bernoulli(key, 0.5, shape), 1.0, -1.0).astype(jnp.float32)
-
-
-def _binary_args(rows, cols, key):
-    k1, k2 = jax.random.split(key)
-    return (
-        _normal(k1, (rows, cols), 2.0),
-        jax.random.bernoulli(k2, 0.3, (rows, cols)).astype(jnp.float32),
-    )
-
-
-def _pm_args(rows, cols, key):
-    k1, k2 = jax.random.split(key)
-    return _normal(k1, (rows, cols), 2.0), _pm1(k2, (rows, cols))
-
-
-def _class_args(rows, cols, key):
-    k1, k2 = jax.random.split(key)
-    return _normal(k1, (rows, cols), 2.0), jax.random.randint(k2, (rows,), 0, cols)
-
-
-def _kl_args(rows, cols, key):
-    k1, k2 = jax.random.split(key)
-    return (
-        jax.nn.log_softmax(_normal(k1, (rows, cols))),
-        jax.nn.softmax(_normal(k2, (rows, cols), 2.0)),
-    )
-
-
-def _reg_args(rows, cols, key):
-    k1, k2 = jax.random.split(key)
-    return _normal(k1, (rows, cols), 2.0), _normal(k2, (rows, cols), 2.0)
-
-
-def _poisson_args(rows, cols, key):
-    k1, k2 = jax.random.split(key)
-    return _normal(k1, (rows, cols)), jax.random.poisson(k2, 2.0, (rows, cols)).astype(jnp.float32)
-
-
-def _gauss_args(rows, cols, key):
-    k1, k2, k3 = jax.random.split(key, 3)
-    return (
-        _normal(k1, (rows, cols)),
-        _normal(k2, (rows, cols)),
-        jax.random.uniform(k3, (rows, cols), jnp.float32, 0.1, 2.0),
-    )
-
-
-# Plain formulas under autodiff, for losses optax does not have ---------------
-
-
-def _plain_softmax_focal(x, y, gamma=2.0):
-    logp = jnp.take_along_axis(jax.nn.log_softmax(x), y[:, None], axis=-1)[:, 0]
-    return -((1.0 - jnp.exp(logp)) ** gamma) * logp
-
-
-def _plain_squared_hinge(s, y):
-    return jnp.maximum(0.0, 1.0 - y * s) ** 2
-
-
-def _plain_multi_margin(s, y, margin=1.0):
-    onehot = jax.nn.one_hot(y, s.shape[-1], dtype=s.dtype)
-    s_y = jnp.sum(s * onehot, axis=-1, keepdims=True)
-    return jnp.sum(jnp.maximum(0.0, margin - s_y + s) * (1.0 - onehot), axis=-1) / s.shape[-1]
-
-
-def _plain_abs(x, t):
-    return jnp.abs(x - t)
-
-
-def _plain_smooth_l1(x, t, beta=1.0):
-    a = jnp.abs(x - t)
-    return jnp.where(a < beta, 0.5 * a * a / beta, a - 0.5 * beta)
-
-
-def _plain_poisson(x, t):
-    return jnp.exp(x) - t * x
-
-
-def _plain_gaussian(x, t, v, eps=1e-6):
-    v = jnp.maximum(v, eps)
-    return 0.5 * (jnp.log(v) + (x - t) ** 2 / v)
-
-
-CASES = [
-    Case(
-        "sigmoid_focal_loss",
-        "optax.sigmoid_focal_loss",
-        lambda x, y: jaxloss.sigmoid_focal_loss(x, y),
-        optax.sigmoid_focal_loss,
-        _binary_args,
-    ),
-    Case(
-        "softmax_focal_loss",
-        "plain formula (log_softmax)",
-        lambda x, y: jaxloss.softmax_focal_loss(x, y),
-        _plain_softmax_focal,
-        _class_args,
-    ),
-    Case(
-        "hinge_loss",
-        "optax.hinge_loss",
-        lambda s, y: jaxloss.hinge_loss(s, y),
-        optax.hinge_loss,
-        _pm_args,
-    ),
-    Case(
-        "squared_hinge_loss",
-        "plain formula",
-        lambda s, y: jaxloss.squared_hinge_loss(s, y),
-        _plain_squared_hinge,
-        _pm_args,
-    ),
-    Case(
-        "multiclass_hinge_loss",
-        "plain formula (torch semantics)",
-        lambda s, y: jaxloss.multiclass_hinge_loss(s, y),
-        _plain_multi_margin,
-        _class_args,
-    ),
-    Case(
-        "kl_divergence",
-        "optax.kl_divergence",
-        lambda a, b: jaxloss.kl_divergence(a, b),
-        optax.kl_divergence,
-        _kl_args,
-    ),
-    Case(
-        "squared_error",
-        "optax.squared_error",
-        lambda x, t: jaxloss.squared_error(x, t),
-        optax.squared_error,
-        _reg_args,
-    ),
-    Case("l2_loss", "optax.l2_loss", lambda x, t: jaxloss.l2_loss(x, t), optax.l2_loss, _reg_args),
-    Case(
-        "absolute_error",
-        "plain formula",
-        lambda x, t: jaxloss.absolute_error(x, t),
-        _plain_abs,
-        _reg_args,
-    ),
-    Case(
-        "huber_loss",
-        "optax.huber_loss",
-        lambda x, t: jaxloss.huber_loss(x, t),
-        optax.huber_loss,
-        _reg_args,
-    ),
-    Case(
-        "smooth_l1_loss",
-        "plain formula",
-        lambda x, t: jaxloss.smooth_l1_loss(x, t),
-        _plain_smooth_l1,
-        _reg_args,
-    ),
-    Case(
-        "log_cosh", "optax.log_cosh", lambda x, t: jaxloss.log_cosh(x, t), optax.log_cosh, _reg_args
-    ),
-    Case(
-        "poisson_nll_loss",
-        "plain formula",
-        lambda x, t: jaxloss.poisson_nll_loss(x, t),
-        _plain_poisson,
-        _poisson_args,
-    ),
-    Case(
-        "gaussian_nll_loss",
-        "plain formula (torch clamp)",
-        lambda x, t, v: jaxloss.gaussian_nll_loss(x, t, v),
-        _plain_gaussian,
-        _gauss_args,
-    ),
-]
+# Every registry row with benchmark inputs (the vocabulary-parallel losses need a
+# mesh: benchmarks/large_vocab.py).
+CASES = [_case(row) for row in REGISTRY if row.bench is not None]
 
 
 def _compiled(fn, args):
@@ -246,7 +85,7 @@ def _time_once(compiled, args):
 
 
 def run_case(case, rows, cols, repeats, seed=0):
-    args = case.make_args(rows, cols, jax.random.PRNGKey(seed))
+    args = case.make_args(rows, cols, seed)
     args = jax.block_until_ready(args)
     ours, ours_temp, ours_c, ours_work = _compiled(case.ours, args)
     peer, peer_temp, peer_c, peer_work = _compiled(case.peer, args)

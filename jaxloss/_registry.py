@@ -354,6 +354,18 @@ def _multi_margin_ref(scores, labels, *, margin=1.0, p=1, weight=None, reduction
     return _reduce(w * jnp.sum(viol, axis=-1) / c, reduction)
 
 
+def _crammer_singer_ref(scores, labels, *, reduction="none"):
+    """``optax.losses.multiclass_hinge_loss`` (Crammer and Singer 2001):
+    ``max_j (s_j + [j != y]) - s_y``."""
+    one_hot = jax.nn.one_hot(labels, scores.shape[-1], dtype=scores.dtype)
+    return _reduce(jnp.max(scores + 1.0 - one_hot, axis=-1) - _pick(scores, labels), reduction)
+
+
+def _multiclass_perceptron_ref(scores, labels, *, reduction="none"):
+    """``optax.losses.multiclass_perceptron_loss``: ``max_j s_j - s_y``."""
+    return _reduce(jnp.max(scores, axis=-1) - _pick(scores, labels), reduction)
+
+
 def _kl_ref(log_predictions, targets, *, log_target=False, reduction="none"):
     """``optax.losses.kl_divergence`` / ``torch.nn.functional.kl_div``:
     ``sum(t * (log t - log_predictions))`` over the last axis, ``0 log 0 = 0``."""
@@ -399,6 +411,11 @@ def _hinge_ref(predictor_outputs, targets, *, margin=1.0, reduction="none", powe
     """``optax.losses.hinge_loss`` ``max(0, 1 - y s)`` with a margin; ``power=2``
     is Keras's ``squared_hinge``."""
     return _reduce(jnp.maximum(0.0, margin - targets * predictor_outputs) ** power, reduction)
+
+
+def _perceptron_ref(predictor_outputs, targets, *, reduction="none"):
+    """``optax.losses.perceptron_loss``: ``max(0, -y s)``."""
+    return _reduce(jnp.maximum(0.0, -targets * predictor_outputs), reduction)
 
 
 def _squared_error_ref(predictions, targets=None, *, reduction="none"):
@@ -577,7 +594,15 @@ def _build_softmax_focal(regime, rng):
     return Inputs((_f32(x), _int(y)), {"alpha": alpha, "gamma": 2.0}, reference=regime == "small")
 
 
-def _build_multiclass_hinge(regime, rng):
+def _build_scores_labels(regime, rng):
+    """Class scores and integer labels, no options (Crammer-Singer, perceptron)."""
+    if regime == "masked":
+        return None
+    x, y, _ = _class_rows(rng, regime)
+    return Inputs((_f32(x), _int(y)))
+
+
+def _build_multi_margin(regime, rng):
     if regime == "masked":
         return None
     x, y, w = _class_rows(rng, regime)
@@ -630,11 +655,14 @@ def _build_sigmoid_focal(regime, rng):
     return None
 
 
-def _build_hinge(regime, rng):
-    if regime == "masked":
-        return None
-    s = _logits(rng, regime, (3, 4))
-    return Inputs((_f32(s), _f32(rng.choice([-1.0, 1.0], s.shape))), {"margin": 1.5})
+def _hinge_builder(**kw):
+    def build(regime, rng):
+        if regime == "masked":
+            return None
+        s = _logits(rng, regime, (3, 4))
+        return Inputs((_f32(s), _f32(rng.choice([-1.0, 1.0], s.shape))), kw)
+
+    return build
 
 
 def _regression_builder(**kw):
@@ -784,8 +812,6 @@ _TORCH = "torch.nn.functional."
 _CE_OPTIONS = "label_smoothing=0.0, z_loss=0.0"
 _INT_OPTIONS = f"ignore_index=None, {_CE_OPTIONS}, logit_softcap=None"
 _REGRESSION = "(predictions, targets=None, *, {}reduction='none')"
-_HINGE_ISSUE = "issue 13: the positional parameters are (scores, labels), optax's are named "
-_HINGE_ISSUE += "(predictor_outputs, targets)"
 _HINGE = "(predictor_outputs, targets, *, margin=1.0, reduction='none')"
 _FUSED_OPTIONS = f"{_INT_OPTIONS}, reduction='mean', chunk_size=None"
 
@@ -832,18 +858,22 @@ REGISTRY: tuple[LossSpec, ...] = (
              "(logits, labels, *, alpha=None, gamma=2.0, axis=-1, ignore_index=None,"
              " reduction='none')",
              _softmax_focal_ref, _build_softmax_focal, _bench_class),
-    LossSpec("hinge_loss", "_hinge", _HINGE, _hinge_ref, _build_hinge, _bench_pm1,
-             _OPTAX + "hinge_loss", signature_issue=_HINGE_ISSUE),
-    LossSpec("squared_hinge_loss", "_hinge", _HINGE,
-             functools.partial(_hinge_ref, power=2), _build_hinge, _bench_pm1,
-             signature_issue=_HINGE_ISSUE),
-    # Today PyTorch's multi_margin_loss; DESIGN.md gives the name to optax's
-    # Crammer-Singer hinge and the PyTorch loss its own name.
+    LossSpec("hinge_loss", "_hinge", _HINGE, _hinge_ref, _hinge_builder(margin=1.5), _bench_pm1,
+             _OPTAX + "hinge_loss"),
+    LossSpec("squared_hinge_loss", "_hinge", _HINGE, functools.partial(_hinge_ref, power=2),
+             _hinge_builder(margin=1.5), _bench_pm1),
+    LossSpec("perceptron_loss", "_hinge", "(predictor_outputs, targets, *, reduction='none')",
+             _perceptron_ref, _hinge_builder(), _bench_pm1, _OPTAX + "perceptron_loss"),
     LossSpec("multiclass_hinge_loss", "_hinge", "(scores, labels, *, reduction='none')",
-             _multi_margin_ref, _build_multiclass_hinge, _bench_class,
-             None, _TORCH + "multi_margin_loss",
-             signature_issue="issue 13: multiclass_hinge_loss is PyTorch's multi_margin_loss"
-             " (margin, p, weight); DESIGN.md makes it optax's Crammer-Singer hinge"),
+             _crammer_singer_ref, _build_scores_labels, _bench_class,
+             _OPTAX + "multiclass_hinge_loss"),
+    LossSpec("multiclass_perceptron_loss", "_hinge", "(scores, labels, *, reduction='none')",
+             _multiclass_perceptron_ref, _build_scores_labels, _bench_class,
+             _OPTAX + "multiclass_perceptron_loss"),
+    LossSpec("multi_margin_loss", "_hinge",
+             "(scores, labels, *, p=1, margin=1.0, weight=None, reduction='none')",
+             _multi_margin_ref, _build_multi_margin, _bench_class,
+             None, _TORCH + "multi_margin_loss"),
     # divergence and regression
     LossSpec("kl_divergence", "_divergence",
              "(log_predictions, targets, axis=-1, where=None, *, log_target=False,"

@@ -418,104 +418,35 @@ def check_vocab_parallel_fused_collectives():
 # --------------------------------------------------------------------------
 
 
-def _builders():
-    """Small argument builders per public loss: name -> (args, list of kwargs)."""
-
-    b, c = 16, 5  # batch divisible by the 8 devices
-    rng = np.random.default_rng(3)
-
-    def softmax(a):
-        e = np.exp(a - a.max(-1, keepdims=True))
-        return e / e.sum(-1, keepdims=True)
-
-    logits = rng.standard_normal((b, c))
-    labels = rng.integers(0, c, b).astype(np.int32)
-    probs = softmax(rng.standard_normal((b, c)))
-    x = rng.standard_normal((b, 3))
-    t = rng.standard_normal((b, 3))
-    binary = (rng.uniform(size=(b, 3)) > 0.5).astype(np.float64)
-    pm1 = 2.0 * binary - 1.0
-    p01 = 1.0 / (1.0 + np.exp(-x))
-    log_probs = np.log(softmax(logits))
-    hidden = rng.standard_normal((b, 4))
-    kernel = rng.standard_normal((4, 7))
-    reds = [{}]  # each case checks reduction="none" and "mean" (or the "reduction" given)
-    return {
-        "softmax_cross_entropy": ((logits, probs), [{"label_smoothing": 0.1}]),
-        "softmax_cross_entropy_with_integer_labels": (
-            (logits, labels),
-            [{"label_smoothing": 0.1, "z_loss": 0.001}],
-        ),
-        "nll_loss": ((log_probs, labels), reds),
-        "softmax_focal_loss": ((logits, labels), reds),
-        "multiclass_hinge_loss": ((logits, labels), reds),
-        "kl_divergence": (
-            (log_probs, probs),
-            [{"reduction": "batchmean"}],
-        ),
-        "sigmoid_binary_cross_entropy": ((x, binary), reds),
-        "binary_cross_entropy": ((p01, binary), reds),
-        "sigmoid_focal_loss": ((x, binary), reds),
-        "hinge_loss": ((x, pm1), reds),
-        "squared_hinge_loss": ((x, pm1), reds),
-        "squared_error": ((x, t), reds),
-        "l2_loss": ((x, t), reds),
-        "absolute_error": ((x, t), reds),
-        "huber_loss": ((x, t), reds),
-        "smooth_l1_loss": ((x, t), reds),
-        "log_cosh": ((x, t), reds),
-        "poisson_nll_loss": ((x, np.abs(t)), reds),
-        "gaussian_nll_loss": ((x, t, np.exp(0.3 * t)), reds),
-        "fused_linear_softmax_cross_entropy": (
-            (hidden, kernel, rng.integers(0, 7, b).astype(np.int32)),
-            [{"ignore_index": 0, "label_smoothing": 0.1}],
-        ),
-    }
-
-
-# Exports that are not per-example losses over a batch axis.
-NOT_BATCH_LOSSES = {
-    "vocab_parallel_softmax_cross_entropy": "class axis sharded; checked above",
-    "vocab_parallel_fused_linear_softmax_cross_entropy": "vocab sharded; checked above",
-}
+BATCH, CLASSES = 16, 5  # batch divisible by the 8 devices
 
 
 def check_data_parallel_every_loss():
-    """Each exported loss: batch sharded over 8 devices == unsharded (value and grad)."""
-    import inspect
+    """Each batch loss of the registry: batch sharded over 8 devices == unsharded.
 
+    Inputs are the row's benchmark builder at ``[16, 5]`` in float64 with the
+    row's data-parallel options; the losses the registry marks as not batch
+    losses (the vocabulary-parallel ones) are checked above.
+    """
     from jax.sharding import PartitionSpec as P
 
-    import jaxloss
+    from jaxloss._registry import REGISTRY, public_names
 
     mesh = _mesh("data")
-    builders = _builders()
-    public = sorted(
-        n
-        for n in dir(jaxloss)
-        if not n.startswith("_")
-        and inspect.isfunction(getattr(jaxloss, n))
-        and n not in ("version",)
-    )
-    covered, missing, failures = [], [], []
-    for name in public:
-        if name in NOT_BATCH_LOSSES:
+    rng = np.random.default_rng(3)
+    covered, failures = [], []
+    for row in REGISTRY:
+        if not row.batch:
             continue
-        if name not in builders:
-            missing.append(name)
-            continue
-        fn = getattr(jaxloss, name)
-        args, kwargs_list = builders[name]
+        args = row.bench(BATCH, CLASSES, rng, np.float64)
         # Shard every batched argument along its first axis; kernel-like args replicate.
-        sharded = tuple(
-            _put(a, mesh, P("data") if a.shape[0] == args[0].shape[0] else P()) for a in args
-        )
-        for kw in kwargs_list:
-            try:
-                _data_parallel_case(fn, args, sharded, kw, mesh, name)
-            except Exception as e:  # collect every failing case
-                failures.append(f"{name} {kw}: {type(e).__name__}: {str(e).splitlines()[0]}")
-        covered.append(name)
+        sharded = tuple(_put(a, mesh, P("data") if a.shape[0] == BATCH else P()) for a in args)
+        kw = dict(row.batch_options)
+        try:
+            _data_parallel_case(row.fn, args, sharded, kw, mesh, row.name)
+        except Exception as e:  # collect every failing case
+            failures.append(f"{row.name} {kw}: {type(e).__name__}: {str(e).splitlines()[0]}")
+        covered.append(row.name)
     required = {
         "softmax_cross_entropy",
         "softmax_cross_entropy_with_integer_labels",
@@ -525,8 +456,9 @@ def check_data_parallel_every_loss():
         "fused_linear_softmax_cross_entropy",
     }
     assert required <= set(covered), (required - set(covered), covered)
-    assert not missing, f"exported losses without a sharding builder: {missing}"
     assert not failures, "\n".join(failures)
+    missing = sorted(set(public_names()) - {row.name for row in REGISTRY})
+    assert not missing, f"exported losses without a registry row: {missing}"
 
 
 def _data_parallel_case(fn, args, sharded, kw, mesh, name):

@@ -7,7 +7,6 @@ softplus formula, and the worked numbers of DESIGN.md.
 import hypothesis
 import hypothesis.strategies as st
 import jax
-import jax.ad_checkpoint
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -15,6 +14,7 @@ import pytest
 import scipy.special
 import torch
 import torch.nn.functional as F
+from _helpers import all_finite, close, large_residuals, rng, tt
 from jax.test_util import check_grads
 
 import jaxloss as jl
@@ -24,22 +24,6 @@ bce_probs = jl.binary_cross_entropy
 
 REDUCTIONS = ("none", "sum", "mean")
 N, C = 6, 4
-
-
-def rng(seed=0):
-    return np.random.default_rng(seed)
-
-
-def tt(a, grad=False):
-    return torch.tensor(np.asarray(a, np.float64), requires_grad=grad)
-
-
-def close(actual, expected, rtol=1e-10, atol=1e-12):
-    np.testing.assert_allclose(np.asarray(actual), np.asarray(expected), rtol=rtol, atol=atol)
-
-
-def all_finite(*trees):
-    return all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(trees))
 
 
 def soft_labels(r, shape=(N, C)):
@@ -466,22 +450,6 @@ def test_sweep_no_nan(shape, dtype, exponent, seed):
 # --------------------------------------------------------------------------
 # Memory: reverse mode keeps no [N, C] intermediate
 # --------------------------------------------------------------------------
-
-
-def saved_residuals(f, *args):
-    fn = getattr(jax.ad_checkpoint, "saved_residuals", None)
-    if fn is None:  # not re-exported publicly in every JAX version
-        from jax._src.ad_checkpoint import saved_residuals as fn
-    return fn(f, *args)
-
-
-def large_residuals(f, *args, size):
-    return [
-        (aval, src)
-        for aval, src in saved_residuals(f, *args)
-        if np.prod(aval.shape) >= size
-        and not src.startswith(("from the argument", "from a constant"))
-    ]
 
 
 def test_bce_keeps_no_nc_residual():

@@ -10,13 +10,13 @@ import functools
 import hypothesis
 import hypothesis.strategies as st
 import jax
-import jax.ad_checkpoint
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 import torch
 import torch.nn.functional as F
+from _helpers import all_finite, close, large_residuals, rng, tt
 from jax.experimental import checkify
 from jax.test_util import check_grads
 
@@ -37,27 +37,10 @@ LABELS = {
 }
 
 
-def rng(seed=0):
-    return np.random.default_rng(seed)
-
-
 def softmax(a, axis=-1):
     """Probability rows from numpy (setup stays out of JAX's op-by-op compiles)."""
     e = np.exp(a - a.max(axis=axis, keepdims=True))
     return e / e.sum(axis=axis, keepdims=True)
-
-
-def tt(a, grad=False):
-    """float64 torch tensor (int64 for integer arrays)."""
-    a = np.asarray(a)
-    dtype = torch.float64 if np.issubdtype(a.dtype, np.floating) else torch.int64
-    return torch.tensor(a, dtype=dtype, requires_grad=grad)
-
-
-def close(actual, expected, rtol=1e-10, atol=1e-12, err_msg=""):
-    np.testing.assert_allclose(
-        np.asarray(actual), np.asarray(expected), rtol=rtol, atol=atol, err_msg=err_msg
-    )
 
 
 def value_and_vjp(f, *args, seed=1):
@@ -84,10 +67,6 @@ def vjp_all(fns, *args, seed=1):
         return results
 
     return run(*args)
-
-
-def all_finite(*trees):
-    return all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(trees))
 
 
 # --------------------------------------------------------------------------
@@ -941,25 +920,6 @@ def test_sweep_no_nan(shape, dtype, exponent, seed):
 # --------------------------------------------------------------------------
 # Memory: reverse mode keeps no [N, C] intermediate
 # --------------------------------------------------------------------------
-
-
-def saved_residuals(f, *args):
-    fn = getattr(jax.ad_checkpoint, "saved_residuals", None)
-    if fn is None:  # not re-exported publicly in every JAX version
-        from jax._src.ad_checkpoint import saved_residuals as fn
-    return fn(f, *args)
-
-
-def large_residuals(f, *args, size):
-    """Residuals with at least ``size`` elements other than the caller's own buffers:
-    the arguments and the closed-over operands ("from a constant"); anything the
-    loss computed shows up as "output of <primitive>"."""
-    return [
-        (aval, src)
-        for aval, src in saved_residuals(f, *args)
-        if np.prod(aval.shape) >= size
-        and not src.startswith(("from the argument", "from a constant"))
-    ]
 
 
 MEMORY_N, MEMORY_C = 16, 64

@@ -7,9 +7,6 @@ dependency); the softmax focal loss as the float64 formula
 for ``gamma=0``.
 """
 
-import contextlib
-import io
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,10 +14,10 @@ import optax
 import pytest
 import torch
 import torch.nn.functional as F
+from _helpers import residual_lines
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from jax.ad_checkpoint import print_saved_residuals
 from jax.experimental import checkify
 from jax.test_util import check_grads
 
@@ -55,13 +52,6 @@ def torch_softmax_focal(logits, labels, alpha, gamma, ignore_index=None):
     if alpha is not None:
         loss = loss * (alpha[safe] if alpha.ndim else alpha)
     return torch.where(valid, loss, torch.zeros_like(loss))
-
-
-def _residual_lines(fn, *args):
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        print_saved_residuals(fn, *args)
-    return [ln for ln in buf.getvalue().splitlines() if ln.strip()]
 
 
 # --------------------------------------------------------------------------
@@ -228,7 +218,7 @@ def test_sigmoid_low_precision(dtype):
 def test_sigmoid_residuals_are_the_inputs():
     x = jnp.ones((8,), jnp.float32)
     y = jnp.zeros((8,), jnp.float32)
-    lines = _residual_lines(
+    lines = residual_lines(
         lambda a, b: jaxloss.sigmoid_focal_loss(a, b, alpha=0.25, reduction="sum"), x, y
     )
     arrays = [ln for ln in lines if not ln.startswith("f32[] ")]  # scalars (alpha) aside
@@ -427,7 +417,7 @@ def test_softmax_low_precision(dtype):
 def test_softmax_residuals():
     x = jnp.ones((4, 7), jnp.float32)
     y = jnp.array([0, 1, 2, 3])
-    lines = _residual_lines(lambda a: jaxloss.softmax_focal_loss(a, y, reduction="sum"), x)
+    lines = residual_lines(lambda a: jaxloss.softmax_focal_loss(a, y, reduction="sum"), x)
     big = [ln for ln in lines if "[4,7]" in ln]
     assert big == ["f32[4,7] from the argument a"], lines
     # plus the labels and three per-row scalars: the margin and the other classes'

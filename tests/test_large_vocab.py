@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _helpers import close
 from jax.sharding import PartitionSpec as P
 from jax.test_util import check_grads
 
@@ -71,10 +72,6 @@ def _one_device_mesh():
     return jax.make_mesh((1,), ("v",), axis_types=(jax.sharding.AxisType.Auto,))
 
 
-def _assert_close(a, b, tol, what=""):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=tol, atol=tol, err_msg=what)
-
-
 # --------------------------------------------------------------------------
 # Equality with the materialised computation
 # --------------------------------------------------------------------------
@@ -110,10 +107,10 @@ def test_fused_matches_materialised(reduction):
     want = every_option(_ref)
     for name in names:
         (v, grads, t), (v0, grads0, t0) = got[name], want[name]
-        _assert_close(v, v0, 1e-12, f"{name}: value")
+        close(v, v0, 1e-12, 1e-12, err_msg=f"{name}: value")
         for arg, a, e in zip(("hidden", "kernel", "bias"), grads, grads0, strict=True):
-            _assert_close(a, e, 1e-12, f"{name}: d {arg}")
-        _assert_close(t, t0, 1e-12, f"{name}: jvp in hidden")
+            close(a, e, 1e-12, 1e-12, err_msg=f"{name}: d {arg}")
+        close(t, t0, 1e-12, 1e-12, err_msg=f"{name}: jvp in hidden")
 
 
 def test_fused_jvp_in_every_argument():
@@ -136,7 +133,7 @@ def test_fused_jvp_in_every_argument():
     )
     want = both(lambda h, w, b, reduction: _ref(h, w, b, y, reduction=reduction, **kw))
     for a, e in zip(got, want, strict=True):
-        _assert_close(a, e, 1e-12)
+        close(a, e, 1e-12, 1e-12)
 
 
 def test_fused_forward_over_reverse():
@@ -152,7 +149,7 @@ def test_fused_forward_over_reverse():
         return jax.jit(lambda h, v: jax.jvp(jax.grad(f), (h,), (v,))[1])
 
     want = hvp(lambda h: _ref(h, w, None, y, ignore_index=-100, z_loss=1e-2, reduction="mean"))
-    _assert_close(hvp(ours)(h, np.cos(h)), want(h, np.cos(h)), 1e-11)
+    close(hvp(ours)(h, np.cos(h)), want(h, np.cos(h)), 1e-11, 1e-11)
 
 
 def test_fused_check_grads_finite_differences():
@@ -200,7 +197,7 @@ def test_fused_chunk_size_does_not_change_the_result():
     )(h, w)
     for c, got in zip(sizes, jax.jit(run)(h, w), strict=True):
         for a, e in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
-            _assert_close(a, e, 1e-12, f"chunk_size={c}")
+            close(a, e, 1e-12, 1e-12, err_msg=f"chunk_size={c}")
 
 
 def test_fused_eager_equals_jit():
@@ -208,7 +205,7 @@ def test_fused_eager_equals_jit():
     f = lambda h: jaxloss.fused_linear_softmax_cross_entropy(
         h, w, y, bias=b, ignore_index=-100, reduction="none", chunk_size=CHUNK
     )
-    _assert_close(f(h), jax.jit(f)(h), 1e-14)
+    close(f(h), jax.jit(f)(h), 1e-14, 1e-14)
 
 
 def test_fused_vmap_over_a_leading_batch():
@@ -229,7 +226,7 @@ def test_fused_vmap_over_a_leading_batch():
         lambda h, y, w: _ref(h, w, b, y, ignore_index=-100, label_smoothing=0.1, reduction="mean")
     )(hb, yb, w)
     for a, e in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
-        _assert_close(a, e, 1e-12)
+        close(a, e, 1e-12, 1e-12)
 
 
 # --------------------------------------------------------------------------
@@ -249,16 +246,16 @@ def test_ignored_rows_contribute_nothing():
     h2 = h.copy()
     h2[ignored] = 1e4 * np.cos(h2[ignored])
     value2, (dh2, dw2, db2) = vg(h2, w, b)
-    _assert_close(value2, value, 0.0)
+    close(value2, value, 0.0, 0.0)
     assert np.all(np.asarray(dh)[ignored] == 0) and np.all(np.asarray(dh2)[ignored] == 0)
-    _assert_close(dw2, dw, 0.0)
-    _assert_close(db2, db, 0.0)
+    close(dw2, dw, 0.0, 0.0)
+    close(db2, db, 0.0, 0.0)
     # The mean divides by the counted rows only.
     rows = jaxloss.fused_linear_softmax_cross_entropy(
         h, w, y, bias=b, ignore_index=-100, reduction="none", chunk_size=CHUNK
     )
     assert np.all(np.asarray(rows)[ignored] == 0)
-    _assert_close(value, np.sum(np.asarray(rows)) / np.sum(~ignored), 1e-14)
+    close(value, np.sum(np.asarray(rows)) / np.sum(~ignored), 1e-14, 1e-14)
 
 
 def test_all_rows_ignored_gives_zero_not_nan():
@@ -305,7 +302,7 @@ def test_low_precision_accumulates_in_float32():
         return _ref(h32, w32, b32, y, ignore_index=-100, reduction="mean")
 
     want, want_grads = jax.jit(jax.value_and_grad(ref, argnums=(0, 1, 2)))(h, w, b)
-    _assert_close(value, want, 1e-5)
+    close(value, want, 1e-5, 1e-5)
     for a, e in zip(grads, want_grads, strict=True):
         np.testing.assert_allclose(
             np.asarray(a, np.float32), np.asarray(e, np.float32), rtol=2e-2, atol=2e-3
@@ -453,8 +450,8 @@ def test_vocab_parallel_one_shard_equals_unsharded_with_check_grads():
         in_specs=P(None, "v"),
         out_specs=P(),
     )
-    _assert_close(
-        jax.jit(f)(x), jaxloss.softmax_cross_entropy_with_integer_labels(x, y, **kw), 1e-12
+    close(
+        jax.jit(f)(x), jaxloss.softmax_cross_entropy_with_integer_labels(x, y, **kw), 1e-12, 1e-12
     )
     check_grads(jax.jit(f), (x,), order=1, modes=("fwd", "rev"), eps=1e-6)
 
@@ -468,7 +465,7 @@ def test_vocab_parallel_one_shard_equals_unsharded_with_check_grads():
         in_specs=(P(), P(None, "v"), P("v")),
         out_specs=P(),
     )
-    _assert_close(jax.jit(fused)(h, w, b), ref, 1e-12)
+    close(jax.jit(fused)(h, w, b), ref, 1e-12, 1e-12)
 
 
 def test_chunk_barrier_keeps_no_tiled_copy_of_the_kernel(monkeypatch):

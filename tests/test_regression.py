@@ -6,8 +6,6 @@ smooth_l1_loss, poisson_nll_loss, gaussian_nll_loss) and ``optax.losses``
 float64 formulas written in the tests; the MSE worked example of DESIGN.md.
 """
 
-import contextlib
-import io
 import math
 
 import jax
@@ -17,10 +15,10 @@ import optax
 import pytest
 import torch
 import torch.nn.functional as F
+from _helpers import residual_lines
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from jax.ad_checkpoint import print_saved_residuals
 from jax.test_util import check_grads
 
 import jaxloss
@@ -276,22 +274,15 @@ def test_absolute_error_zero_gradient_at_zero():
     np.testing.assert_array_equal(g, [0.0, 0.0])
 
 
-def _residuals(fn, *args):
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        print_saved_residuals(fn, *args)
-    return [ln for ln in buf.getvalue().splitlines() if ln.strip()]
-
-
 def test_residuals():
     x = jnp.ones((8,), jnp.float32)
     t = jnp.zeros((8,), jnp.float32)
     # Huber and smooth L1 recompute their slope: the inputs are the only residuals
     for fn in (jaxloss.huber_loss, jaxloss.smooth_l1_loss):
-        lines = _residuals(lambda a, b, f=fn: jnp.sum(f(a, b)), x, t)
+        lines = residual_lines(lambda a, b, f=fn: jnp.sum(f(a, b)), x, t)
         assert lines == ["f32[8] from the argument a", "f32[8] from the argument b"], lines
     # log-cosh recomputes its slope too: the caller's buffers and nothing else
-    lines = _residuals(lambda a, b: jnp.sum(jaxloss.log_cosh(a, b)), x, t)
+    lines = residual_lines(lambda a, b: jnp.sum(jaxloss.log_cosh(a, b)), x, t)
     assert lines == ["f32[8] from the argument a", "f32[8] from the argument b"], lines
 
 

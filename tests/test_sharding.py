@@ -10,8 +10,9 @@ only takes effect before JAX is imported). Each test below reports one check.
 * the vocabulary-parallel fused linear loss equals the materialised loss and
   its gradients w.r.t. hidden, kernel and bias, with one all-gather plus one
   ``[N, D]`` all-reduce for d hidden;
-* every loss exported by ``jaxloss`` gives the same value and gradient with
-  its batch sharded over a data-parallel ``NamedSharding`` as unsharded.
+* every batch loss of the registry (``jaxloss._registry``) gives the same
+  value and gradient with its batch sharded over a data-parallel
+  ``NamedSharding`` as unsharded.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import subprocess
 import sys
 
 import pytest
+from _multidevice import collectives
 
 SCRIPT = pathlib.Path(__file__).with_name("_multidevice.py")
 
@@ -76,11 +78,6 @@ def test_data_parallel_class_weight(results):
 
 def test_collective_parser():
     """The HLO collective counter used above sees sync and async forms, once each."""
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        from _multidevice import collectives
-    finally:
-        sys.path.pop(0)
     text = "\n".join(
         [
             "  %ag = f32[8,3,16]{2,1,0} all-gather(f32[1,3,16]{2,1,0} %x), dimensions={0}",

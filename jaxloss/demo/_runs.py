@@ -427,7 +427,9 @@ SPECS: tuple[Spec, ...] = (
         out_dim=10,
     ),
     _digits_spec("softmax_focal_loss", "gamma=2", gamma=2.0),
-    _digits_spec("multiclass_hinge_loss", "margin=1", margin=1.0),
+    _digits_spec("multiclass_hinge_loss", "Crammer-Singer"),
+    _digits_spec("multiclass_perceptron_loss", ""),
+    _digits_spec("multi_margin_loss", "margin=1", margin=1.0),
     # --- breast cancer: binary ---------------------------------------------
     Spec(
         "sigmoid_binary_cross_entropy",
@@ -449,6 +451,7 @@ SPECS: tuple[Spec, ...] = (
     _binary_spec("sigmoid_focal_loss", "alpha=0.25, gamma=2", alpha=0.25, gamma=2.0),
     _binary_spec("hinge_loss", "labels in {-1, +1}", labels=_pm1),
     _binary_spec("squared_hinge_loss", "labels in {-1, +1}", labels=_pm1),
+    _binary_spec("perceptron_loss", "labels in {-1, +1}", labels=_pm1),
     # --- diabetes: regression on the standardised target -------------------
     _regression_spec("squared_error", "mean = MSE"),
     _regression_spec("l2_loss", "half squared error"),

@@ -1,0 +1,67 @@
+"""Helpers shared by the test modules.
+
+``tests/`` has no ``__init__.py``: pytest's default ("prepend") import mode puts
+this directory on ``sys.path``, so test modules import this file as
+``_helpers``, as ``test_sharding.py`` imports ``_multidevice``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import jax
+import jax.ad_checkpoint
+import jax.numpy as jnp
+import numpy as np
+
+
+def rng(seed: int = 0) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+def tt(a, grad: bool = False):
+    """A float64 torch tensor (int64 for integer and boolean arrays)."""
+    import torch
+
+    a = np.asarray(a)
+    dtype = torch.float64 if np.issubdtype(a.dtype, np.floating) else torch.int64
+    return torch.tensor(a, dtype=dtype, requires_grad=grad)
+
+
+def close(actual, expected, rtol=1e-10, atol=1e-12, err_msg=""):
+    np.testing.assert_allclose(
+        np.asarray(actual), np.asarray(expected), rtol=rtol, atol=atol, err_msg=err_msg
+    )
+
+
+def all_finite(*trees) -> bool:
+    return all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(trees))
+
+
+def saved_residuals(f, *args):
+    """``(aval, source)`` of every residual reverse mode keeps between the passes."""
+    fn = getattr(jax.ad_checkpoint, "saved_residuals", None)
+    if fn is None:  # not re-exported publicly in every JAX version
+        from jax._src.ad_checkpoint import saved_residuals as fn
+    return fn(f, *args)
+
+
+def large_residuals(f, *args, size):
+    """Residuals with at least ``size`` elements other than the caller's own buffers:
+    the arguments and the closed-over operands ("from a constant"); anything the
+    loss computed shows up as "output of <primitive>"."""
+    return [
+        (aval, src)
+        for aval, src in saved_residuals(f, *args)
+        if np.prod(aval.shape) >= size
+        and not src.startswith(("from the argument", "from a constant"))
+    ]
+
+
+def residual_lines(f, *args) -> list[str]:
+    """The non-empty lines ``jax.ad_checkpoint.print_saved_residuals`` prints."""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        jax.ad_checkpoint.print_saved_residuals(f, *args)
+    return [ln for ln in buf.getvalue().splitlines() if ln.strip()]
