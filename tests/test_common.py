@@ -4,8 +4,6 @@ The helpers in ``jaxloss._common`` are exercised directly and through the five
 foundation losses, so that every loss follows the same conventions.
 """
 
-import inspect
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,52 +12,6 @@ from jax.experimental import checkify
 
 import jaxloss as jl
 from jaxloss import _common as cm
-
-# --------------------------------------------------------------------------
-# The public contract (DESIGN.md): names, keyword-only hyperparameters, defaults
-# --------------------------------------------------------------------------
-
-CONTRACT = {
-    "softmax_cross_entropy": (
-        ["logits", "labels", "axis", "where"],
-        {"label_smoothing": 0.0, "z_loss": 0.0, "reduction": "none"},
-    ),
-    "softmax_cross_entropy_with_integer_labels": (
-        ["logits", "labels", "axis", "where"],
-        {
-            "weight": None,
-            "ignore_index": None,
-            "label_smoothing": 0.0,
-            "z_loss": 0.0,
-            "logit_softcap": None,
-            "reduction": "none",
-        },
-    ),
-    "nll_loss": (
-        ["log_probs", "labels"],
-        {"axis": -1, "weight": None, "ignore_index": None, "reduction": "none"},
-    ),
-    "sigmoid_binary_cross_entropy": (
-        ["logits", "labels"],
-        {"weight": None, "pos_weight": None, "label_smoothing": 0.0, "reduction": "none"},
-    ),
-    "binary_cross_entropy": (["probs", "labels"], {"weight": None, "reduction": "none"}),
-}
-
-
-@pytest.mark.parametrize("name", sorted(CONTRACT))
-def test_signature_matches_design(name):
-    positional, keywords = CONTRACT[name]
-    params = inspect.signature(getattr(jl, name)).parameters
-    assert list(params) == positional + list(keywords)
-    for p in positional:
-        assert params[p].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
-    # optax's positional axis=-1, where=None
-    assert [params[p].default for p in positional[2:]] == [-1, None][: len(positional) - 2]
-    for k, default in keywords.items():
-        assert params[k].kind is inspect.Parameter.KEYWORD_ONLY, k
-        assert params[k].default == default, k
-
 
 # --------------------------------------------------------------------------
 # Reduction, through every loss
