@@ -223,14 +223,8 @@ def ctc_loss(
       feasible targets get the same numbers either way).
 
     Args:
-      logits: ``[B, T, K]`` unnormalized scores, blank included.
-      logit_paddings: ``[B, T]``, 1 on padded frames, 0 on real ones.
-      labels: ``[B, N]`` integer labels, right-padded.
-      label_paddings: ``[B, N]``, 1 on padded labels (each row zeros then
-        ones), 0 on real ones.
-      blank_id: the blank's class index (a Python int).
-      log_epsilon: the stand-in for :math:`\log 0` on impossible
-        transitions (may be traced; ``-jnp.inf`` is exact).
+      logits, logit_paddings, labels, label_paddings, blank_id, log_epsilon:
+        as in :func:`ctc_loss_with_forward_probs`.
       reduction: ``"none"`` (``[B]``, optax's result), ``"sum"``, or
         ``"mean"``: PyTorch's, the batch mean of each loss divided by its
         target length (at least 1), not the plain batch mean.

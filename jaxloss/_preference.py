@@ -263,10 +263,10 @@ def orpo_odds_ratio_loss(
         completion, same shape.
       beta: :math:`\beta > 0` (the paper's :math:`\lambda`), the weight of
         the odds-ratio term. May be traced.
-      reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
+      reduction: as in :func:`simpo_loss`.
 
     Returns:
-      Per-example losses or their reduction; float32 for bf16/f16 inputs.
+      As :func:`simpo_loss`.
 
     Example:
       >>> import jax.numpy as jnp, jaxloss

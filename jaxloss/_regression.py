@@ -267,13 +267,11 @@ def smooth_l1_loss(
     absolute error.
 
     Args:
-      predictions: float array of any shape.
-      targets: broadcastable to ``predictions``; ``None`` means zeros.
+      predictions, targets, reduction: as in :func:`huber_loss`.
       beta: :math:`\beta \ge 0`.
-      reduction: ``"none"``, ``"sum"`` or ``"mean"`` (over all elements).
 
     Returns:
-      Elementwise loss (float32 for bf16/f16 inputs) or its reduction.
+      As :func:`huber_loss`.
 
     Example:
       >>> import jax.numpy as jnp, jaxloss
