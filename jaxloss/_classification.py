@@ -87,10 +87,16 @@ def _smoothed_targets(s, labels, mask, eps):
     return t
 
 
-def _prob_forward(x, labels, mask, opts: _ProbOpts):
+def _weighted_targets(s, labels, weight, mask, eps):
+    """Smoothed targets times the class weights (PyTorch: ``-sum_c w_c t_c log p_c``)."""
+    t = _smoothed_targets(s, labels, mask, eps)
+    return t if weight is None else t * jnp.broadcast_to(weight.astype(s.dtype), s.shape)
+
+
+def _prob_forward(x, labels, weight, mask, opts: _ProbOpts):
     """``((loss, share), rows)``; ``share`` is 1 on rows with a valid class."""
     s = sm.upcast(x)
-    t = _smoothed_targets(s, labels, mask, opts.eps)
+    t = _weighted_targets(s, labels, weight, mask, opts.eps)
     gscale = sm.gap_scale(s.shape[-1])
     block = sm.block_stats(s, mask, None, t, dense=True, gscale=gscale, w_as_given=True)
     zw = (block.wsum != 0).astype(s.dtype)
@@ -100,31 +106,33 @@ def _prob_forward(x, labels, mask, opts: _ProbOpts):
 
 
 def _prob_tangent_x(rows, args, dx):
-    x, labels, mask, opts = args
+    x, labels, weight, mask, opts = args
     s = sm.upcast(x)
-    t = _smoothed_targets(s, labels, mask, opts.eps)
+    t = _weighted_targets(s, labels, weight, mask, opts.eps)
     g = sm.coefficient(s, mask, None, None, rows, dense=False) - t
     dloss = jnp.sum(g * dx.astype(g.dtype), axis=-1)
     return dloss, jnp.zeros_like(dloss)
 
 
 def _prob_tangent_labels(rows, args, dlabels):
-    """``(1 - eps) sum_c (lse - x_c) dt_c`` over the valid classes.
+    """``(1 - eps) sum_c w_c (lse - x_c) dt_c`` over the valid classes.
 
     Written out rather than autodiffed: the forward's zero-target guard would
     drop the classes whose target is 0, whose slope is ``lse - x_c`` like any
     other's. The z-loss term does not depend on the targets.
     """
-    x, _, mask, opts = args
+    x, _, weight, mask, opts = args
     s = sm.upcast(x)
     gap = rows.log_sum[..., None] + (rows.shift[..., None] - s)
     gap = jnp.where(sm.valid_classes(s, mask), gap, jnp.zeros_like(gap))
+    if weight is not None:
+        gap = gap * jnp.broadcast_to(weight.astype(s.dtype), s.shape)
     dloss = (1.0 - opts.eps) * jnp.sum(gap * dlabels.astype(s.dtype), axis=-1)
     return dloss, jnp.zeros_like(dloss)
 
 
 _ce_prob = cm.linear_rule(
-    _prob_forward, {0: _prob_tangent_x, 1: _prob_tangent_labels}, static_argnums=(3,)
+    _prob_forward, {0: _prob_tangent_x, 1: _prob_tangent_labels}, static_argnums=(4,)
 )
 
 
@@ -214,6 +222,7 @@ def softmax_cross_entropy(
     axis: int | tuple[int, ...] | None = -1,
     where: ArrayLike | None = None,
     *,
+    weight: ArrayLike | None = None,
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     reduction: str = "none",
@@ -226,12 +235,16 @@ def softmax_cross_entropy(
 
     Args:
       logits: unnormalized scores, any float dtype.
-      labels: class probabilities (or any non-negative targets), the shape of
-        ``logits``. Differentiable: the gradient with respect to the labels is
-        :math:`(1-\varepsilon)(\mathrm{lse} - x)`, as used in distillation.
-      axis: the class axis.
-      where: boolean mask broadcastable to ``logits``; masked classes are left
-        out of the softmax and of the sum (optax's ``where``).
+      labels: class probabilities (or any non-negative targets), broadcastable
+        to ``logits``. Differentiable: the gradient with respect to the labels
+        is :math:`(1-\varepsilon)\, w (\mathrm{lse} - x)`, as used in distillation.
+      axis: the class axis (an int, a tuple of axes or ``None``; optax's).
+      where: a class mask broadcastable to ``logits`` (masked classes are left
+        out of the softmax and of the sum) or a per-example mask shaped like
+        the batch (optax's ``where``).
+      weight: per-class weights ``[C]`` (PyTorch's ``weight`` with probability
+        targets: :math:`-\sum_c w_c t_c \log p_c`; the mean still divides by
+        the number of rows, as PyTorch does for probability targets).
       label_smoothing: :math:`\varepsilon \in [0, 1]` spread over the ``K``
         allowed classes.
       z_loss: coefficient of the :math:`\mathrm{lse}^2` term.
@@ -271,7 +284,8 @@ def softmax_cross_entropy(
     o = cm.ce_options(None, label_smoothing, z_loss, None)
     # The labels keep their dtype: the rule widens them with the logits, so a
     # float32 target is never rounded to bf16 and no converted copy is saved.
-    loss, share = _ce_prob(x, t, mask, _ProbOpts(o.eps, o.z))
+    w = cm.prepare_class_weight(weight, x.shape[-1])
+    loss, share = _ce_prob(x, t, w, mask, _ProbOpts(o.eps, o.z))
     return red(loss, share)
 
 
