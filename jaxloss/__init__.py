@@ -35,6 +35,7 @@ from jaxloss._hinge import multiclass_hinge_loss as multiclass_hinge_loss
 from jaxloss._hinge import multiclass_perceptron_loss as multiclass_perceptron_loss
 from jaxloss._hinge import perceptron_loss as perceptron_loss
 from jaxloss._hinge import squared_hinge_loss as squared_hinge_loss
+from jaxloss._large_vocab import fused_linear_log_probs as fused_linear_log_probs
 from jaxloss._large_vocab import (
     fused_linear_softmax_cross_entropy as fused_linear_softmax_cross_entropy,
 )

@@ -862,3 +862,116 @@ def vocab_parallel_softmax_cross_entropy(
     opts = _VpOpts(axis_name, o.ignore_index, o.eps, o.z, o.cap, num_classes)
     loss, share = _vp_ce(x, y, w, mask, opts)
     return red(loss, share)
+
+
+# --------------------------------------------------------------------------
+# Per-token log-probabilities and entropy
+# --------------------------------------------------------------------------
+
+
+class _LogProbOpts(NamedTuple):
+    temperature: float
+    cap: float | None
+    chunk: int
+    entropy: bool
+
+
+def _chunk_log_probs(h_c, w, b, y_c, opts: _LogProbOpts):
+    """``log p(y)`` (and the entropy) of one chunk's rows from the softmax core."""
+    dtype = cm.compute_dtype(h_c, w)
+    x = _dot(h_c, w, (1, 0), dtype) + _bias(b, dtype)
+    s = sm.softcap(x / opts.temperature if opts.temperature != 1.0 else x, opts.cap)
+    block = sm.block_stats(s, None, y_c, None, dense=False, gscale=1.0)
+    log_sum = jnp.log(block.total)
+    # log p_y = s_y - lse = (s_y - S) - log_sum, exact near the maximum
+    out = [(block.s_y - block.shift) - log_sum]
+    if opts.entropy:
+        rel = s - block.shift[:, None]
+        p = jnp.exp(rel - log_sum[:, None])
+        # H = lse - sum_c p_c s_c = log_sum - sum_c p_c (s_c - S); 0 log 0 = 0
+        out.append(log_sum - jnp.sum(cm.safe_mul(p, rel), axis=-1))
+    return jnp.stack(out)
+
+
+def _log_probs(h, w, b, y, opts: _LogProbOpts):
+    n = h.shape[0]
+    num_chunks = -(-n // opts.chunk)
+    chunks = (_chunk_rows(h, opts.chunk, num_chunks), _chunk_rows(y, opts.chunk, num_chunks))
+
+    # Checkpointed: reverse mode recomputes each chunk's [chunk, V] logits instead
+    # of keeping them (four N x D x V matmuls in all); forward mode works as is.
+    @jax.checkpoint
+    def body(_, xs):
+        h_c, y_c = xs
+        return None, _chunk_log_probs(h_c, *_pin(w, b, h_c), y_c, opts)
+
+    _, out = lax.scan(body, None, chunks)  # [chunks, k, chunk]
+    return [_unchunk(out[:, i], n) for i in range(out.shape[1])]
+
+
+def fused_linear_log_probs(
+    hidden: ArrayLike,
+    kernel: ArrayLike,
+    labels: ArrayLike,
+    *,
+    bias: ArrayLike | None = None,
+    temperature: float = 1.0,
+    logit_softcap: float | None = None,
+    return_entropy: bool = False,
+    chunk_size: int | None = None,
+) -> Array | tuple[Array, Array]:
+    r"""Per-token :math:`\log p(y)` (and entropy) of ``hidden @ kernel + bias`` without the logits.
+
+    .. math::
+        s = \mathrm{cap} \tanh\!\big((h W + b) / (T\,\mathrm{cap})\big), \qquad
+        \log p_i(y_i) = s_{i,y_i} - \mathrm{lse}(s_i), \qquad
+        H_i = -\sum_c p_{i,c} \log p_{i,c}
+
+    The ``[N, V]`` logits are never held: rows are processed in chunks of
+    ``chunk_size`` tokens, each chunk's ``[chunk, V]`` logits exist only inside
+    its step, and reverse mode recomputes them chunk by chunk. Both outputs are
+    differentiable with respect to ``hidden``, ``kernel`` and ``bias`` (policy
+    gradients, DPO's sequence log-probabilities, entropy bonuses), in forward
+    and reverse mode.
+
+    Args:
+      hidden: ``[N, D]`` features.
+      kernel: ``[D, V]`` output projection (Flax ``Dense`` layout; a tied
+        embedding passes ``embedding.T``).
+      labels: ``[N]`` integer token ids in ``[0, V)``.
+      bias: optional ``[V]`` bias.
+      temperature: :math:`T > 0`, dividing the logits (a Python number).
+      logit_softcap: Gemma 2's soft cap, applied after the temperature.
+      return_entropy: also return the softmax entropy ``[N]``.
+      chunk_size: rows per chunk; ``None`` picks one as
+        :func:`fused_linear_softmax_cross_entropy` does.
+
+    Returns:
+      ``log_probs [N]`` (float32 for bf16/f16 inputs), or
+      ``(log_probs, entropy)`` with ``return_entropy=True``.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> h = jnp.array([[1.0, 0.0], [0.0, 2.0]], jnp.float32)
+      >>> w = jnp.array([[2.0, 0.0, -1.0], [0.0, 0.5, 0.0]], jnp.float32)
+      >>> jaxloss.fused_linear_log_probs(h, w, jnp.array([0, 1]))
+      Array([-0.16984604, -0.55144465], dtype=float32)
+
+    Note:
+      ``fused_linear_log_probs(h, W, y) == -fused_linear_softmax_cross_entropy(h, W, y,
+      reduction="none")``. Labels are not masked: give padded tokens any valid id
+      and mask the result. Out-of-range labels raise ``ValueError`` when concrete.
+
+    References:
+      TRL's ``selective_log_softmax``; Liger-Kernel's fused linear losses.
+    """
+    h, w, y, b, chunk = _prepare_fused(hidden, kernel, labels, bias, chunk_size, "kernel", "bias")
+    t = cm.static_float(temperature, "temperature", low=0.0, low_open=True)
+    cap = cm.static_float(logit_softcap, "logit_softcap", low=0.0, low_open=True, allow_none=True)
+    if not isinstance(return_entropy, bool):
+        raise TypeError(f"return_entropy must be a bool; got {return_entropy!r}.")
+    n, v = h.shape[0], w.shape[1]
+    cm.check_labels_in_range(y, v, None)
+    chunk = _default_chunk(n, v) if chunk is None else min(chunk, max(n, 1))
+    out = _log_probs(h, w, b, jnp.clip(y, 0, v - 1), _LogProbOpts(t, cap, chunk, return_entropy))
+    return (out[0], out[1]) if return_entropy else out[0]
