@@ -35,6 +35,9 @@ from jaxloss._hinge import multiclass_hinge_loss as multiclass_hinge_loss
 from jaxloss._hinge import multiclass_perceptron_loss as multiclass_perceptron_loss
 from jaxloss._hinge import perceptron_loss as perceptron_loss
 from jaxloss._hinge import squared_hinge_loss as squared_hinge_loss
+from jaxloss._keras import categorical_hinge as categorical_hinge
+from jaxloss._keras import mean_absolute_percentage_error as mean_absolute_percentage_error
+from jaxloss._keras import mean_squared_logarithmic_error as mean_squared_logarithmic_error
 from jaxloss._large_vocab import fused_linear_log_probs as fused_linear_log_probs
 from jaxloss._large_vocab import (
     fused_linear_softmax_cross_entropy as fused_linear_softmax_cross_entropy,
@@ -45,6 +48,13 @@ from jaxloss._large_vocab import (
 from jaxloss._large_vocab import (
     vocab_parallel_softmax_cross_entropy as vocab_parallel_softmax_cross_entropy,
 )
+from jaxloss._margin import cosine_embedding_loss as cosine_embedding_loss
+from jaxloss._margin import hinge_embedding_loss as hinge_embedding_loss
+from jaxloss._margin import margin_ranking_loss as margin_ranking_loss
+from jaxloss._margin import multilabel_margin_loss as multilabel_margin_loss
+from jaxloss._margin import multilabel_soft_margin_loss as multilabel_soft_margin_loss
+from jaxloss._margin import soft_margin_loss as soft_margin_loss
+from jaxloss._margin import triplet_margin_with_distance_loss as triplet_margin_with_distance_loss
 from jaxloss._preference import dpo_loss as dpo_loss
 from jaxloss._preference import orpo_odds_ratio_loss as orpo_odds_ratio_loss
 from jaxloss._preference import simpo_loss as simpo_loss
