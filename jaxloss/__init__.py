@@ -5,6 +5,9 @@ from importlib.metadata import version as _version
 
 from jaxloss._binary import binary_cross_entropy as binary_cross_entropy
 from jaxloss._binary import sigmoid_binary_cross_entropy as sigmoid_binary_cross_entropy
+from jaxloss._boxes import complete_box_iou_loss as complete_box_iou_loss
+from jaxloss._boxes import distance_box_iou_loss as distance_box_iou_loss
+from jaxloss._boxes import generalized_box_iou_loss as generalized_box_iou_loss
 from jaxloss._classification import nll_loss as nll_loss
 from jaxloss._classification import poly_loss_cross_entropy as poly_loss_cross_entropy
 from jaxloss._classification import safe_softmax_cross_entropy as safe_softmax_cross_entropy
