@@ -178,3 +178,97 @@ def python_text(context: int) -> Dataset:
             "unigram_perplexity": unigram_ppl,
         },
     )
+
+
+def _partners(y: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """For each row, a random other row of its class and a random row of another class."""
+    pos = np.empty(len(y), np.int64)
+    neg = np.empty(len(y), np.int64)
+    for c in np.unique(y):
+        same = np.flatnonzero(y == c)
+        other = np.flatnonzero(y != c)
+        shift = rng.integers(1, len(same), size=len(same))  # never the row itself
+        pos[same] = same[(np.arange(len(same)) + shift) % len(same)]
+        neg[same] = rng.choice(other, size=len(same))
+    return pos, neg
+
+
+@functools.cache
+def digit_pairs(seed: int) -> Dataset:
+    """Digits with, per row, a same-class partner ``xp`` and an other-class one ``xn``.
+
+    Partners are drawn within the same split (train rows pair with train rows).
+    ``info["pixel_ncm_accuracy"]`` is the nearest-class-mean accuracy on raw pixels.
+    """
+    base = digits(seed)
+    rng = np.random.default_rng([seed, 1])
+
+    def part(rows):
+        pos, neg = _partners(rows["y"], rng)
+        return dict(rows, xp=rows["x"][pos], xn=rows["x"][neg])
+
+    means = np.stack([base.train["x"][base.train["y"] == c].mean(0) for c in range(10)])
+    dist = ((base.test["x"][:, None, :] - means[None]) ** 2).sum(-1)
+    info = dict(base.info, pixel_ncm_accuracy=float(np.mean(dist.argmin(-1) == base.test["y"])))
+    return Dataset("digit_pairs", part(base.train), part(base.test), info)
+
+
+SEQ_FRAMES = 8  # frames per sequence
+SEQ_MAX_LABELS = 3  # digits per sequence: 1 to 3
+
+
+def _sequences(x: np.ndarray, y: np.ndarray, n: int, rng: np.random.Generator):
+    """``n`` sequences of ``SEQ_FRAMES`` frames: 1-3 digit images, blank frames between."""
+    frames = np.zeros((n, SEQ_FRAMES, x.shape[1]), np.float32)
+    labels = np.zeros((n, SEQ_MAX_LABELS), np.int32)
+    label_pad = np.ones((n, SEQ_MAX_LABELS), np.float32)
+    for i in range(n):
+        k = int(rng.integers(1, SEQ_MAX_LABELS + 1))
+        # k frames out of SEQ_FRAMES, no two adjacent: a blank always separates two digits
+        slots = np.sort(rng.choice(SEQ_FRAMES - k + 1, size=k, replace=False)) + np.arange(k)
+        rows = rng.integers(0, len(y), size=k)
+        frames[i, slots] = x[rows]
+        labels[i, :k] = y[rows]
+        label_pad[i, :k] = 0.0
+    return {"x": frames, "labels": labels, "label_pad": label_pad}
+
+
+def label_sequences(part: dict[str, np.ndarray]) -> list[tuple[int, ...]]:
+    """The unpadded label sequence of each row of a ``digit_sequences`` split."""
+    return [
+        tuple(int(c) for c in r[p == 0])
+        for r, p in zip(part["labels"], part["label_pad"], strict=True)
+    ]
+
+
+@functools.cache
+def digit_sequences(seed: int) -> Dataset:
+    """Sequences of digit images for CTC: the label is the digits in order, no alignment.
+
+    Built from the digits split (train sequences from train images only); frames
+    are standardised per pixel with the training frames' statistics;
+    ``info["majority_sequence_accuracy"]``: how often the test label equals the
+    most common training label sequence.
+    """
+    base = digits(seed)
+    rng = np.random.default_rng([seed, 2])
+    train = _sequences(base.train["x"], base.train["y"], 2048, rng)
+    test = _sequences(base.test["x"], base.test["y"], 512, rng)
+    # Standardise each pixel over all training frames, blank ones included. Blank
+    # frames are then a fixed nonzero vector: as zeros, the freshly initialised
+    # (zero-bias) hidden layer maps them to zero activations, and CTC settles on
+    # emitting the digits on the blank frames, where no digit can be read.
+    d = train["x"].shape[-1]
+    x_tr, x_te = _standardise(train["x"].reshape(-1, d), test["x"].reshape(-1, d))
+    train["x"] = x_tr.reshape(train["x"].shape)
+    test["x"] = x_te.reshape(test["x"].shape)
+
+    train_keys = label_sequences(train)
+    top = max(set(train_keys), key=train_keys.count)
+    info = {
+        "num_features": base.info["num_features"],
+        "num_classes": 10,
+        "blank_id": 10,
+        "majority_sequence_accuracy": float(np.mean([k == top for k in label_sequences(test)])),
+    }
+    return Dataset("digit_sequences", train, test, info)

@@ -1,4 +1,4 @@
-"""What the demo trains: five tasks and one run per loss.
+"""What the demo trains: eight tasks and one run per loss.
 
 A *task* owns a dataset, a model family, how a batch is gathered, and the
 held-out metric with its trivial baseline. A *run* (:class:`Spec`) pairs a task
@@ -165,11 +165,13 @@ class Distillation(Digits):
         z = logits / self.temperature
         soft = np.exp(z - z.max(-1, keepdims=True))
         soft = (soft / soft.sum(-1, keepdims=True)).astype(np.float32)
+        log_soft = (z - z.max(-1, keepdims=True)).astype(np.float64)
+        log_soft = (log_soft - np.log(np.exp(log_soft).sum(-1, keepdims=True))).astype(np.float32)
         info = dict(base.info, temperature=self.temperature)
         info["teacher_accuracy"] = float(np.mean(logits[n:].argmax(-1) == base.test["y"]))
-        return _data.Dataset(
-            "distillation", dict(base.train, soft=soft[:n]), dict(base.test, soft=soft[n:]), info
-        )
+        train = dict(base.train, soft=soft[:n], log_soft=log_soft[:n])
+        test = dict(base.test, soft=soft[n:], log_soft=log_soft[n:])
+        return _data.Dataset("distillation", train, test, info)
 
     def make_model(self, ds, spec, env, rngs):
         return MLP(ds.info["num_features"], 32, spec.out_dim, rngs=rngs)  # a smaller student
@@ -288,8 +290,116 @@ class PythonText(Task):
         return Metric("perplexity", ppl, ds.info["unigram_perplexity"], "unigram", False)
 
 
+class Preference(Digits):
+    """Digits as preference pairs: chosen = the true class, rejected = a random other class.
+
+    The policy is the classifier's log-probabilities; the frozen reference (for
+    losses that take one) is the trained cross-entropy classifier, as a
+    supervised fine-tuned model is for preference tuning.
+    """
+
+    name = "preference"
+    data_label = "digits, preference pairs"
+    reference = "softmax_cross_entropy_with_integer_labels"
+
+    def load(self, seed, runner):
+        base = _data.digits(seed)
+        ref_spec = SPECS_BY_NAME[self.reference]
+        ref_task = TASKS[ref_spec.task]
+        model = runner.trained_model(ref_spec)
+        n = len(base.train["y"])
+        both = {k: np.concatenate([base.train[k], base.test[k]]) for k in ("x", "y")}
+        logits = runner.predict(lambda m, b: ref_task.forward(m, b), model, both)
+        z = logits - logits.max(-1, keepdims=True)
+        ref = (z - np.log(np.exp(z).sum(-1, keepdims=True))).astype(np.float32)
+        rng = np.random.default_rng([seed, 3])
+        rejected = ((both["y"] + rng.integers(1, 10, size=len(both["y"]))) % 10).astype(np.int32)
+        train = dict(base.train, rejected=rejected[:n], ref_logp=ref[:n])
+        test = dict(base.test, rejected=rejected[n:], ref_logp=ref[n:])
+        return _data.Dataset("preference", train, test, base.info)
+
+    def evaluate(self, spec, pred, ds):
+        m = super().evaluate(spec, pred, ds)
+        logp = pred["outputs"]
+        rows = np.arange(len(logp))
+        margin = logp[rows, ds.test["y"]] - logp[rows, ds.test["rejected"]]
+        return dataclasses.replace(m, extras={"preference_accuracy": float(np.mean(margin > 0))})
+
+
+class Embedding(Task):
+    """Learn a digit embedding from pairs and triplets; classify by the nearest class mean.
+
+    Each row carries a same-class partner ``xp`` and an other-class one ``xn``;
+    the network embeds all three (``[N, 3, dim]``). The metric embeds train and
+    test digits (``spec.score`` maps embeddings to the space the metric reads),
+    and assigns each test digit the class whose mean training embedding is nearest.
+    """
+
+    name = "digit_pairs"
+    data_label = "digits, pairs/triplets"
+    default_steps = 400
+
+    def forward(self, model, batch):
+        return model(jnp.stack([batch["x"], batch["xp"], batch["xn"]], axis=1))
+
+    def predict_test(self, spec, model, ds, runner):
+        n = len(ds.train["y"])
+        rows = {k: np.concatenate([ds.train[k], ds.test[k]]) for k in ds.test}
+        out = runner.predict(lambda m, b: spec.head(self.forward(m, b)), model, rows)
+        return {"outputs": out[n:], "train": out[:n]}
+
+    def evaluate(self, spec, pred, ds):
+        train = spec.score(pred["train"][:, 0], ds.info)
+        test = spec.score(pred["outputs"][:, 0], ds.info)
+        means = np.stack([train[ds.train["y"] == c].mean(0) for c in range(10)])
+        dist = ((test[:, None, :] - means[None]) ** 2).sum(-1)
+        acc = float(np.mean(dist.argmin(-1) == ds.test["y"]))
+        base = float(np.mean(ds.test["y"] == ds.info["majority_class"]))
+        extras = {"pixel_ncm_accuracy": ds.info["pixel_ncm_accuracy"]}
+        return Metric("NCM accuracy", acc, base, "majority class", True, extras)
+
+
+def greedy_decode(logits: np.ndarray, blank_id: int) -> list[tuple[int, ...]]:
+    """Best-path CTC decoding: per-frame argmax, repeats merged, blanks dropped."""
+    best = logits.argmax(-1)
+    out = []
+    for path in best:
+        keep = np.concatenate([[True], path[1:] != path[:-1]]) & (path != blank_id)
+        out.append(tuple(int(c) for c in path[keep]))
+    return out
+
+
+class Sequences(Task):
+    """Read 1-3 digits from a strip of frames (a per-frame MLP), trained without alignments."""
+
+    name = "digit_sequences"
+    data_label = "digit strips (CTC)"
+    default_steps = 400
+    learning_rate = 1e-2  # CTC on 8-frame strips: reads most strips within the quick run's steps
+
+    def make_model(self, ds, spec, env, rngs):
+        return MLP(ds.info["num_features"], 64, ds.info["num_classes"] + 1, rngs=rngs)
+
+    def evaluate(self, spec, pred, ds):
+        decoded = greedy_decode(pred["outputs"], ds.info["blank_id"])
+        truth = _data.label_sequences(ds.test)
+        acc = float(np.mean([d == t for d, t in zip(decoded, truth, strict=True)]))
+        base = ds.info["majority_sequence_accuracy"]
+        return Metric("sequence accuracy", acc, base, "majority sequence", True)
+
+
 TASKS: dict[str, Task] = {
-    t.name: t for t in (Digits(), BreastCancer(), Diabetes(), Distillation(), PythonText())
+    t.name: t
+    for t in (
+        Digits(),
+        BreastCancer(),
+        Diabetes(),
+        Distillation(),
+        PythonText(),
+        Embedding(),
+        Sequences(),
+        Preference(),
+    )
 }
 
 
@@ -298,6 +408,8 @@ TASKS: dict[str, Task] = {
 # ---------------------------------------------------------------------------
 
 _T = Distillation.temperature
+_EMBED_DIM = 16  # width of the learned digit embedding
+_COS_MARGIN = 0.5  # other-class pairs: cosine distance at least this
 
 
 def _prob_score(p: np.ndarray, info: dict[str, Any]) -> np.ndarray:
@@ -395,6 +507,104 @@ def _regression_spec(name: str, setting: str, **options: Any) -> Spec:
     )
 
 
+def _unit(x: np.ndarray, info: dict[str, Any]) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def _one_hot(b: dict[str, jax.Array], x: jax.Array) -> jax.Array:
+    return jax.nn.one_hot(b["y"], x.shape[-1], dtype=x.dtype)
+
+
+def _batch_dice(name: str, setting: str, one_hot: bool) -> Spec:
+    """A Dice run with the global batch as one image whose pixels are the examples.
+
+    Digits: ``[1, N, 10]`` class scores against one-hot labels (segmentation as
+    classification); breast cancer: ``[1, N]`` logits of the positive class.
+    The Dice statistics sum over the whole global batch.
+    """
+    if one_hot:
+        return Spec(
+            name,
+            "digits",
+            setting,
+            lambda x, b, p, e: jnp.mean(
+                _lib(name)(x[None], _one_hot(b, x)[None], reduction="mean")
+            ),
+            out_dim=10,
+        )
+    return Spec(
+        name,
+        "breast_cancer",
+        setting,
+        lambda x, b, p, e: jnp.mean(_lib(name)(x[None], b["y"][None], reduction="mean")),
+        score=_logits_score,
+    )
+
+
+def _cosine_pairs(x: jax.Array, b: dict[str, jax.Array], p: Any, e: Env) -> jax.Array:
+    """Cosine embedding loss: distance of same-class pairs, hinge on other-class ones."""
+    dist = _lib("cosine_distance")
+    pos = dist(x[:, 0], x[:, 1], reduction="mean")
+    neg = jnp.mean(jax.nn.relu(_COS_MARGIN - dist(x[:, 0], x[:, 2], reduction="none")))
+    return pos + neg
+
+
+def _ntxent(x: jax.Array, b: dict[str, jax.Array], p: Any, e: Env) -> jax.Array:
+    """NT-Xent over anchors and their same-class partners (every row has a positive)."""
+    emb = jnp.concatenate([x[:, 0], x[:, 1]])
+    labels = jnp.concatenate([b["y"], b["y"]])
+    return _lib("ntxent")(emb, labels, temperature=0.1, reduction="mean")
+
+
+def _embedding_spec(name: str, setting: str, loss: Callable, score=_unit) -> Spec:
+    return Spec(name, "digit_pairs", setting, loss, out_dim=_EMBED_DIM, score=score)
+
+
+def _ctc(with_forward_probs: bool):
+    """Mean CTC loss of the label sequences under the per-frame scores (blank = 10)."""
+
+    def loss(x, b, p, e):
+        pad = jnp.zeros(x.shape[:2], x.dtype)
+        blank = e.info["blank_id"]
+        if with_forward_probs:
+            per_seq, _, _ = _lib("ctc_loss_with_forward_probs")(
+                x, pad, b["labels"], b["label_pad"], blank_id=blank
+            )
+            return jnp.mean(per_seq)
+        return _lib("ctc_loss")(
+            x, pad, b["labels"], b["label_pad"], blank_id=blank, reduction="mean"
+        )
+
+    return loss
+
+
+def _pair_logps(x: jax.Array, b: dict[str, jax.Array], key: str = "y") -> tuple[jax.Array, ...]:
+    """Log-probabilities of the chosen (true) and the rejected class, from ``[N, 10]``."""
+    chosen = jnp.take_along_axis(x, b[key][:, None], axis=-1)[:, 0]
+    rejected = jnp.take_along_axis(x, b["rejected"][:, None], axis=-1)[:, 0]
+    return chosen, rejected
+
+
+def _dpo(x, b, p, e):
+    pc, pr = _pair_logps(x, b)
+    rc, rr = _pair_logps(b["ref_logp"], b)
+    return _lib("dpo_loss")(pc, pr, rc, rr, beta=0.1, reduction="mean")
+
+
+def _simpo(x, b, p, e):
+    pc, pr = _pair_logps(x, b)
+    return _lib("simpo_loss")(pc, pr, beta=2.0, gamma=0.5, reduction="mean")
+
+
+def _orpo(x, b, p, e):
+    pc, pr = _pair_logps(x, b)
+    return -jnp.mean(pc) + _lib("orpo_odds_ratio_loss")(pc, pr, beta=0.1, reduction="mean")
+
+
+def _preference_spec(name: str, setting: str, loss: Callable) -> Spec:
+    return Spec(name, "preference", setting, loss, head=jax.nn.log_softmax, out_dim=10)
+
+
 def _lm_params(model: nnx.Module) -> tuple[jax.Array, jax.Array]:
     return model.kernel, model.output_bias
 
@@ -430,6 +640,16 @@ SPECS: tuple[Spec, ...] = (
     _digits_spec("multiclass_hinge_loss", "Crammer-Singer"),
     _digits_spec("multiclass_perceptron_loss", ""),
     _digits_spec("multi_margin_loss", "margin=1", margin=1.0),
+    _digits_spec("multiclass_sparsemax_loss", "sparsemax"),
+    Spec(
+        "ranking_softmax_loss",
+        "digits",
+        "10 classes as a list, relevance = one-hot",
+        lambda x, b, p, e: _lib("ranking_softmax_loss")(x, _one_hot(b, x), reduction="mean"),
+        out_dim=10,
+    ),
+    _batch_dice("dice_loss", "batch as one image, one-hot", one_hot=True),
+    _batch_dice("multiclass_generalized_dice_loss", "batch as one image, one-hot", one_hot=True),
     # --- breast cancer: binary ---------------------------------------------
     Spec(
         "sigmoid_binary_cross_entropy",
@@ -452,6 +672,8 @@ SPECS: tuple[Spec, ...] = (
     _binary_spec("hinge_loss", "labels in {-1, +1}", labels=_pm1),
     _binary_spec("squared_hinge_loss", "labels in {-1, +1}", labels=_pm1),
     _binary_spec("perceptron_loss", "labels in {-1, +1}", labels=_pm1),
+    _binary_spec("sparsemax_loss", "sparse sigmoid"),
+    _batch_dice("binary_dice_loss", "batch as one mask", one_hot=False),
     # --- diabetes: regression on the standardised target -------------------
     _regression_spec("squared_error", "mean = MSE"),
     _regression_spec("l2_loss", "half squared error"),
@@ -493,6 +715,70 @@ SPECS: tuple[Spec, ...] = (
     ),
     _distillation_spec("softmax_cross_entropy"),
     _distillation_spec("safe_softmax_cross_entropy"),
+    Spec(
+        "kl_divergence_with_log_targets",
+        "distillation",
+        f"T={_T:g}, log teacher probs, x T^2",
+        lambda x, b, p, e: (
+            _lib("kl_divergence_with_log_targets")(
+                jax.nn.log_softmax(x / _T), b["log_soft"], reduction="mean"
+            )
+            * _T**2
+        ),
+        out_dim=10,
+    ),
+    Spec(
+        "generalized_kl_divergence",
+        "distillation",
+        f"unnormalised student exp(out/T), T={_T:g}",
+        lambda x, b, p, e: (
+            _lib("generalized_kl_divergence")(x / _T, b["soft"], reduction="mean") * _T**2
+        ),
+        out_dim=10,
+    ),
+    Spec(
+        "jensen_shannon_divergence",
+        "distillation",
+        f"beta=0.5, T={_T:g}, x T^2",
+        lambda x, b, p, e: (
+            _lib("jensen_shannon_divergence")(
+                jax.nn.log_softmax(x / _T), b["log_soft"], beta=0.5, reduction="mean"
+            )
+            * _T**2
+        ),
+        out_dim=10,
+    ),
+    # --- digit embeddings from pairs and triplets ---------------------------
+    _embedding_spec(
+        "cosine_similarity",
+        "1 - cos(embedding, class code)",
+        lambda x, b, p, e: (
+            1.0 - _lib("cosine_similarity")(x[:, 0], _one_hot(b, x[:, 0]), reduction="mean")
+        ),
+    ),
+    _embedding_spec("cosine_distance", f"pairs, other-class margin {_COS_MARGIN:g}", _cosine_pairs),
+    _embedding_spec(
+        "triplet_margin_loss",
+        "margin=1, Euclidean",
+        lambda x, b, p, e: _lib("triplet_margin_loss")(
+            x[:, 0], x[:, 1], x[:, 2], margin=1.0, reduction="mean"
+        ),
+        score=_logits_score,
+    ),
+    _embedding_spec("ntxent", "temperature=0.1, anchors + partners", _ntxent),
+    # --- reading digit strips without alignments -----------------------------
+    Spec("ctc_loss", "digit_sequences", "blank=10, mean", _ctc(False), out_dim=11),
+    Spec(
+        "ctc_loss_with_forward_probs",
+        "digit_sequences",
+        "per-sequence loss, blank=10",
+        _ctc(True),
+        out_dim=11,
+    ),
+    # --- preference pairs on digits -----------------------------------------
+    _preference_spec("dpo_loss", "beta=0.1, reference = CE classifier", _dpo),
+    _preference_spec("simpo_loss", "beta=2, gamma=0.5, no reference", _simpo),
+    _preference_spec("orpo_odds_ratio_loss", "NLL + odds-ratio term, beta=0.1", _orpo),
     # --- character language model -------------------------------------------
     Spec(
         "fused_linear_softmax_cross_entropy",
