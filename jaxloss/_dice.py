@@ -32,7 +32,7 @@ def _check_probabilities(probs: Array) -> None:
     """optax's check for ``apply_softmax=False``: rows sum to 1 (when concrete)."""
     if not cm.is_concrete(probs) or probs.shape[-1] == 1:
         return
-    sums = np.asarray(jnp.sum(probs, axis=-1), dtype=np.float64)
+    sums = np.sum(np.asarray(probs, dtype=np.float64), axis=-1)  # on the host: no tracing
     if sums.size and not np.allclose(sums, 1.0, rtol=1e-5):
         raise ValueError(
             "With apply_softmax=False, predictions must be probabilities that sum to 1 "

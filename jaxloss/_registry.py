@@ -88,6 +88,13 @@ def _caller(fn: Callable, n: int, static: Mapping[str, Any], arrays: Sequence[st
     return call
 
 
+def _select(fn: Callable, index: int) -> Callable:
+    def call(*args):
+        return fn(*args)[index]
+
+    return call
+
+
 @dataclasses.dataclass(frozen=True)
 class LossSpec:
     """One public loss.
@@ -115,6 +122,8 @@ class LossSpec:
       batch_options: keyword options for the data-parallel check.
       signature_issue: why today's signature differs from :attr:`signature`,
         or ``None`` when it does not.
+      output: for a function that returns a tuple, the index of the loss in it:
+        :meth:`bind` calls return that output only; ``None`` for an array.
     """
 
     name: str
@@ -128,6 +137,7 @@ class LossSpec:
     batch: bool = True
     batch_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     signature_issue: str | None = None
+    output: int | None = None
 
     @property
     def fn(self) -> Callable[..., jax.Array]:
@@ -169,6 +179,8 @@ class LossSpec:
         """
         flat, static, arrays = _flatten(inputs)
         call = _caller(self.fn, len(inputs.args), static, arrays)
+        if self.output is not None:
+            call = _select(call, self.output)
         if inputs.specs is not None:
             mesh = jax.make_mesh((1,), (static["axis_name"],), (jax.sharding.AxisType.Auto,))
             call = jax.shard_map(call, mesh=mesh, in_specs=inputs.specs, out_specs=P())
@@ -182,8 +194,22 @@ class LossSpec:
         return _caller(self.reference, len(inputs.args), static, arrays)
 
 
+def _default(node: ast.expr) -> Any:
+    """A literal, or a dotted name such as ``jax.numpy.mean`` (imported and looked up)."""
+    try:
+        return ast.literal_eval(node)
+    except ValueError:
+        if not isinstance(node, ast.Attribute):
+            raise
+        return resolve(ast.unparse(node))
+
+
 def parse_signature(text: str) -> inspect.Signature:
-    """``"(x, y=None, *, reduction='none')"`` as an :class:`inspect.Signature`."""
+    """``"(x, y=None, *, reduction='none')"`` as an :class:`inspect.Signature`.
+
+    Defaults are literals or dotted names of importable objects
+    (``reduce_fn=jax.numpy.mean``).
+    """
     node = ast.parse(f"def f{text}: pass").body[0]
     assert isinstance(node, ast.FunctionDef)
     a = node.args
@@ -193,27 +219,49 @@ def parse_signature(text: str) -> inspect.Signature:
     pairs += [(x, d, param.KEYWORD_ONLY) for x, d in zip(a.kwonlyargs, a.kw_defaults, strict=True)]
     return inspect.Signature(
         [
-            param(x.arg, kind, default=param.empty if d is None else ast.literal_eval(d))
+            param(x.arg, kind, default=param.empty if d is None else _default(d))
             for x, d, kind in pairs
         ]
     )
 
 
+# optax functions that trace only under JAX's default promotion rules (they mix
+# bool/int/float32 and broadcast ranks inside optax, which the test suite's strict
+# settings reject): resolve() returns them wrapped to run under the default rules,
+# with optax's signature.
+DEFAULT_PROMOTION = frozenset(
+    "optax.losses." + name
+    for name in ("ntxent", "multiclass_generalized_dice_loss", "multiclass_sparsemax_loss",
+                 "ctc_loss")
+)  # fmt: skip
+
+
+def _default_promotion(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)  # inspect.signature follows __wrapped__ to fn's signature
+    def call(*args, **kwargs):
+        with jax.numpy_dtype_promotion("standard"), jax.numpy_rank_promotion("allow"):
+            return fn(*args, **kwargs)
+
+    return call
+
+
 def resolve(path: str) -> Callable[..., Any]:
-    """The object a dotted path such as ``"optax.losses.hinge_loss"`` names (imports it)."""
+    """The object a dotted path such as ``"optax.losses.hinge_loss"`` names (imports it);
+    a function of :data:`DEFAULT_PROMOTION` runs under JAX's default promotion rules."""
     top, *rest = path.split(".")
     obj = importlib.import_module(top)
     for i, part in enumerate(rest):
         if not hasattr(obj, part):  # a submodule that its package does not import
             importlib.import_module(".".join([top, *rest[: i + 1]]))
         obj = getattr(obj, part)
-    return obj
+    return _default_promotion(obj) if path in DEFAULT_PROMOTION else obj
 
 
 # Public functions of ``jaxloss`` that are not losses (no row).
 NOT_LOSSES = {
     "smooth_labels": "a label transform (optax.smooth_labels)",
     "make_fenchel_young_loss": "a factory that returns a loss",
+    "convex_kl_divergence": "optax's deprecated alias of generalized_kl_divergence (warns)",
 }
 
 
@@ -804,6 +852,575 @@ def _bench_fused(rows, cols, rng, dtype, hidden=64):
 
 
 # --------------------------------------------------------------------------
+# Optax losses beyond the first catalogue, preference losses
+# --------------------------------------------------------------------------
+
+# Similarity, Dice and ranking losses
+
+# --------------------------------------------------------------------------
+# Reference formulas
+# --------------------------------------------------------------------------
+
+
+def _cos_ref(predictions, targets, *, epsilon=0.0, axis=-1, where=None):
+    """``optax.losses.cosine_similarity``: ``sum(a / |a|_eps * b / |b|_eps)`` with
+    ``|x|_eps = sqrt(max(sum x**2, eps))``."""
+
+    def unit(x):
+        sq = jnp.sum(x * x, axis=axis, keepdims=True, where=where)
+        return x / jnp.sqrt(jnp.maximum(sq, epsilon))
+
+    return jnp.sum(unit(predictions) * unit(targets), axis=axis, where=where)
+
+
+def _cosine_similarity_ref(predictions, targets, *, reduction="none", **kw):
+    """``optax.losses.cosine_similarity`` / ``torch.nn.functional.cosine_similarity``."""
+    return _reduce(_cos_ref(predictions, targets, **kw), reduction)
+
+
+def _cosine_distance_ref(predictions, targets, *, reduction="none", **kw):
+    """``optax.losses.cosine_distance``: ``1 - cosine_similarity``."""
+    return _reduce(1.0 - _cos_ref(predictions, targets, **kw), reduction)
+
+
+def _triplet_ref(
+    anchors, positives, negatives, axis=-1, norm_degree=2, margin=1.0, eps=1e-6, *,
+    reduction="none",
+):  # fmt: skip
+    """``optax.losses.triplet_margin_loss``: ``max(d(a, p) - d(a, n) + margin, 0)``
+    with ``d(x, y) = (sum((x - y)**p) + eps)**(1/p)``."""
+
+    def dist(x, y):
+        return (jnp.sum(jnp.power(x - y, norm_degree), axis=axis) + eps) ** (1.0 / norm_degree)
+
+    loss = jnp.maximum(dist(anchors, positives) - dist(anchors, negatives) + margin, 0.0)
+    return _reduce(loss, reduction)
+
+
+def _ntxent_ref(embeddings, labels, temperature=0.07, *, reduction="mean"):
+    """``optax.losses.ntxent`` (Chen et al. 2020): ``s = cos(e_i, e_j) / tau`` (squared
+    norms clipped at the dtype's eps); over the ordered positive pairs,
+    ``-log(e^s_ij / (e^s_ij + sum_{k: y_k != y_i} e^s_ik))``; mean over the pairs."""
+    eps = float(jnp.finfo(embeddings.dtype).eps)
+    s = _cos_ref(embeddings[None, :, :], embeddings[:, None, :], epsilon=eps) / temperature
+    same = labels[:, None] == labels[None, :]
+    pos = same & ~jnp.eye(labels.shape[0], dtype=bool)
+    neg_lse = jax.nn.logsumexp(jnp.where(same, -jnp.inf, s), axis=1, keepdims=True)
+    pair = jnp.where(pos, jnp.logaddexp(neg_lse, s) - s, 0.0)
+    return _reduce(jnp.sum(pair, axis=1), reduction, jnp.sum(pos).astype(pair.dtype))
+
+
+def _dice_per_class(predictions, targets, class_weights, smooth, alpha, beta, apply_softmax, axis):
+    """optax's per-class Tversky loss ``1 - (I + s) / (I + a FP + b FN + s)``."""
+    x, t = predictions, targets
+    if apply_softmax:
+        x = jax.nn.sigmoid(x) if x.shape[-1] == 1 else jax.nn.softmax(x, axis=-1)
+    axes = tuple(range(1, x.ndim - 1)) if axis is None else axis
+    inter = jnp.sum(x * t, axis=axes)
+    fp = jnp.sum(x, axis=axes) - inter
+    fn = jnp.sum(t, axis=axes) - inter
+    loss = 1.0 - (inter + smooth) / (inter + alpha * fp + beta * fn + smooth)
+    return loss if class_weights is None else loss * _lead(class_weights, loss)
+
+
+def _dice_ref(
+    predictions, targets, *, class_weights=None, smooth=1.0, alpha=0.5, beta=0.5,
+    apply_softmax=True, reduction="mean", ignore_background=False, axis=None,
+):  # fmt: skip
+    """``optax.losses.dice_loss`` (Milletari et al. 2016; Tversky: Salehi et al. 2017),
+    reduced over the class axis."""
+    loss = _dice_per_class(
+        predictions, targets, class_weights, smooth, alpha, beta, apply_softmax, axis
+    )
+    if ignore_background and loss.shape[-1] > 1:
+        loss = loss[..., 1:]
+    if reduction == "none":
+        return loss
+    return jnp.sum(loss, axis=-1) if reduction == "sum" else jnp.mean(loss, axis=-1)
+
+
+def _binary_dice_ref(predictions, targets, *, smooth=1.0, apply_sigmoid=True, reduction="none"):
+    """``optax.losses.binary_dice_loss``: :func:`_dice_ref` of one sigmoid channel."""
+    x, t = predictions[..., None], targets[..., None]
+    loss = jnp.mean(_dice_per_class(x, t, None, smooth, 0.5, 0.5, apply_sigmoid, None), axis=-1)
+    return _reduce(loss, reduction)
+
+
+def _generalized_dice_ref(
+    predictions, targets, *, smooth=1.0, apply_softmax=True, ignore_background=False,
+    reduction="mean",
+):  # fmt: skip
+    """``optax.losses.multiclass_generalized_dice_loss`` (Sudre et al. 2017): class
+    weights ``C (1/(f_c**2 + 1e-7)) / sum_k 1/(f_k**2 + 1e-7)``, ``f`` the class
+    frequencies of the targets; optax's value is the mean."""
+    inv = 1.0 / (jnp.sum(targets, axis=tuple(range(targets.ndim - 1))) ** 2 + 1e-7)
+    w = inv / jnp.sum(inv) * inv.shape[0]
+    loss = _dice_ref(
+        predictions, targets, class_weights=w, smooth=smooth, apply_softmax=apply_softmax,
+        reduction="none", ignore_background=ignore_background,
+    )  # fmt: skip
+    return _reduce(loss, reduction)
+
+
+def _ranking_softmax_ref(logits, labels, *, where=None, weights=None, reduction="mean"):
+    """``optax.losses.ranking_softmax_loss`` (ListNet, Cao et al. 2007):
+    ``-sum(w y log_softmax(s))`` per list; the mean is over the lists with a valid
+    item (no masking modelled: ``where`` rows are the builders' non-reference calls)."""
+    gain = labels if weights is None else labels * _lead(weights, labels)
+    loss = -jnp.sum(gain * jax.nn.log_softmax(logits, axis=-1), axis=-1)
+    return _reduce(loss, reduction)
+
+
+# --------------------------------------------------------------------------
+# Builders for the gradient checks
+# --------------------------------------------------------------------------
+
+
+def _build_cosine(regime, rng):
+    scale = 30.0 if regime == "large" else 2.0
+    a, b = rng.normal(0.0, scale, (2, 4, 5))
+    if regime == "small":
+        return Inputs((_f32(a), _f32(b)), {"epsilon": 0.1}, (0, 1))
+    if regime == "large":
+        return Inputs((_f32(a), _f32(b)), {"reduction": "mean"}, (0, 1))
+    kw = {"where": jnp.asarray(MASK | np.eye(4, 5, dtype=bool)), "reduction": "sum"}
+    return Inputs((_f32(a), _f32(b)), kw, (0, 1), reference=False)
+
+
+def _build_triplet(regime, rng):
+    if regime == "masked":
+        return None
+    scale = 30.0 if regime == "large" else 1.0
+    a, p, n = rng.normal(0.0, scale, (3, 4, 5))
+    kw = {"margin": 0.5} if regime == "small" else {"margin": 10.0, "reduction": "mean"}
+    # eps keeps the root away from 0 (its derivative there is unbounded)
+    return Inputs((_f32(a), _f32(p), _f32(n)), kw, (0, 1, 2))
+
+
+def _build_ntxent(regime, rng):
+    if regime == "masked":
+        return None
+    scale = 30.0 if regime == "large" else 1.0
+    e = rng.normal(0.0, scale, (6, 4))
+    t = 0.5 if regime == "small" else 0.1
+    return Inputs((_f32(e), _int([0, 0, 1, 1, 2, 2]), t), {"reduction": "mean"})
+
+
+def _seg(rng, regime, classes=3):
+    """Logits ``[2, 3, 2, classes]`` and one-hot targets."""
+    x = _logits(rng, regime, (2, 3, 2, classes))
+    return x, np.eye(classes)[rng.integers(0, classes, x.shape[:-1])]
+
+
+def _build_dice(regime, rng):
+    x, t = _seg(rng, regime)
+    if regime == "small":
+        kw = {"alpha": 0.3, "beta": 0.7, "smooth": 0.5, "class_weights": _f32([0.5, 1.0, 2.0])}
+        return Inputs((_f32(x), _f32(t)), kw, (0, 1))
+    if regime == "large":
+        return Inputs((_f32(x), _f32(t)), {"reduction": "none", "ignore_background": True})
+    # a class absent from prediction and target with smooth = 0 (0 / 0: loss 0)
+    p = np.concatenate([_np_softmax(x[..., :2]), np.zeros((*x.shape[:-1], 1))], axis=-1)
+    t = np.eye(3)[rng.integers(0, 2, x.shape[:-1])]
+    kw = {"smooth": 0.0, "apply_softmax": False, "reduction": "none"}
+    return Inputs((_f32(p), _f32(t)), kw, (1,), reference=False)
+
+
+def _build_binary_dice(regime, rng):
+    if regime == "masked":
+        return None
+    x = _logits(rng, regime, (3, 4, 2))
+    y = _f32(rng.integers(0, 2, x.shape))
+    kw = {"smooth": 0.5} if regime == "small" else {"reduction": "mean"}
+    return Inputs((_f32(x), y), kw)
+
+
+def _build_generalized_dice(regime, rng):
+    if regime == "masked":
+        return None
+    x, t = _seg(rng, regime)
+    kw = {"smooth": 0.5} if regime == "small" else {"ignore_background": True}
+    return Inputs((_f32(x), _f32(t)), kw, (0, 1))
+
+
+def _build_ranking_softmax(regime, rng):
+    x = _logits(rng, regime, (4, 5))
+    y = rng.integers(0, 3, x.shape).astype(np.float64)
+    if regime == "small":
+        return Inputs((_f32(x), _f32(y)), {"weights": _f32(rng.uniform(0.5, 2, 5))}, (0, 1))
+    if regime == "large":
+        return Inputs((_f32(x), _f32(y)), {"reduction": "sum"})
+    x[0, 1], y[0, 1] = -np.inf, 0.0  # a -inf score with label 0; row 2 fully masked
+    return Inputs((_f32(x), _f32(y)), {"where": jnp.asarray(MASK)}, reference=False)
+
+
+# --------------------------------------------------------------------------
+# Benchmark-size inputs
+# --------------------------------------------------------------------------
+
+
+def _bench_triplet(rows, cols, rng, dtype):
+    return tuple(_normal(rng, rows, cols, dtype) for _ in range(3))
+
+
+def _bench_ntxent(rows, cols, rng, dtype):
+    return _normal(rng, rows, cols, dtype), (np.arange(rows) // 2).astype(np.int32)
+
+
+def _bench_dice(rows, cols, rng, dtype):
+    """logits ``[rows, 8, cols]`` (8 pixels per example) and one-hot targets."""
+    x = (2.0 * rng.standard_normal((rows, 8, cols))).astype(dtype)
+    return x, np.eye(cols, dtype=dtype)[rng.integers(0, cols, (rows, 8))]
+
+
+def _bench_ranking(rows, cols, rng, dtype):
+    return _normal(rng, rows, cols, dtype, 2.0), rng.integers(0, 3, (rows, cols)).astype(dtype)
+
+
+# --------------------------------------------------------------------------
+# Shared signatures
+# --------------------------------------------------------------------------
+
+_COSINE = "(predictions, targets, *, epsilon=0.0, axis=-1, where=None, reduction='none')"
+
+# Sparsemax, CTC and the other KL divergences. make_fenchel_young_loss (a
+# factory) and convex_kl_divergence (a deprecated alias) have no rows: see
+# NOT_LOSSES; tests/test_sparsemax.py and tests/test_divergence_extra.py check them.
+
+
+# ---- reference formulas (float64, plain autodiff) -------------------------
+
+
+def _sparsemax_ref(logits, labels, *, reduction="none"):
+    """``optax.losses.sparsemax_loss``: ``sparse_plus(-x if y else x)`` with
+    ``sparse_plus(s) = 0 (s <= -1), (s + 1)**2 / 4 (|s| < 1), s (s >= 1)``."""
+    s = jnp.where(labels != 0, -logits, logits)
+    quad = (jnp.clip(s, -1.0, 1.0) + 1.0) ** 2 / 4
+    return _reduce(jnp.where(s <= -1.0, 0.0, jnp.where(s >= 1.0, s, quad)), reduction)
+
+
+def _simplex_ref(z):
+    """Euclidean projection of each row onto the simplex (sort-based)."""
+    k = z.shape[-1]
+    u = -jnp.sort(-z, axis=-1)
+    csum = jnp.cumsum(u, axis=-1)
+    ind = jnp.broadcast_to(jnp.arange(1, k + 1, dtype=z.dtype), z.shape)
+    size = jnp.sum(1 + ind * u > csum, axis=-1)
+    top = jnp.take_along_axis(csum, size[..., None] - 1, axis=-1)
+    tau = (top - 1) / size[..., None].astype(z.dtype)
+    return jnp.maximum(z - tau, 0.0)
+
+
+def _multiclass_sparsemax_ref(scores, labels, *, reduction="none"):
+    """``optax.losses.multiclass_sparsemax_loss`` (Martins and Astudillo 2016):
+    ``<p, z> - z_y + (1 - |p|^2) / 2`` with ``p = sparsemax(z)``."""
+    p = _simplex_ref(scores)
+    loss = jnp.sum(p * scores, axis=-1) - _pick(scores, labels) + 0.5 * (1 - jnp.sum(p * p, -1))
+    return _reduce(loss, reduction)
+
+
+def _kl_log_targets_ref(log_predictions, log_targets, *, reduction="none"):
+    """``optax.losses.kl_divergence_with_log_targets`` / ``torch.nn.functional.kl_div``
+    with ``log_target=True``: ``sum(exp(lt) * (lt - lp))`` over the last axis."""
+    loss = jnp.sum(jnp.exp(log_targets) * (log_targets - log_predictions), axis=-1)
+    return _reduce(loss, reduction)
+
+
+def _generalized_kl_ref(log_predictions, targets, *, reduction="none"):
+    """``optax.losses.generalized_kl_divergence``:
+    ``sum(t log t - t lp - t + exp(lp))`` over the last axis, ``0 log 0 = 0``."""
+    t = targets
+    loss = jax.scipy.special.xlogy(t, t) - t * log_predictions - t + jnp.exp(log_predictions)
+    return _reduce(jnp.sum(loss, axis=-1), reduction)
+
+
+def _ctc_extended(labels, label_paddings, blank_id):
+    """Graves's extended labels ``[blank, y1, blank, ..., yN, blank]`` ``[B, 2N + 1]``
+    and where a state may be entered from two states back (a label unlike the last)."""
+    y = jnp.where(label_paddings != 0, blank_id, labels)
+    ext = jnp.full((y.shape[0], 2 * y.shape[1] + 1), blank_id, y.dtype).at[:, 1::2].set(y)
+    skip = jnp.concatenate([jnp.zeros_like(ext[:, :2], bool), ext[:, 2:] != ext[:, :-2]], axis=1)
+    return ext, skip & (ext != blank_id)
+
+
+def _ctc_ref(
+    logits,
+    logit_paddings,
+    labels,
+    label_paddings,
+    *,
+    blank_id=0,
+    log_epsilon=-1e5,
+    reduction="none",
+    zero_infinity=False,
+):
+    """``optax.losses.ctc_loss`` (Graves et al. 2006, eqs. 6-8): the forward recursion
+    over the extended labels ``[blank, y1, blank, y2, ..., blank]``,
+    ``alpha_t(s) = (alpha_{t-1}(s) + alpha_{t-1}(s-1) + [skip] alpha_{t-1}(s-2)) p_t(l_s)``
+    in log space (``lax.scan`` over frames; padded frames carry alpha over, as optax),
+    ``log_epsilon`` standing for ``log 0``; ``-log(alpha_T(2n) + alpha_T(2n-1))``.
+    ``"mean"`` as ``torch.nn.functional.ctc_loss``: the mean of
+    ``loss / max(target_length, 1)``. Models a finite ``log_epsilon`` only."""
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    ext, skip_ok = _ctc_extended(labels, label_paddings, blank_id)
+    emit = jnp.take_along_axis(
+        logp, jnp.broadcast_to(ext[:, None], logp.shape[:2] + ext.shape[1:]), -1
+    )
+    eps = jnp.asarray(log_epsilon, logp.dtype)
+    lo = jnp.full((ext.shape[0], 2), eps, logp.dtype)
+    init = jnp.concatenate(
+        [jnp.zeros_like(lo[:, :1]), jnp.full_like(ext, eps, logp.dtype)[:, 1:]], 1
+    )
+
+    def frame(alpha, xs):
+        emit_t, pad_t = xs
+        step = jnp.concatenate([lo[:, :1], alpha[:, :-1]], axis=1)
+        skip = jnp.where(skip_ok, jnp.concatenate([lo, alpha[:, :-2]], axis=1), eps)
+        new = jax.nn.logsumexp(jnp.stack([alpha, step, skip]), axis=0) + emit_t
+        return jnp.where(pad_t[:, None] != 0, alpha, new), None
+
+    alpha, _ = jax.lax.scan(frame, init, (jnp.swapaxes(emit, 0, 1), logit_paddings.T))
+    n = labels.shape[1] - jnp.sum(label_paddings != 0, axis=1)
+    last = _pick(alpha, 2 * n)
+    before = jnp.where(n > 0, _pick(alpha, jnp.maximum(2 * n - 1, 0)), eps)
+    loss = -jnp.logaddexp(last, before)
+    if zero_infinity:
+        loss = jnp.where(jnp.isinf(loss), 0.0, loss)
+    if reduction == "mean":
+        return jnp.mean(loss / jnp.maximum(n, 1).astype(loss.dtype))
+    return _reduce(loss, reduction)
+
+
+def _ctc_forward_probs_ref(
+    logits, logit_paddings, labels, label_paddings, *, blank_id=0, log_epsilon=-1e5
+):
+    """The loss part of ``optax.losses.ctc_loss_with_forward_probs`` (the forward
+    tables are compared with optax directly in tests/test_ctc.py)."""
+    return _ctc_ref(
+        logits, logit_paddings, labels, label_paddings, blank_id=blank_id, log_epsilon=log_epsilon
+    )
+
+
+# ---- builders ---------------------------------------------------------------
+
+
+def _build_sparsemax(regime, rng):
+    if regime == "masked":
+        return None
+    x = _logits(rng, regime, (3, 4))
+    # keep |x| away from the kinks at +-1, where the second derivative jumps
+    x = np.where(np.abs(np.abs(x) - 1.0) < 0.05, x + 0.2, x)
+    return Inputs((_f32(x), _int(rng.integers(0, 2, x.shape))))
+
+
+def _build_multiclass_sparsemax(regime, rng):
+    x, y, _ = _class_rows(rng, regime)
+    if regime == "masked":  # -inf scores outside the label: never in the support
+        x[0, (y[0] + 1) % 5] = -np.inf
+        return Inputs((_f32(x), _int(y)), {"reduction": "mean"}, reference=False, order=1)
+    # the sparsemax Jacobian is piecewise constant: its derivative is 0 off the kinks
+    return Inputs((_f32(x), _int(y)), order=2)
+
+
+def _build_kl_log_targets(regime, rng):
+    lp = _f32(_np_log_softmax(_logits(rng, regime)))
+    lt = _f32(_np_log_softmax(_logits(rng, regime)))
+    if regime == "masked":
+        kw = {"where": jnp.asarray(MASK), "reduction": "batchmean"}
+        return Inputs((lp, lt), kw, (0, 1), reference=False)
+    return Inputs((lp, lt), {}, (0, 1))
+
+
+def _build_generalized_kl(regime, rng):
+    lp = _f32(_np_log_softmax(_logits(rng, regime)) + rng.normal(0, 0.3, (4, 5)))
+    t = _f32(rng.uniform(0.1, 2.0, (4, 5)))
+    if regime == "masked":
+        return Inputs((lp, t), {"where": jnp.asarray(MASK), "reduction": "mean"}, (0, 1), False)
+    return Inputs((lp, t), {}, (0, 1))
+
+
+def _ctc_rows(rng, regime):
+    """logits [3, 6, 5], paddings, right-padded labels [3, 3] (all feasible)."""
+    scale = 6.0 if regime == "large" else 1.5
+    x = rng.normal(0.0, scale, (3, 6, 5))
+    y = rng.integers(1, 5, (3, 3))
+    xpad = (np.arange(6)[None] >= np.array([6, 5, 4])[:, None]).astype(np.float32)
+    ypad = (np.arange(3)[None] >= np.array([3, 2, 1])[:, None]).astype(np.float32)
+    return _f32(x), _f32(xpad), _int(y), _f32(ypad)
+
+
+def _build_ctc(regime, rng):
+    x, xpad, y, ypad = _ctc_rows(rng, regime)
+    if regime == "masked":  # a class never allowed (-inf), an infeasible row zeroed
+        x = x.at[:, :, 4].set(-jnp.inf)
+        y = jnp.where(y == 4, 1, y)
+        y = y.at[2, :2].set(3)
+        ypad = ypad.at[2, 1].set(0.0)
+        xpad = xpad.at[2, 1:].set(1.0)
+        kw = {"log_epsilon": -jnp.inf, "reduction": "mean", "zero_infinity": True}
+        return Inputs((x, xpad, y, ypad), kw, reference=False, order=1)
+    kw = {"reduction": "mean"} if regime == "small" else {}
+    return Inputs((x, xpad, y, ypad), kw, order=2 if regime == "small" else 1)
+
+
+def _build_ctc_forward_probs(regime, rng):
+    # a tuple-valued function: the gradient checks take its first output (the loss)
+    if regime == "masked":
+        return None
+    return Inputs(_ctc_rows(rng, regime), {}, order=1)
+
+
+# ---- benchmarks -------------------------------------------------------------
+
+
+def _bench_sparsemax(rows, cols, rng, dtype):
+    return _normal(rng, rows, cols, dtype, 2.0), rng.integers(0, 2, (rows, cols)).astype(np.int32)
+
+
+def _bench_ctc(rows, cols, rng, dtype, frames=32, max_label=8):
+    """``rows`` sequences of ``frames`` frames over ``cols`` classes."""
+    x = (2.0 * rng.standard_normal((rows, frames, cols))).astype(dtype)
+    y = rng.integers(1, cols, (rows, max_label)).astype(np.int32)
+    xpad = np.zeros((rows, frames), dtype)
+    ypad = np.arange(max_label)[None] >= rng.integers(1, max_label + 1, rows)[:, None]
+    return x, xpad, y, ypad.astype(dtype)
+
+
+# Preference losses and the Jensen-Shannon divergence
+
+# ---- reference formulas (float64, plain autodiff) -------------------------
+
+
+def _dpo_ref(
+    policy_chosen_logps,
+    policy_rejected_logps,
+    reference_chosen_logps,
+    reference_rejected_logps,
+    *,
+    beta=0.1,
+    loss_type="sigmoid",
+    label_smoothing=0.0,
+    reduction="mean",
+):
+    """TRL ``DPOTrainer.dpo_loss``: DPO (Rafailov et al. 2023, eq. 7) with
+    conservative smoothing, hinge ``relu(1 - beta h)``, IPO ``(h - 1/(2 beta))**2``
+    (Azar et al. 2024, eq. 17), robust DPO (Chowdhury et al. 2024, eq. 4)."""
+    h = (policy_chosen_logps - policy_rejected_logps) - (
+        reference_chosen_logps - reference_rejected_logps
+    )
+    eps = label_smoothing
+    if loss_type == "hinge":
+        loss = jnp.maximum(0.0, 1.0 - beta * h)
+    elif loss_type == "ipo":
+        loss = (h - 1.0 / (2.0 * beta)) ** 2
+    elif loss_type == "robust":
+        loss = -(1 - eps) * jax.nn.log_sigmoid(beta * h) + eps * jax.nn.log_sigmoid(-beta * h)
+        loss = loss / (1 - 2 * eps)
+    else:
+        loss = -(1 - eps) * jax.nn.log_sigmoid(beta * h) - eps * jax.nn.log_sigmoid(-beta * h)
+    return _reduce(loss, reduction)
+
+
+def _simpo_ref(chosen_logps, rejected_logps, *, beta=2.0, gamma=0.5, reduction="mean"):
+    """SimPO (Meng et al. 2024, eq. 6) = TRL ``CPOTrainer`` ``loss_type="simpo"``
+    with ``simpo_gamma=gamma``: ``-log sigmoid(beta (c - r) - gamma)``."""
+    return _reduce(-jax.nn.log_sigmoid(beta * (chosen_logps - rejected_logps) - gamma), reduction)
+
+
+def _orpo_ref(chosen_logps, rejected_logps, *, beta=0.1, reduction="mean"):
+    """``beta *`` TRL ``ORPOTrainer.odds_ratio_loss`` (Hong et al. 2024, eq. 7):
+    ``-beta log sigmoid((c - r) - (log1p(-e^c) - log1p(-e^r)))``."""
+    c, r = chosen_logps, rejected_logps
+    log_odds = (c - r) - (jnp.log1p(-jnp.exp(c)) - jnp.log1p(-jnp.exp(r)))
+    return _reduce(-beta * jax.nn.log_sigmoid(log_odds), reduction)
+
+
+def _jsd_ref(log_predictions, log_targets, *, beta=0.5, reduction="none"):
+    """TRL ``GKDTrainer.generalized_jsd_loss`` / Liger ``LigerJSD`` (student =
+    predictions, teacher = targets): ``beta KL(t || m) + (1 - beta) KL(p || m)``,
+    ``m = beta t + (1 - beta) p``; ``beta = 0``: KL(t || p), ``beta = 1``: KL(p || t)."""
+    lp, lt = log_predictions, log_targets
+    if beta == 0:
+        loss = jnp.sum(jnp.exp(lt) * (lt - lp), axis=-1)
+    elif beta == 1:
+        loss = jnp.sum(jnp.exp(lp) * (lp - lt), axis=-1)
+    else:
+        lm = jnp.logaddexp(lt + math.log(beta), lp + math.log1p(-beta))
+        loss = jnp.sum(
+            beta * jnp.exp(lt) * (lt - lm) + (1 - beta) * jnp.exp(lp) * (lp - lm), axis=-1
+        )
+    return _reduce(loss, reduction)
+
+
+# ---- builders ---------------------------------------------------------------
+
+
+def _seq_logps(rng, regime, n=8):
+    """Summed sequence log-probabilities; "large": long sequences, big margins."""
+    if regime == "large":
+        return _f32(rng.uniform(-400.0, -100.0, n))
+    return _f32(rng.uniform(-30.0, -5.0, n))
+
+
+def _build_dpo(regime, rng):
+    if regime == "masked":
+        return None
+    args = tuple(_seq_logps(rng, regime) for _ in range(4))
+    kw = (
+        {"beta": 0.3, "loss_type": "sigmoid", "label_smoothing": 0.1}
+        if regime == "small"
+        else {"beta": 0.1, "loss_type": "robust", "label_smoothing": 0.2, "reduction": "sum"}
+    )
+    return Inputs(args, kw, (0, 1, 2, 3))
+
+
+def _build_simpo(regime, rng):
+    if regime == "masked":
+        return None
+    lo, hi = (-3.0, -0.2) if regime == "small" else (-40.0, -0.01)
+    c, r = _f32(rng.uniform(lo, hi, 8)), _f32(rng.uniform(lo, hi, 8))
+    return Inputs((c, r), {"beta": 2.5, "gamma": 1.0}, (0, 1))
+
+
+def _build_orpo(regime, rng):
+    if regime == "masked":
+        return None
+    # average log-probs: moderate, or near 0 and far below it ("large")
+    if regime == "small":
+        c, r = rng.uniform(-3.0, -0.2, 8), rng.uniform(-3.0, -0.2, 8)
+    else:
+        c, r = -np.exp(rng.uniform(-6.0, 3.0, 8)), -np.exp(rng.uniform(-6.0, 3.0, 8))
+    return Inputs((_f32(c), _f32(r)), {"beta": 0.5}, (0, 1))
+
+
+def _build_jsd(regime, rng):
+    lp = _f32(_np_log_softmax(_logits(rng, regime)))
+    lt = _f32(_np_log_softmax(_logits(rng, regime)))
+    if regime == "small":
+        return Inputs((lp, lt), {"beta": 0.3}, (0, 1))
+    if regime == "large":
+        return Inputs((lp, lt), {"beta": 0.5, "reduction": "batchmean"}, (0, 1))
+    kw = {"beta": 0.7, "where": jnp.asarray(MASK), "reduction": "mean"}
+    return Inputs((lp, lt), kw, (0, 1), reference=False)
+
+
+# ---- benchmarks -------------------------------------------------------------
+
+
+def _bench_dpo(rows, cols, rng, dtype):
+    return tuple(rng.uniform(-300.0, -50.0, (rows, cols)).astype(dtype) for _ in range(4))
+
+
+def _bench_pair_avg(rows, cols, rng, dtype):
+    return tuple(rng.uniform(-3.0, -0.05, (rows, cols)).astype(dtype) for _ in range(2))
+
+
+def _bench_jsd(rows, cols, rng, dtype):
+    lp = _np_log_softmax(_normal(rng, rows, cols, dtype))
+    return lp, _np_log_softmax(_normal(rng, rows, cols, dtype, 2.0))
+
+
+# --------------------------------------------------------------------------
 # The table
 # --------------------------------------------------------------------------
 
@@ -915,6 +1532,87 @@ REGISTRY: tuple[LossSpec, ...] = (
     LossSpec("vocab_parallel_fused_linear_softmax_cross_entropy", "_large_vocab",
              f"(hidden, kernel_shard, labels, *, axis_name, bias_shard=None, {_FUSED_OPTIONS})",
              _vp_fused_ref, _build_vocab_parallel_fused, None, batch=False),
+    # similarity and metric learning
+    LossSpec("cosine_similarity", "_similarity", _COSINE,
+             _cosine_similarity_ref, _build_cosine, _bench_regression,
+             _OPTAX + "cosine_similarity", _TORCH + "cosine_similarity"),
+    LossSpec("cosine_distance", "_similarity", _COSINE,
+             _cosine_distance_ref, _build_cosine, _bench_regression,
+             _OPTAX + "cosine_distance"),
+    LossSpec("triplet_margin_loss", "_similarity",
+             "(anchors, positives, negatives, axis=-1, norm_degree=2, margin=1.0, eps=1e-06,"
+             " *, reduction='none')",
+             _triplet_ref, _build_triplet, _bench_triplet,
+             _OPTAX + "triplet_margin_loss", _TORCH + "triplet_margin_loss"),
+    # pairs across the whole batch: not a per-example loss
+    LossSpec("ntxent", "_similarity", "(embeddings, labels, temperature=0.07, *, reduction='mean')",
+             _ntxent_ref, _build_ntxent, _bench_ntxent, _OPTAX + "ntxent", batch=False),
+    # segmentation
+    LossSpec("dice_loss", "_dice",
+             "(predictions, targets, *, class_weights=None, smooth=1.0, alpha=0.5, beta=0.5,"
+             " apply_softmax=True, reduction='mean', ignore_background=False, axis=None)",
+             _dice_ref, _build_dice, _bench_dice, _OPTAX + "dice_loss",
+             batch_options={"reduction": "none"}),
+    LossSpec("binary_dice_loss", "_dice",
+             "(predictions, targets, *, smooth=1.0, apply_sigmoid=True, reduction='none')",
+             _binary_dice_ref, _build_binary_dice, _bench_binary, _OPTAX + "binary_dice_loss"),
+    # class weights from the whole batch's target frequencies: not per example
+    LossSpec("multiclass_generalized_dice_loss", "_dice",
+             "(predictions, targets, *, smooth=1.0, apply_softmax=True, ignore_background=False,"
+             " reduction='mean')",
+             _generalized_dice_ref, _build_generalized_dice, _bench_dice,
+             _OPTAX + "multiclass_generalized_dice_loss", batch=False),
+    # ranking
+    LossSpec("ranking_softmax_loss", "_ranking",
+             "(logits, labels, *, where=None, weights=None, reduce_fn=jax.numpy.mean,"
+             " reduction=None)",
+             _ranking_softmax_ref, _build_ranking_softmax, _bench_ranking,
+             _OPTAX + "ranking_softmax_loss", batch_options={"reduction": "none"}),
+    LossSpec("sparsemax_loss", "_sparsemax", "(logits, labels, *, reduction='none')",
+             _sparsemax_ref, _build_sparsemax, _bench_sparsemax, _OPTAX + "sparsemax_loss"),
+    LossSpec("multiclass_sparsemax_loss", "_sparsemax", "(scores, labels, *, reduction='none')",
+             _multiclass_sparsemax_ref, _build_multiclass_sparsemax, _bench_class,
+             _OPTAX + "multiclass_sparsemax_loss"),
+    LossSpec("kl_divergence_with_log_targets", "_divergence",
+             "(log_predictions, log_targets, axis=-1, where=None, *, reduction='none')",
+             _kl_log_targets_ref, _build_kl_log_targets, _bench_kl,
+             _OPTAX + "kl_divergence_with_log_targets", _TORCH + "kl_div",
+             batch_options={"reduction": "batchmean"}),
+    LossSpec("generalized_kl_divergence", "_divergence",
+             "(log_predictions, targets, axis=-1, where=None, *, reduction='none')",
+             _generalized_kl_ref, _build_generalized_kl, _bench_kl,
+             _OPTAX + "generalized_kl_divergence"),
+    # sequences
+    LossSpec("ctc_loss", "_ctc",
+             "(logits, logit_paddings, labels, label_paddings, *, blank_id=0,"
+             " log_epsilon=-100000.0, reduction='none', zero_infinity=False)",
+             _ctc_ref, _build_ctc, _bench_ctc, _OPTAX + "ctc_loss", _TORCH + "ctc_loss",
+             batch_options={"reduction": "sum"}),
+    # (loss, logalpha_blank, logalpha_label): the checks take the loss; the tuple is
+    # compared with optax.losses.ctc_loss_with_forward_probs in tests/test_ctc.py
+    LossSpec("ctc_loss_with_forward_probs", "_ctc",
+             "(logits, logit_paddings, labels, label_paddings, *, blank_id=0,"
+             " log_epsilon=-100000.0)",
+             _ctc_forward_probs_ref, _build_ctc_forward_probs, None, batch=False, output=0),
+    # divergence
+    LossSpec("jensen_shannon_divergence", "_divergence",
+             "(log_predictions, log_targets, *, beta=0.5, axis=-1, where=None,"
+             " reduction='none')",
+             _jsd_ref, _build_jsd, _bench_jsd, None, None,
+             batch_options={"beta": 0.3, "reduction": "batchmean"}),
+    # preference
+    LossSpec("dpo_loss", "_preference",
+             "(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,"
+             " reference_rejected_logps, *, beta=0.1, loss_type='sigmoid',"
+             " label_smoothing=0.0, reduction='mean')",
+             _dpo_ref, _build_dpo, _bench_dpo,
+             batch_options={"beta": 0.2, "label_smoothing": 0.1}),
+    LossSpec("simpo_loss", "_preference",
+             "(chosen_logps, rejected_logps, *, beta=2.0, gamma=0.5, reduction='mean')",
+             _simpo_ref, _build_simpo, _bench_pair_avg),
+    LossSpec("orpo_odds_ratio_loss", "_preference",
+             "(chosen_logps, rejected_logps, *, beta=0.1, reduction='mean')",
+             _orpo_ref, _build_orpo, _bench_pair_avg),
 )  # fmt: skip
 """Every public loss, one row each."""
 
