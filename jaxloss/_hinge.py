@@ -115,8 +115,8 @@ def squared_hinge_loss(
     x, y = _prepare_pm1(predictor_outputs, targets)
     red = cm.Reduction.of(reduction)
     m = cm.hyperparameter(margin, "margin", dtype=x.dtype)
-    z = m - y * x
-    return red(jnp.where(z > 0, z * z, 0.0))
+    # relu(z)^2: no inf * 0 in the gradient where z = -inf (an infinite score)
+    return red(jnp.square(_relu(m - y * x)))
 
 
 def multi_margin_loss(

@@ -342,8 +342,9 @@ def multilabel_soft_margin_loss(
 def _multilabel_targets(y, num_classes):
     """Which listed targets count (before the first negative entry) and the class mask."""
     valid = jnp.cumprod((y >= 0).astype(jnp.int32), axis=-1).astype(bool)
-    if cm.is_concrete(y):
-        vals, ok = np.asarray(y), np.asarray(valid)
+    if cm.is_concrete(y):  # checked on the host (under jit, jnp results are traced)
+        vals = np.asarray(y)
+        ok = np.cumprod(vals >= 0, axis=-1).astype(bool)
         bad = ok & (vals >= num_classes)
         if bad.any():
             raise ValueError(

@@ -1420,6 +1420,342 @@ def _bench_jsd(rows, cols, rng, dtype):
     return lp, _np_log_softmax(_normal(rng, rows, cols, dtype, 2.0))
 
 
+# PyTorch margin and Keras losses
+
+# Rows for jaxloss/_registry.py: PyTorch margin losses (_margin) and Keras losses (_keras).
+# Paste the reference formulas next to the other references, the builders next to
+# the other builders, the bench builders in the benchmark section, and the rows
+# into REGISTRY. Uses the registry's own helpers: _reduce, _softplus, _f32, _int,
+# _logits, _normal, _bench_pm1, _bench_regression, _bench_binary, _bench_triplet.
+
+
+# ---- reference formulas (float64 under the tests; plain autodiff) ----------------
+
+
+def _margin_ranking_ref(input1, input2, target, *, margin=0.0, reduction="none"):
+    """``torch.nn.functional.margin_ranking_loss``: ``max(0, -y (x1 - x2) + margin)``."""
+    return _reduce(jnp.maximum(0.0, -target * (input1 - input2) + margin), reduction)
+
+
+def _cosine_embedding_ref(input1, input2, target, *, margin=0.0, reduction="none"):
+    """``torch.nn.functional.cosine_embedding_loss`` (``EPSILON = 1e-12`` in both norms)."""
+    m1 = jnp.sum(input1 * input1, axis=-1) + 1e-12
+    m2 = jnp.sum(input2 * input2, axis=-1) + 1e-12
+    cos = jnp.sum(input1 * input2, axis=-1) / jnp.sqrt(m1 * m2)
+    loss = jnp.where(target == 1, 1.0 - cos, 0.0)
+    return _reduce(loss + jnp.where(target == -1, jnp.maximum(cos - margin, 0.0), 0.0), reduction)
+
+
+def _hinge_embedding_ref(input, target, *, margin=1.0, reduction="none"):
+    """``torch.nn.functional.hinge_embedding_loss``."""
+    loss = jnp.where(target != 1, jnp.maximum(0.0, margin - input), 0.0)
+    return _reduce(loss + jnp.where(target != -1, input, 0.0), reduction)
+
+
+def _soft_margin_ref(input, target, *, reduction="none"):
+    """``torch.nn.functional.soft_margin_loss``: ``log(1 + exp(-y x))``."""
+    return _reduce(_softplus(-target * input), reduction)
+
+
+def _multilabel_soft_margin_ref(input, target, *, weight=None, reduction="none"):
+    """``torch.nn.functional.multilabel_soft_margin_loss``: mean over classes first."""
+    loss = -(target * jax.nn.log_sigmoid(input) + (1 - target) * jax.nn.log_sigmoid(-input))
+    if weight is not None:
+        loss = loss * _lead(weight, input)
+    return _reduce(jnp.mean(loss, axis=-1), reduction)
+
+
+def _multilabel_margin_ref(input, target, *, reduction="none"):
+    """``torch.nn.functional.multilabel_margin_loss``: targets listed before the first -1."""
+    c = input.shape[-1]
+    valid = jnp.cumprod(target >= 0, axis=-1).astype(bool)
+    safe = jnp.where(valid, target, 0)
+    listed = jax.nn.one_hot(safe, c, dtype=bool) & valid[..., None]
+    is_target = jnp.any(listed, axis=-2)
+    x_t = jnp.take_along_axis(input, safe, axis=-1)
+    z = jnp.maximum(0.0, 1.0 - x_t[..., :, None] + input[..., None, :])
+    keep = valid[..., :, None] & ~is_target[..., None, :]
+    return _reduce(jnp.sum(jnp.where(keep, z, 0.0), axis=(-2, -1)) / c, reduction)
+
+
+def _triplet_distance_ref(
+    anchor, positive, negative, *, distance_function=None, margin=1.0, swap=False,
+    reduction="none",
+):  # fmt: skip
+    """``torch.nn.functional.triplet_margin_with_distance_loss``; the default
+    distance is ``pairwise_distance``: ``||x1 - x2 + 1e-6||_2``."""
+
+    def pairwise(x1, x2):
+        return jnp.sqrt(jnp.sum((x1 - x2 + 1e-6) ** 2, axis=-1))
+
+    dist = pairwise if distance_function is None else distance_function
+    d_neg = dist(anchor, negative)
+    if swap:
+        d_neg = jnp.minimum(d_neg, dist(positive, negative))
+    return _reduce(jnp.maximum(margin + dist(anchor, positive) - d_neg, 0.0), reduction)
+
+
+def _mape_ref(predictions, targets, *, reduction="none"):
+    """``keras.losses.mean_absolute_percentage_error(y_true=targets, y_pred=predictions)``."""
+    diff = jnp.abs(targets - predictions) / jnp.maximum(jnp.abs(targets), 1e-7)
+    return _reduce(100.0 * jnp.mean(diff, axis=-1), reduction)
+
+
+def _msle_ref(predictions, targets, *, reduction="none"):
+    """``keras.losses.mean_squared_logarithmic_error(y_true=targets, y_pred=predictions)``."""
+    e = jnp.log(jnp.maximum(predictions, 1e-7) + 1.0) - jnp.log(jnp.maximum(targets, 1e-7) + 1.0)
+    return _reduce(jnp.mean(e**2, axis=-1), reduction)
+
+
+def _categorical_hinge_ref(predictions, targets, *, reduction="none"):
+    """``keras.losses.categorical_hinge(y_true=targets, y_pred=predictions)``."""
+    pos = jnp.sum(targets * predictions, axis=-1)
+    neg = jnp.max((1.0 - targets) * predictions, axis=-1)
+    return _reduce(jnp.maximum(neg - pos + 1.0, 0.0), reduction)
+
+
+# ---- input builders ------------------------------------------------------------
+
+
+def _pm1(rng, shape):
+    return _f32(rng.choice([-1.0, 1.0], shape))
+
+
+def _build_margin_ranking(regime, rng):
+    if regime == "masked":
+        return None
+    a, b = _logits(rng, regime, (2, 6))
+    kw = {"margin": 0.5} if regime == "small" else {"reduction": "mean"}
+    return Inputs((_f32(a), _f32(b), _pm1(rng, (6,))), kw, (0, 1))
+
+
+def _build_cosine_embedding(regime, rng):
+    if regime == "masked":
+        return None
+    a, b = _logits(rng, regime, (2, 4, 3))
+    kw = {"margin": 0.2} if regime == "small" else {"reduction": "sum"}
+    return Inputs((_f32(a), _f32(b), _pm1(rng, (4,))), kw, (0, 1))
+
+
+def _build_hinge_embedding(regime, rng):
+    if regime == "masked":
+        return None
+    d = np.abs(_logits(rng, regime, (3, 4)))
+    return Inputs((_f32(d), _pm1(rng, d.shape)), {"margin": 1.5 if regime == "small" else 1.0})
+
+
+def _build_soft_margin(regime, rng):
+    if regime == "masked":
+        return None
+    x = _logits(rng, regime, (3, 4))
+    return Inputs((_f32(x), _pm1(rng, x.shape)))
+
+
+def _build_multilabel_soft_margin(regime, rng):
+    if regime == "masked":
+        return None
+    x = _logits(rng, regime, (3, 4))
+    if regime == "small":
+        kw = {"weight": _f32(rng.uniform(0.5, 2.0, 4))}
+        return Inputs((_f32(x), _f32(rng.uniform(0, 1, x.shape))), kw, (0, 1))
+    return Inputs((_f32(x), _f32(rng.integers(0, 2, x.shape))), {"reduction": "mean"})
+
+
+def _build_multilabel_margin(regime, rng):
+    if regime == "masked":
+        return None
+    x = _logits(rng, regime, (4, 5))
+    y = np.full((4, 5), -1)
+    for i, k in enumerate([1, 2, 0, 3]):  # k target classes, then -1 padding
+        y[i, :k] = rng.permutation(5)[:k]
+    return Inputs((_f32(x), _int(y)))
+
+
+def _l1_distance(x1, x2):
+    return jnp.sum(jnp.abs(x1 - x2), axis=-1)
+
+
+def _build_triplet_distance(regime, rng):
+    if regime == "masked":
+        return None
+    a, p, n = (_f32(v) for v in _logits(rng, regime, (3, 4, 3)))
+    if regime == "small":
+        return Inputs((a, p, n), {"margin": 2.0, "swap": True}, (0, 1, 2))
+    return Inputs((a, p, n), {"distance_function": _l1_distance, "swap": True}, (0, 1, 2))
+
+
+def _build_mape(regime, rng):
+    if regime == "masked":
+        return None
+    scale = 30.0 if regime == "large" else 2.0
+    p, t = rng.uniform(-scale, scale, (2, 3, 4))
+    t = np.where(np.abs(t) < 0.1, 0.5, t)  # away from the eps clamp for finite differences
+    return Inputs((_f32(p), _f32(t)), {}, (0, 1))
+
+
+def _build_msle(regime, rng):
+    if regime == "masked":
+        return None
+    scale = 30.0 if regime == "large" else 2.0
+    p, t = rng.uniform(0.05, scale, (2, 3, 4))
+    return Inputs((_f32(p), _f32(t)), {}, (0, 1))
+
+
+def _build_categorical_hinge(regime, rng):
+    if regime == "masked":
+        return None
+    x = _logits(rng, regime, (4, 5))
+    t = np.eye(5)[rng.integers(0, 5, 4)] if regime == "large" else rng.uniform(0, 0.5, (4, 5))
+    return Inputs((_f32(x), _f32(t)), {}, (0, 1))
+
+
+# ---- benchmark-size inputs -----------------------------------------------------
+
+
+def _bench_pair_pm1(rows, cols, rng, dtype):
+    """Scores ``[rows]`` twice and -1/1 targets (element-wise pair losses)."""
+    a, b = _normal(rng, 2, rows, dtype, 2.0)
+    return a, b, np.where(rng.uniform(size=rows) < 0.5, -1, 1).astype(dtype)
+
+
+def _bench_embedding_pairs(rows, cols, rng, dtype):
+    a, b = _normal(rng, rows, cols, dtype), _normal(rng, rows, cols, dtype)
+    return a, b, np.where(rng.uniform(size=rows) < 0.5, -1, 1).astype(dtype)
+
+
+def _bench_distances_pm1(rows, cols, rng, dtype):
+    x, y = _bench_pm1(rows, cols, rng, dtype)
+    return np.abs(x), y
+
+
+def _bench_multilabel_indices(rows, cols, rng, dtype):
+    x = _normal(rng, rows, cols, dtype, 2.0)
+    y = np.full((rows, cols), -1, np.int32)
+    y[:, :2] = rng.integers(0, cols, (rows, 2))  # two target classes per row
+    return x, y
+
+
+def _bench_positive_regression(rows, cols, rng, dtype):
+    return tuple(np.abs(a) + 0.1 for a in _bench_regression(rows, cols, rng, dtype))
+
+
+def _bench_one_hot(rows, cols, rng, dtype):
+    return _normal(rng, rows, cols, dtype, 2.0), np.eye(cols, dtype=dtype)[_labels(rng, rows, cols)]
+
+
+# ---- rows (into REGISTRY) ------------------------------------------------------
+
+_PAIR = "(input1, input2, target, *, margin=0.0, reduction='none')"
+_KERAS = "(predictions, targets, *, reduction='none')"
+
+
+# torchvision box losses
+
+
+def _box_terms(boxes1, boxes2, eps):
+    """torchvision/ops/_utils.py ``_loss_inter_union`` and the IoU ``inter / (union + eps)``;
+    also the sides of the smallest enclosing box and the boxes' sides."""
+    x1, y1, x2, y2 = jnp.unstack(boxes1, axis=-1)
+    x1g, y1g, x2g, y2g = jnp.unstack(boxes2, axis=-1)
+    iw = jnp.minimum(x2, x2g) - jnp.maximum(x1, x1g)
+    ih = jnp.minimum(y2, y2g) - jnp.maximum(y1, y1g)
+    inter = jnp.where((iw > 0) & (ih > 0), iw * ih, 0.0)
+    union = (x2 - x1) * (y2 - y1) + (x2g - x1g) * (y2g - y1g) - inter
+    cw = jnp.maximum(x2, x2g) - jnp.minimum(x1, x1g)
+    ch = jnp.maximum(y2, y2g) - jnp.minimum(y1, y1g)
+    dist = ((x2 + x1) / 2 - (x1g + x2g) / 2) ** 2 + ((y2 + y1) / 2 - (y1g + y2g) / 2) ** 2
+    sides = (x2 - x1, y2 - y1, x2g - x1g, y2g - y1g)
+    return inter / (union + eps), union, cw, ch, dist, sides
+
+
+def _giou_ref(boxes1, boxes2, *, eps=1e-7, reduction="none"):
+    """``torchvision.ops.generalized_box_iou_loss``:
+    ``1 - (IoU - (|C| - |A u B|) / (|C| + eps))``."""
+    iou, union, cw, ch, _, _ = _box_terms(boxes1, boxes2, eps)
+    area_c = cw * ch
+    return _reduce(1 - (iou - (area_c - union) / (area_c + eps)), reduction)
+
+
+def _diou_ref(boxes1, boxes2, *, eps=1e-7, reduction="none"):
+    """``torchvision.ops.distance_box_iou_loss``:
+    ``1 - IoU + |c1 - c2|**2 / (diag_C**2 + eps)``."""
+    iou, _, cw, ch, dist, _ = _box_terms(boxes1, boxes2, eps)
+    return _reduce(1 - iou + dist / (cw**2 + ch**2 + eps), reduction)
+
+
+def _ciou_ref(boxes1, boxes2, *, eps=1e-7, reduction="none"):
+    """``torchvision.ops.complete_box_iou_loss``: the distance IoU loss plus
+    ``alpha v``, ``v = 4 / pi**2 (atan(w2 / h2) - atan(w1 / h1))**2`` and
+    ``alpha = v / (1 - IoU + v + eps)`` held constant (torchvision's ``no_grad``)."""
+    iou, _, cw, ch, dist, (w1, h1, w2, h2) = _box_terms(boxes1, boxes2, eps)
+    v = (4 / math.pi**2) * (jnp.arctan(w2 / h2) - jnp.arctan(w1 / h1)) ** 2
+    alpha = jax.lax.stop_gradient(v / (1 - iou + v + eps))
+    return _reduce(1 - iou + dist / (cw**2 + ch**2 + eps) + alpha * v, reduction)
+
+
+def _boxes(rng, n, scale, aspect=None):
+    """``n`` boxes ``x1, y1, x2, y2`` with corners in ``[0, scale]`` and sides
+    ``scale * [0.05, 0.6]`` (height ``aspect * width`` when given)."""
+    xy = rng.uniform(0.0, scale, (n, 2))
+    w = rng.uniform(0.05, 0.6, n) * scale
+    h = rng.uniform(0.05, 0.6, n) * scale if aspect is None else aspect * w
+    return np.concatenate([xy, xy + np.stack([w, h], axis=-1)], axis=-1)
+
+
+def _box_builder(same_aspect=False):
+    """Two sets of 6 boxes, 1 unit ("small") or 1000 pixels ("large") across, half of
+    the pairs overlapping. ``same_aspect``: each pair shares its aspect ratio, for the
+    complete IoU, whose ``alpha`` is held constant (torchvision's gradient, which is
+    the derivative of the loss only where the aspect term ``v`` is 0)."""
+
+    def build(regime, rng):
+        if regime == "masked":
+            return None
+        scale = 1000.0 if regime == "large" else 1.0
+        aspect = rng.uniform(0.3, 3.0, 6) if same_aspect else None
+        b1 = _boxes(rng, 6, scale, aspect)
+        b2 = _boxes(rng, 6, scale, aspect)
+        shift = rng.uniform(-0.1, 0.1, (3, 2)) * scale
+        zoom = rng.uniform(0.7, 1.3, (3, 1)) * (b1[:3, 2:] - b1[:3, :2])
+        b2[:3] = np.concatenate([b1[:3, :2] + shift, b1[:3, :2] + shift + zoom], axis=-1)
+        kw = {"eps": 1e-7} if regime == "small" else {"reduction": "mean"}
+        return Inputs((_f32(b1), _f32(b2)), kw, (0, 1))
+
+    return build
+
+
+def _bench_boxes(rows, cols, rng, dtype):
+    """Two sets of boxes ``[rows, cols // 4, 4]`` (``rows * cols`` coordinates each)."""
+    n = max(cols // 4, 1)
+    return tuple(_boxes(rng, rows * n, 100.0).reshape(rows, n, 4).astype(dtype) for _ in range(2))
+
+
+# Per-token log-probabilities
+
+
+def _log_probs_ref(
+    hidden, kernel, labels, *, bias=None, temperature=1.0, logit_softcap=None, chunk_size=None
+):
+    """``log_softmax(cap tanh((h W + b) / (T cap)))[y]``, materialised (TRL's
+    ``selective_log_softmax`` of the tempered, soft-capped logits)."""
+    del chunk_size
+    x = hidden @ kernel if bias is None else hidden @ kernel + bias[None, :]
+    x = x / temperature
+    s = x if logit_softcap is None else logit_softcap * jnp.tanh(x / logit_softcap)
+    lp = jax.nn.log_softmax(s, axis=-1)
+    return jnp.take_along_axis(lp, labels[:, None], axis=-1)[:, 0]
+
+
+def _build_log_probs(regime, rng):
+    if regime == "masked":
+        return None
+    h, k, b, y = _fused_rows(rng, regime)
+    kw = {"bias": b, "chunk_size": 2}
+    if regime == "small":
+        kw |= {"temperature": 0.7, "logit_softcap": 3.0}
+    return Inputs((h, k, _int(y)), kw, (0, 1, "bias"), order=1 if regime == "large" else 2)
+
+
 # --------------------------------------------------------------------------
 # The table
 # --------------------------------------------------------------------------
@@ -1433,10 +1769,13 @@ _HINGE = "(predictor_outputs, targets, *, margin=1.0, reduction='none')"
 _FUSED_OPTIONS = f"{_INT_OPTIONS}, reduction='mean', chunk_size=None"
 
 # Columns: name, family, signature, reference, build, bench, optax, torch; then keywords.
+_BOXES = "(boxes1, boxes2, *, eps=1e-07, reduction='none')"
+
 REGISTRY: tuple[LossSpec, ...] = (
     # classification
     LossSpec("softmax_cross_entropy", "_classification",
-             f"(logits, labels, axis=-1, where=None, *, {_CE_OPTIONS}, reduction='none')",
+             f"(logits, labels, axis=-1, where=None, *, weight=None, {_CE_OPTIONS},"
+             " reduction='none')",
              _ce_prob_ref, _build_softmax_ce, _bench_probs,
              _OPTAX + "softmax_cross_entropy", _TORCH + "cross_entropy",
              batch_options={"label_smoothing": 0.1}),
@@ -1613,6 +1952,53 @@ REGISTRY: tuple[LossSpec, ...] = (
     LossSpec("orpo_odds_ratio_loss", "_preference",
              "(chosen_logps, rejected_logps, *, beta=0.1, reduction='mean')",
              _orpo_ref, _build_orpo, _bench_pair_avg),
+    # PyTorch's margin and embedding losses
+    LossSpec("margin_ranking_loss", "_margin", _PAIR, _margin_ranking_ref,
+             _build_margin_ranking, _bench_pair_pm1, None, _TORCH + "margin_ranking_loss"),
+    LossSpec("cosine_embedding_loss", "_margin", _PAIR, _cosine_embedding_ref,
+             _build_cosine_embedding, _bench_embedding_pairs,
+             None, _TORCH + "cosine_embedding_loss"),
+    LossSpec("hinge_embedding_loss", "_margin",
+             "(input, target, *, margin=1.0, reduction='none')",
+             _hinge_embedding_ref, _build_hinge_embedding, _bench_distances_pm1,
+             None, _TORCH + "hinge_embedding_loss"),
+    LossSpec("soft_margin_loss", "_margin", "(input, target, *, reduction='none')",
+             _soft_margin_ref, _build_soft_margin, _bench_pm1,
+             None, _TORCH + "soft_margin_loss"),
+    LossSpec("multilabel_soft_margin_loss", "_margin",
+             "(input, target, *, weight=None, reduction='none')",
+             _multilabel_soft_margin_ref, _build_multilabel_soft_margin, _bench_binary,
+             None, _TORCH + "multilabel_soft_margin_loss"),
+    LossSpec("multilabel_margin_loss", "_margin", "(input, target, *, reduction='none')",
+             _multilabel_margin_ref, _build_multilabel_margin, _bench_multilabel_indices,
+             None, _TORCH + "multilabel_margin_loss"),
+    LossSpec("triplet_margin_with_distance_loss", "_margin",
+             "(anchor, positive, negative, *, distance_function=None, margin=1.0, swap=False,"
+             " reduction='none')",
+             _triplet_distance_ref, _build_triplet_distance, _bench_triplet,
+             None, _TORCH + "triplet_margin_with_distance_loss",
+             batch_options={"swap": True}),
+    # Keras's losses (predictions first; Keras's y_true is targets)
+    LossSpec("mean_absolute_percentage_error", "_keras", _KERAS, _mape_ref,
+             _build_mape, _bench_regression),
+    LossSpec("mean_squared_logarithmic_error", "_keras", _KERAS, _msle_ref,
+             _build_msle, _bench_positive_regression),
+    LossSpec("categorical_hinge", "_keras", _KERAS, _categorical_hinge_ref,
+             _build_categorical_hinge, _bench_one_hot),
+
+
+    # bounding boxes (torchvision)
+    LossSpec("generalized_box_iou_loss", "_boxes", _BOXES, _giou_ref, _box_builder(),
+             _bench_boxes, None, "torchvision.ops.generalized_box_iou_loss"),
+    LossSpec("distance_box_iou_loss", "_boxes", _BOXES, _diou_ref, _box_builder(),
+             _bench_boxes, None, "torchvision.ops.distance_box_iou_loss"),
+    LossSpec("complete_box_iou_loss", "_boxes", _BOXES, _ciou_ref,
+             _box_builder(same_aspect=True), _bench_boxes,
+             None, "torchvision.ops.complete_box_iou_loss"),
+    LossSpec("fused_linear_log_probs", "_large_vocab",
+             "(hidden, kernel, labels, *, bias=None, temperature=1.0, logit_softcap=None,"
+             " return_entropy=False, chunk_size=None)",
+             _log_probs_ref, _build_log_probs, _bench_fused),
 )  # fmt: skip
 """Every public loss, one row each."""
 
