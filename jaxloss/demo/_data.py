@@ -272,3 +272,76 @@ def digit_sequences(seed: int) -> Dataset:
         "majority_sequence_accuracy": float(np.mean([k == top for k in label_sequences(test)])),
     }
     return Dataset("digit_sequences", train, test, info)
+
+
+PARITY_LABELS = (10, 11)  # multi-label digits: label 10 = even digit, 11 = odd digit
+
+
+@functools.cache
+def digits_multilabel(seed: int) -> Dataset:
+    """Digits with two labels each: the class and its parity (10 = even, 11 = odd).
+
+    ``labels`` is the ``[N, 12]`` multi-hot matrix; ``label_idx`` lists the
+    target classes first, then ``-1`` (PyTorch's multi-label margin format).
+    ``info["majority_set_accuracy"]``: how often the test label set equals the
+    most common training set.
+    """
+    base = digits(seed)
+    k = 10 + len(PARITY_LABELS)
+
+    def part(rows):
+        y = rows["y"]
+        parity = PARITY_LABELS[0] + y % 2
+        labels = np.zeros((len(y), k), np.float32)
+        labels[np.arange(len(y)), y] = 1.0
+        labels[np.arange(len(y)), parity] = 1.0
+        idx = np.full((len(y), k), -1, np.int32)
+        idx[:, 0], idx[:, 1] = y, parity
+        return dict(rows, labels=labels, label_idx=idx)
+
+    top = base.info["majority_class"]  # the set {class, parity} is fixed by the class
+    info = dict(
+        base.info,
+        num_labels=k,
+        majority_set_accuracy=float(np.mean(base.test["y"] == top)),
+    )
+    return Dataset("digits_multilabel", part(base.train), part(base.test), info)
+
+
+BOX_CANVAS = 12  # digit boxes: each 8x8 digit is placed at a random offset on a 12x12 canvas
+BOX_INK = 0.5  # pixels above this (of 1) are ink
+
+
+def _ink_boxes(images: np.ndarray) -> np.ndarray:
+    """``[N, 4]`` boxes ``x1, y1, x2, y2`` around the ink, as fractions of the image side."""
+    ink = images > BOX_INK
+    rows, cols = ink.any(2), ink.any(1)
+    side = images.shape[-1]
+    y1, x1 = rows.argmax(1), cols.argmax(1)
+    y2, x2 = side - rows[:, ::-1].argmax(1), side - cols[:, ::-1].argmax(1)
+    return (np.stack([x1, y1, x2, y2], 1) / side).astype(np.float32)
+
+
+@functools.cache
+def digit_boxes(seed: int) -> Dataset:
+    """Box regression: where is the ink of a digit placed at random on a larger canvas?
+
+    ``x`` holds the flattened ``BOX_CANVAS``-square images, ``box`` the box
+    around the pixels above ``BOX_INK`` (``x1, y1, x2, y2`` in ``[0, 1]``).
+    ``info["mean_box"]`` is the mean training box (the baseline predictor).
+    """
+    base = digits(seed)
+    rng = np.random.default_rng([seed, 4])
+    side = BOX_CANVAS
+
+    def part(rows):
+        n = len(rows["y"])
+        canvas = np.zeros((n, side, side), np.float32)
+        off = rng.integers(0, side - 8 + 1, size=(n, 2))
+        for i, (r, c) in enumerate(off):
+            canvas[i, r : r + 8, c : c + 8] = rows["x"][i].reshape(8, 8)
+        return {"x": canvas.reshape(n, -1), "y": rows["y"], "box": _ink_boxes(canvas)}
+
+    train, test = part(base.train), part(base.test)
+    info = {"num_features": side * side, "mean_box": train["box"].mean(0)}
+    return Dataset("digit_boxes", train, test, info)

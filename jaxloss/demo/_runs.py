@@ -1,4 +1,4 @@
-"""What the demo trains: eight tasks and one run per loss.
+"""What the demo trains: eleven tasks and one run per loss.
 
 A *task* owns a dataset, a model family, how a batch is gathered, and the
 held-out metric with its trivial baseline. A *run* (:class:`Spec`) pairs a task
@@ -222,6 +222,36 @@ class Diabetes(Task):
         return Metric(name, rmse, base, "mean predictor", False)
 
 
+def _best_constant_mape(y_train: np.ndarray) -> float:
+    """The constant with the least training MAPE: the median of ``y`` weighted by ``1 / y``."""
+    order = np.argsort(y_train)
+    w = 1.0 / np.abs(y_train[order])
+    return float(y_train[order][np.searchsorted(np.cumsum(w), 0.5 * w.sum())])
+
+
+class DiabetesPercent(Diabetes):
+    """Diabetes again, scored by the mean absolute percentage error (raw target).
+
+    A MAPE fit predicts low (the relative error weighs small targets up), so
+    RMSE is the wrong yardstick; the baseline is the best constant for MAPE.
+    """
+
+    name = "diabetes_percent"
+    data_label = "diabetes (MAPE)"
+
+    def load(self, seed, runner):
+        return _data.diabetes(seed)
+
+    def evaluate(self, spec, pred, ds):
+        y_hat = spec.score(pred["outputs"], ds.info)
+        target = ds.test["y_raw"]
+        mape = float(100 * np.mean(np.abs(y_hat - target) / np.abs(target)))
+        c = _best_constant_mape(ds.train["y_raw"])
+        base = float(100 * np.mean(np.abs(c - target) / np.abs(target)))
+        rmse = float(np.sqrt(np.mean((y_hat - target) ** 2)))
+        return Metric("MAPE (%)", mape, base, "best constant", False, {"rmse": rmse})
+
+
 class PythonText(Task):
     """Character-level language model on ``argparse``'s source text."""
 
@@ -388,17 +418,64 @@ class Sequences(Task):
         return Metric("sequence accuracy", acc, base, "majority sequence", True)
 
 
+class MultiLabelDigits(Digits):
+    """Digits as a multi-label task: each image has its class and its parity (10/11)."""
+
+    name = "digits_multilabel"
+    data_label = "digits, class + parity"
+
+    def evaluate(self, spec, pred, ds):
+        out = pred["outputs"]
+        y = ds.test["y"]
+        cls = out[:, :10].argmax(-1)
+        parity = _data.PARITY_LABELS[0] + out[:, 10:].argmax(-1)
+        exact = float(np.mean((cls == y) & (parity == _data.PARITY_LABELS[0] + y % 2)))
+        extras = {
+            "class_accuracy": float(np.mean(cls == y)),
+            "parity_accuracy": float(np.mean(parity == _data.PARITY_LABELS[0] + y % 2)),
+        }
+        base = ds.info["majority_set_accuracy"]
+        return Metric("exact match", exact, base, "majority label set", True, extras)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of matching rows of two ``[N, 4]`` arrays of ``x1, y1, x2, y2`` boxes."""
+    iw = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
+    ih = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
+    inter = iw * ih
+    area = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]) + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / np.maximum(area - inter, 1e-12)
+
+
+class Boxes(Task):
+    """Regress the box around a digit's ink on a larger canvas; metric: mean IoU."""
+
+    name = "digit_boxes"
+    data_label = "digits on a canvas, ink boxes"
+    default_steps = 400
+
+    def evaluate(self, spec, pred, ds):
+        truth = ds.test["box"]
+        iou = float(np.mean(box_iou(pred["outputs"], truth)))
+        mean_box = np.broadcast_to(ds.info["mean_box"], truth.shape)
+        base = float(np.mean(box_iou(mean_box, truth)))
+        return Metric("mean IoU", iou, base, "mean box", True)
+
+
 TASKS: dict[str, Task] = {
     t.name: t
     for t in (
         Digits(),
         BreastCancer(),
         Diabetes(),
+        DiabetesPercent(),
         Distillation(),
         PythonText(),
         Embedding(),
         Sequences(),
         Preference(),
+        MultiLabelDigits(),
+        Boxes(),
     )
 }
 
@@ -621,6 +698,131 @@ def _vocab_parallel_spec(name: str, fused: bool) -> Spec:
     )
 
 
+def _similarities(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Cosine similarity of each anchor to its same-class and to its other-class partner."""
+    cos = _lib("cosine_similarity")
+    return cos(x[:, 0], x[:, 1], reduction="none"), cos(x[:, 0], x[:, 2], reduction="none")
+
+
+def _margin_ranking(x, b, p, e):
+    """Both orders of (partner, other) similarity: target +1, then -1 for the swapped pair."""
+    pos, neg = _similarities(x)
+    target = jnp.concatenate([jnp.ones_like(pos), -jnp.ones_like(pos)])
+    first, second = jnp.concatenate([pos, neg]), jnp.concatenate([neg, pos])
+    return _lib("margin_ranking_loss")(first, second, target, margin=0.5, reduction="mean")
+
+
+def _anchor_pairs(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Anchors twice, against partners then others; targets +1 then -1."""
+    n = x.shape[0]
+    target = jnp.concatenate([jnp.ones(n, jnp.int32), -jnp.ones(n, jnp.int32)])
+    return jnp.concatenate([x[:, 0], x[:, 0]]), jnp.concatenate([x[:, 1], x[:, 2]]), target
+
+
+def _cosine_embedding(x, b, p, e):
+    a, other, target = _anchor_pairs(x)
+    return _lib("cosine_embedding_loss")(a, other, target, margin=0.0, reduction="mean")
+
+
+def _hinge_embedding(x, b, p, e):
+    """Euclidean distances of the pairs: small for partners, at least 2 for others."""
+    a, other, target = _anchor_pairs(x)
+    dist = jnp.sqrt(jnp.sum((a - other) ** 2, axis=-1) + 1e-6)
+    return _lib("hinge_embedding_loss")(dist, target, margin=2.0, reduction="mean")
+
+
+def _cos_dist(x1: jax.Array, x2: jax.Array) -> jax.Array:
+    return _lib("cosine_distance")(x1, x2, reduction="none")
+
+
+def _triplet_with_distance(x, b, p, e):
+    """Default (Euclidean) triplets plus cosine-distance triplets with the distance swap."""
+    fn = _lib("triplet_margin_with_distance_loss")
+    a, pos, neg = x[:, 0], x[:, 1], x[:, 2]
+    euclid = fn(a, pos, neg, margin=1.0, reduction="mean")
+    cosine = fn(a, pos, neg, distance_function=_cos_dist, margin=0.5, swap=True, reduction="mean")
+    return euclid + cosine
+
+
+def _multilabel_spec(name: str, setting: str, target: str) -> Spec:
+    """A multi-label digits run: 12 scores (10 classes, even, odd) against ``b[target]``."""
+    return Spec(
+        name,
+        "digits_multilabel",
+        setting,
+        lambda x, b, p, e: _lib(name)(x, b[target], reduction="mean"),
+        out_dim=10 + len(_data.PARITY_LABELS),
+    )
+
+
+def _raw_units(x: jax.Array, e: Env) -> jax.Array:
+    """``[N, 1]`` predictions in the target's units (progression is positive)."""
+    return x[:, :1] * e.info["y_std"] + e.info["y_mean"]
+
+
+def _keras_regression_spec(name: str, setting: str, task: str = "diabetes") -> Spec:
+    """A diabetes run of a Keras regression loss on the raw (positive) target."""
+    return Spec(
+        name,
+        task,
+        setting,
+        lambda x, b, p, e: _lib(name)(_raw_units(x, e), b["y_raw"][:, None], reduction="mean"),
+        score=_regression,
+        target="y_raw",
+    )
+
+
+def _boxes_head(x: jax.Array) -> jax.Array:
+    """``x1, y1, x2, y2`` from a sigmoid centre and size: always a valid box."""
+    c, size = jax.nn.sigmoid(x[:, :2]), jax.nn.sigmoid(x[:, 2:])
+    return jnp.concatenate([c - size / 2, c + size / 2], axis=-1)
+
+
+def _box_spec(name: str, setting: str, loss: Callable | None = None) -> Spec:
+    return Spec(
+        name,
+        "digit_boxes",
+        setting,
+        loss or (lambda x, b, p, e: _lib(name)(x, b["box"], reduction="mean")),
+        head=_boxes_head,
+        out_dim=4,
+    )
+
+
+def _ciou_alpha_term(x: jax.Array, t: jax.Array) -> jax.Array:
+    """``(alpha - stop_gradient(alpha)) * v``: zero, but adds the derivative of ``alpha``.
+
+    The complete IoU holds ``alpha`` constant (torchvision's gradient, the
+    derivative of the loss only where the aspect term ``v`` is 0). With this
+    term the objective's gradient is the derivative of its value, so the
+    finite-difference gradient check applies.
+    """
+    wh_x, wh_t = x[:, 2:] - x[:, :2], t[:, 2:] - t[:, :2]
+    iw = jnp.clip(jnp.minimum(x[:, 2], t[:, 2]) - jnp.maximum(x[:, 0], t[:, 0]), 0)
+    ih = jnp.clip(jnp.minimum(x[:, 3], t[:, 3]) - jnp.maximum(x[:, 1], t[:, 1]), 0)
+    inter = iw * ih
+    union = wh_x[:, 0] * wh_x[:, 1] + wh_t[:, 0] * wh_t[:, 1] - inter
+    iou = inter / (union + 1e-7)
+    angle = jnp.arctan(wh_t[:, 0] / wh_t[:, 1]) - jnp.arctan(wh_x[:, 0] / wh_x[:, 1])
+    v = 4 / math.pi**2 * angle**2
+    alpha = v / (1 - iou + v + 1e-7)
+    return jnp.mean((alpha - jax.lax.stop_gradient(alpha)) * v)
+
+
+def _ciou(x, b, p, e):
+    loss = _lib("complete_box_iou_loss")(x, b["box"], reduction="mean")
+    return loss + _ciou_alpha_term(x, b["box"])
+
+
+_ENTROPY_BONUS = 0.01
+
+
+def _lm_log_probs(h, b, p, e):
+    """Negative mean log-probability of the next character, minus a small entropy bonus."""
+    logp, entropy = _lib("fused_linear_log_probs")(h, p[0], b["y"], bias=p[1], return_entropy=True)
+    return -jnp.mean(logp) - _ENTROPY_BONUS * jnp.mean(entropy)
+
+
 SPECS: tuple[Spec, ...] = (
     # --- digits: multiclass, integer labels -------------------------------
     _digits_spec(
@@ -650,6 +852,16 @@ SPECS: tuple[Spec, ...] = (
     ),
     _batch_dice("dice_loss", "batch as one image, one-hot", one_hot=True),
     _batch_dice("multiclass_generalized_dice_loss", "batch as one image, one-hot", one_hot=True),
+    Spec(
+        "categorical_hinge",
+        "digits",
+        "Keras, one-hot targets",
+        lambda x, b, p, e: _lib("categorical_hinge")(x, _one_hot(b, x), reduction="mean"),
+        out_dim=10,
+    ),
+    # --- digits as a multi-label task: class and parity ----------------------
+    _multilabel_spec("multilabel_soft_margin_loss", "multi-hot {class, parity}", "labels"),
+    _multilabel_spec("multilabel_margin_loss", "targets {class, parity}, -1 padded", "label_idx"),
     # --- breast cancer: binary ---------------------------------------------
     Spec(
         "sigmoid_binary_cross_entropy",
@@ -672,6 +884,7 @@ SPECS: tuple[Spec, ...] = (
     _binary_spec("hinge_loss", "labels in {-1, +1}", labels=_pm1),
     _binary_spec("squared_hinge_loss", "labels in {-1, +1}", labels=_pm1),
     _binary_spec("perceptron_loss", "labels in {-1, +1}", labels=_pm1),
+    _binary_spec("soft_margin_loss", "labels in {-1, +1}", labels=_pm1),
     _binary_spec("sparsemax_loss", "sparse sigmoid"),
     _batch_dice("binary_dice_loss", "batch as one mask", one_hot=False),
     # --- diabetes: regression on the standardised target -------------------
@@ -681,6 +894,10 @@ SPECS: tuple[Spec, ...] = (
     _regression_spec("huber_loss", "delta=1", delta=1.0),
     _regression_spec("smooth_l1_loss", "beta=1", beta=1.0),
     _regression_spec("log_cosh", ""),
+    _keras_regression_spec(
+        "mean_absolute_percentage_error", "Keras, raw target", task="diabetes_percent"
+    ),
+    _keras_regression_spec("mean_squared_logarithmic_error", "Keras, raw target"),
     Spec(
         "gaussian_nll_loss",
         "diabetes",
@@ -766,6 +983,22 @@ SPECS: tuple[Spec, ...] = (
         score=_logits_score,
     ),
     _embedding_spec("ntxent", "temperature=0.1, anchors + partners", _ntxent),
+    _embedding_spec(
+        "margin_ranking_loss", "cos to partner above cos to other, margin=0.5", _margin_ranking
+    ),
+    _embedding_spec("cosine_embedding_loss", "partner +1, other -1, margin=0", _cosine_embedding),
+    _embedding_spec(
+        "hinge_embedding_loss",
+        "pair distances, margin=2",
+        _hinge_embedding,
+        score=_logits_score,
+    ),
+    _embedding_spec(
+        "triplet_margin_with_distance_loss",
+        "Euclidean (default) + cosine with swap",
+        _triplet_with_distance,
+        score=_logits_score,
+    ),
     # --- reading digit strips without alignments -----------------------------
     Spec("ctc_loss", "digit_sequences", "blank=10, mean", _ctc(False), out_dim=11),
     Spec(
@@ -792,6 +1025,18 @@ SPECS: tuple[Spec, ...] = (
     ),
     _vocab_parallel_spec("vocab_parallel_softmax_cross_entropy", fused=False),
     _vocab_parallel_spec("vocab_parallel_fused_linear_softmax_cross_entropy", fused=True),
+    Spec(
+        "fused_linear_log_probs",
+        "python_text",
+        f"-mean log p(next), entropy bonus {_ENTROPY_BONUS:g}",
+        _lm_log_probs,
+        params=_lm_params,
+        lm={"tied": True},
+    ),
+    # --- box regression: the ink of a digit on a canvas ----------------------
+    _box_spec("generalized_box_iou_loss", "sigmoid centre + size"),
+    _box_spec("distance_box_iou_loss", "sigmoid centre + size"),
+    _box_spec("complete_box_iou_loss", "sigmoid centre + size, alpha differentiated", _ciou),
 )
 
 # Runs keyed by the registry name of the loss they train with (tests/test_registry.py
