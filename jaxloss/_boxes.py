@@ -197,18 +197,7 @@ def distance_box_iou_loss(
     with :math:`c_A, c_B` the box centres and :math:`d_C` the diagonal of the
     smallest box enclosing both.
 
-    Args:
-      boxes1: boxes ``[..., 4]`` as ``x1, y1, x2, y2`` (``x1 <= x2``,
-        ``y1 <= y2``); float or int (int is computed in float32).
-      boxes2: boxes ``[..., 4]``; the leading dimensions broadcast with
-        ``boxes1``'s. The loss is symmetric in the two arguments.
-      eps: added to the denominators (may be traced).
-      reduction: ``"none"`` (one value per pair of boxes), ``"sum"`` or
-        ``"mean"``.
-
-    Returns:
-      The loss per pair of boxes (float32 for bf16/f16 inputs), or its
-      reduction.
+    Args and returns: as :func:`generalized_box_iou_loss`.
 
     Example:
       >>> import jax.numpy as jnp, jaxloss
@@ -218,13 +207,7 @@ def distance_box_iou_loss(
       Array([0.96825397, 1.4       ], dtype=float32)
 
     Note:
-      Degenerate boxes (zero width or height, points, identical or touching
-      boxes) give finite values and derivatives, torchvision's. Boxes that
-      only touch do not overlap (their intersection and its derivative are
-      0). Where a minimum or maximum of two coordinates ties (identical
-      edges), the derivative is split in half, as in torchvision. With
-      ``eps=0`` a ``0 / 0`` (two point boxes) is taken as 0, where
-      torchvision gives NaN; ``"mean"`` of no boxes is 0.
+      Degenerate boxes: as :func:`generalized_box_iou_loss`.
 
     References:
       ``torchvision.ops.distance_box_iou_loss``; Zheng et al.,
@@ -251,18 +234,7 @@ def complete_box_iou_loss(
     with :math:`\alpha` held constant under differentiation (as torchvision
     computes it under ``no_grad``).
 
-    Args:
-      boxes1: boxes ``[..., 4]`` as ``x1, y1, x2, y2`` (``x1 <= x2``,
-        ``y1 <= y2``); float or int (int is computed in float32).
-      boxes2: boxes ``[..., 4]``; the leading dimensions broadcast with
-        ``boxes1``'s. The loss is symmetric in the two arguments.
-      eps: added to the denominators (may be traced).
-      reduction: ``"none"`` (one value per pair of boxes), ``"sum"`` or
-        ``"mean"``.
-
-    Returns:
-      The loss per pair of boxes (float32 for bf16/f16 inputs), or its
-      reduction.
+    Args and returns: as :func:`generalized_box_iou_loss`.
 
     Example:
       >>> import jax.numpy as jnp, jaxloss

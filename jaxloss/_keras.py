@@ -95,11 +95,10 @@ def mean_squared_logarithmic_error(
         in jaxloss: ``keras.losses.mean_squared_logarithmic_error(y_true, y_pred)``
         is ``jaxloss.mean_squared_logarithmic_error(y_pred, y_true)``.
       targets: true values, broadcastable to ``predictions``.
-      reduction: ``"none"`` (per example, shape ``predictions.shape[:-1]``),
-        ``"sum"`` or ``"mean"`` (over examples).
+      reduction: as in :func:`mean_absolute_percentage_error`.
 
     Returns:
-      Per-example loss or its reduction; float32 for bf16/f16 inputs.
+      As :func:`mean_absolute_percentage_error`.
 
     Example:
       >>> import jax.numpy as jnp, jaxloss
@@ -135,11 +134,10 @@ def categorical_hinge(
         jaxloss: ``keras.losses.categorical_hinge(y_true, y_pred)`` is
         ``jaxloss.categorical_hinge(y_pred, y_true)``.
       targets: one-hot (or soft) targets, broadcastable to ``predictions``.
-      reduction: ``"none"`` (per example, shape ``predictions.shape[:-1]``),
-        ``"sum"`` or ``"mean"`` (over examples).
+      reduction: as in :func:`mean_absolute_percentage_error`.
 
     Returns:
-      Per-example loss or its reduction; float32 for bf16/f16 inputs.
+      As :func:`mean_absolute_percentage_error`.
 
     Example:
       >>> import jax.numpy as jnp, jaxloss
