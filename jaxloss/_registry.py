@@ -1890,8 +1890,8 @@ REGISTRY: tuple[LossSpec, ...] = (
     LossSpec("dice_loss", "_dice",
              "(predictions, targets, *, class_weights=None, smooth=1.0, alpha=0.5, beta=0.5,"
              " apply_softmax=True, reduction='mean', ignore_background=False, axis=None)",
-             _dice_ref, _build_dice, _bench_dice, _OPTAX + "dice_loss",
-             batch_options={"reduction": "none"}),
+             # its `reduction` is optax's, over the classes: the output stays [N]
+             _dice_ref, _build_dice, _bench_dice, _OPTAX + "dice_loss", batch=False),
     LossSpec("binary_dice_loss", "_dice",
              "(predictions, targets, *, smooth=1.0, apply_sigmoid=True, reduction='none')",
              _binary_dice_ref, _build_binary_dice, _bench_binary, _OPTAX + "binary_dice_loss"),
@@ -1906,7 +1906,7 @@ REGISTRY: tuple[LossSpec, ...] = (
              "(logits, labels, *, where=None, weights=None, reduce_fn=jax.numpy.mean,"
              " reduction=None)",
              _ranking_softmax_ref, _build_ranking_softmax, _bench_ranking,
-             _OPTAX + "ranking_softmax_loss", batch_options={"reduction": "none"}),
+             _OPTAX + "ranking_softmax_loss", batch_options={"reduction": "sum"}),
     LossSpec("sparsemax_loss", "_sparsemax", "(logits, labels, *, reduction='none')",
              _sparsemax_ref, _build_sparsemax, _bench_sparsemax, _OPTAX + "sparsemax_loss"),
     LossSpec("multiclass_sparsemax_loss", "_sparsemax", "(scores, labels, *, reduction='none')",
@@ -1998,7 +1998,8 @@ REGISTRY: tuple[LossSpec, ...] = (
     LossSpec("fused_linear_log_probs", "_large_vocab",
              "(hidden, kernel, labels, *, bias=None, temperature=1.0, logit_softcap=None,"
              " return_entropy=False, chunk_size=None)",
-             _log_probs_ref, _build_log_probs, _bench_fused),
+             # per-token outputs without a reduction: outside the generic data-parallel check
+             _log_probs_ref, _build_log_probs, _bench_fused, batch=False),
 )  # fmt: skip
 """Every public loss, one row each."""
 

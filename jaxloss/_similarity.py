@@ -99,7 +99,7 @@ def cosine_similarity(
       >>> import jax.numpy as jnp, jaxloss
       >>> a = jnp.array([[1.0, 0.0], [1.0, 1.0]], dtype=jnp.float32)
       >>> b = jnp.array([[0.0, 2.0], [3.0, 3.0]], dtype=jnp.float32)
-      >>> jaxloss.cosine_similarity(a, b)
+      >>> jnp.round(jaxloss.cosine_similarity(a, b), 6)
       Array([0., 1.], dtype=float32)
 
     Note:
