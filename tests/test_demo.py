@@ -5,9 +5,10 @@ demo's own JAX settings: no x64, standard promotion); a second one-device run
 of a few losses includes the per-loss gradient check. The eight-device run
 needs ``--xla_force_host_platform_device_count=8`` before JAX starts, so it runs
 in a subprocess, started first so that both train at the same time; it trains
-one loss of every kind and is compared loss by loss with the one-device run. Both are shared by every test of this module and
-run once, on one xdist worker (the ``xdist_group`` below). Bad flags and
-missing optional dependencies are checked in-process through ``main``.
+one loss of every kind and is compared loss by loss with the one-device run.
+All are shared by every test of this module and run once, on one xdist
+worker (the ``xdist_group`` below). Bad flags and missing optional
+dependencies are checked in-process through ``main``.
 """
 
 from __future__ import annotations
