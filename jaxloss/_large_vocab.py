@@ -663,7 +663,10 @@ def fused_linear_softmax_cross_entropy(
     Note:
       bf16/f16 inputs are multiplied with float32 accumulation
       (``preferred_element_type``) and the softmax runs in float32; the
-      gradients come back in the inputs' dtypes. Out-of-range labels raise
+      gradients come back in the inputs' dtypes. The coefficient ``g`` is
+      rounded to the inputs' dtype before its two matmuls, as autodiff of a
+      bf16 ``hidden @ kernel`` rounds its cotangent (the matmuls then accumulate
+      in float32). Out-of-range labels raise
       ``ValueError`` when concrete; under ``jit`` the row's loss is NaN.
       ``jax.jvp``/``jax.jacfwd`` work for every argument; with
       ``reduction="mean"``/``"sum"`` a forward-mode tangent also costs the
