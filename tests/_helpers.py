@@ -65,3 +65,22 @@ def residual_lines(f, *args) -> list[str]:
     with contextlib.redirect_stdout(buf):
         jax.ad_checkpoint.print_saved_residuals(f, *args)
     return [ln for ln in buf.getvalue().splitlines() if ln.strip()]
+
+
+@contextlib.contextmanager
+def optax_promotion():
+    """optax's code relies on standard promotion and rank broadcasting."""
+    with jax.numpy_dtype_promotion("standard"), jax.numpy_rank_promotion("allow"):
+        yield
+
+
+def value_and_grads(fns, args):
+    """``[(f(*args), grad of sum(f) w.r.t. every argument)]`` for every ``f``, in one
+    jitted program (under :func:`optax_promotion`, so optax peers can run in it)."""
+
+    def run(*a):
+        n = tuple(range(len(a)))
+        return [(f(*a), jax.grad(lambda *x, f=f: jnp.sum(f(*x)), argnums=n)(*a)) for f in fns]
+
+    with optax_promotion():
+        return jax.jit(run)(*args)

@@ -9,14 +9,12 @@ are compared where optax is finite and asserted finite elsewhere. Each group
 of checks is one jitted program.
 """
 
-import contextlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from _helpers import all_finite, close
+from _helpers import all_finite, close, optax_promotion, value_and_grads
 
 import jaxloss
 
@@ -26,29 +24,10 @@ T = np.eye(3)[RNG.integers(0, 3, size=X.shape[:-1])]
 W = RNG.uniform(0.5, 2.0, size=3)
 
 
-@contextlib.contextmanager
-def _loose():
-    """optax's code relies on standard promotion and rank broadcasting."""
-    with jax.numpy_dtype_promotion("standard"), jax.numpy_rank_promotion("allow"):
-        yield
-
-
-def _value_and_grads(fns, args):
-    """``[(f(*args), grad of sum(f) w.r.t. every argument)]`` for every ``f``, in one
-    jitted program."""
-
-    def run(*a):
-        n = tuple(range(len(a)))
-        return [(f(*a), jax.grad(lambda *x, f=f: jnp.sum(f(*x)), argnums=n)(*a)) for f in fns]
-
-    with _loose():
-        return jax.jit(run)(*args)
-
-
 def _assert_pairs(pairs, args, tol):
     """``pairs``: ``[(label, ours, ref)]``; values and gradients agree where the
     reference is finite, and ours are finite everywhere."""
-    out = _value_and_grads([p[1] for p in pairs] + [p[2] for p in pairs], args)
+    out = value_and_grads([p[1] for p in pairs] + [p[2] for p in pairs], args)
     for (label, *_), got, want in zip(pairs, out[: len(pairs)], out[len(pairs) :], strict=True):
         for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
             g, w = np.asarray(g), np.asarray(w)
@@ -211,7 +190,7 @@ def test_edges_finite():
     assert all_finite(o)
     close(o["empty"][..., 2], np.zeros(2))  # a perfect (empty) match
     close(o["empty_grad"][0][..., 2], np.zeros(X.shape[:-1]))
-    with _loose():
+    with optax_promotion():
         ref = np.asarray(
             optax.losses.dice_loss(probs, t, smooth=0.0, apply_softmax=False, reduction="none")
         )

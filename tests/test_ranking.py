@@ -8,14 +8,12 @@ everywhere; a float64 formula ``-sum(w y log_softmax(s))`` written here.
 Each group of checks is one jitted program.
 """
 
-import contextlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from _helpers import all_finite, close
+from _helpers import all_finite, close, value_and_grads
 
 import jaxloss
 
@@ -28,25 +26,9 @@ EMPTY = MASK.copy()
 EMPTY[1] = False  # a fully masked list
 
 
-@contextlib.contextmanager
-def _loose():
-    """optax's code relies on standard promotion and rank broadcasting."""
-    with jax.numpy_dtype_promotion("standard"), jax.numpy_rank_promotion("allow"):
-        yield
-
-
-def _value_and_grads(fns, args):
-    def run(*a):
-        n = tuple(range(len(a)))
-        return [(f(*a), jax.grad(lambda *x, f=f: jnp.sum(f(*x)), argnums=n)(*a)) for f in fns]
-
-    with _loose():
-        return jax.jit(run)(*args)
-
-
 def _assert_pairs(pairs, args, tol):
     """Values and gradients agree where optax's are finite; ours are finite."""
-    out = _value_and_grads([p[1] for p in pairs] + [p[2] for p in pairs], args)
+    out = value_and_grads([p[1] for p in pairs] + [p[2] for p in pairs], args)
     for (label, *_), got, want in zip(pairs, out[: len(pairs)], out[len(pairs) :], strict=True):
         for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
             g, w = np.asarray(g), np.asarray(w)

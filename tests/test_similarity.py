@@ -7,7 +7,6 @@ float64; the NT-Xent worked value ``log(1 + e**-1)`` follows from its
 definition (Chen et al. 2020). Each group of checks is one jitted program.
 """
 
-import contextlib
 import math
 
 import jax
@@ -16,7 +15,7 @@ import numpy as np
 import optax
 import pytest
 import torch.nn.functional as F
-from _helpers import all_finite, close, tt
+from _helpers import all_finite, close, optax_promotion, tt, value_and_grads
 
 import jaxloss
 
@@ -27,28 +26,9 @@ LABELS = np.array([0, 0, 1, 1])
 COSINES = ("cosine_similarity", "cosine_distance")
 
 
-@contextlib.contextmanager
-def _loose():
-    """optax's code relies on standard promotion and rank broadcasting."""
-    with jax.numpy_dtype_promotion("standard"), jax.numpy_rank_promotion("allow"):
-        yield
-
-
-def _value_and_grads(fns, args):
-    """``[(f(*args), grad of sum(f) w.r.t. every argument)]`` for every ``f``, in one
-    jitted program."""
-
-    def run(*a):
-        n = tuple(range(len(a)))
-        return [(f(*a), jax.grad(lambda *x, f=f: jnp.sum(f(*x)), argnums=n)(*a)) for f in fns]
-
-    with _loose():
-        return jax.jit(run)(*args)
-
-
 def _assert_pairs(pairs, args, tol):
     """``pairs``: ``[(label, ours, ref)]``; values and gradients agree."""
-    out = _value_and_grads([p[1] for p in pairs] + [p[2] for p in pairs], args)
+    out = value_and_grads([p[1] for p in pairs] + [p[2] for p in pairs], args)
     for (label, *_), got, want in zip(pairs, out[: len(pairs)], out[len(pairs) :], strict=True):
         for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
             close(g, w, rtol=tol, atol=tol, err_msg=label)
@@ -109,7 +89,7 @@ def test_matches_torch():
                 a, b, c, margin=2.0, eps=0.0, reduction=r
             )
         )
-    got = _value_and_grads(fns, tuple(jnp.asarray(x) for x in (A, B, C)))
+    got = value_and_grads(fns, tuple(jnp.asarray(x) for x in (A, B, C)))
     for (v, gs), w in zip(got, want, strict=True):
         for t in ts:
             t.grad = None
@@ -140,7 +120,7 @@ def test_reductions():
     assert per.shape == (4,) and float(per[3]) == 0.0  # no positive
     close(o["nsum"], jnp.sum(per))
     close(o["nmean"], jnp.sum(per) / 6)  # 6 ordered positive pairs
-    with _loose():
+    with optax_promotion():
         close(o["nmean"], optax.losses.ntxent(jnp.asarray(A), lab))
     with pytest.raises(ValueError, match="reduction"):
         jaxloss.cosine_distance(A, B, reduction="avg")
