@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+import signal
+import subprocess
+from collections.abc import Iterator, Sequence
 
 import jax
 import jax.ad_checkpoint
@@ -84,3 +88,33 @@ def value_and_grads(fns, args):
 
     with optax_promotion():
         return jax.jit(run)(*args)
+
+
+@contextlib.contextmanager
+def child(
+    cmd: Sequence[str], env: dict[str, str], cwd: str | os.PathLike | None = None
+) -> Iterator[subprocess.Popen]:
+    """A subprocess in its own process group, killed with its own children and
+    reaped on the way out, its pipes drained and closed, whatever happened in the
+    block (a timeout, a failed assertion): no process outlives the test and no
+    ``ResourceWarning`` is left."""
+    proc = subprocess.Popen(
+        list(cmd),
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # leftovers of the group, even if it exited
+        with contextlib.suppress(subprocess.TimeoutExpired, ValueError):
+            proc.communicate(timeout=60)
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+        proc.wait()

@@ -4,17 +4,15 @@ timing is asserted."""
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import json
 import os
-import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from _helpers import child
 
 pytestmark = pytest.mark.xdist_group("benchmarks")  # one worker runs the shared quick run
 
@@ -27,32 +25,6 @@ PEER_FIELDS = {
     "torch": ("fwd", "vag", "eff_GBps_vag", "bw_fraction_vag", "value", "loss_dtype"),
 }  # fmt: skip
 TIMING_FIELDS = ("median_s", "min_s", "max_s", "times_s")
-
-
-@contextlib.contextmanager
-def child(cmd: Sequence[str], env: dict[str, str]) -> Iterator[subprocess.Popen]:
-    """A subprocess in its own process group (the suite starts children of its own),
-    killed with them and reaped on the way out, its pipes closed, whatever happened."""
-    proc = subprocess.Popen(
-        list(cmd),
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        yield proc
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # leftovers of the group, even if it exited
-        with contextlib.suppress(subprocess.TimeoutExpired, ValueError):
-            proc.communicate(timeout=60)
-        for pipe in (proc.stdout, proc.stderr):
-            if pipe is not None:
-                pipe.close()
-        proc.wait()
 
 
 def _import(name: str):
@@ -69,7 +41,7 @@ def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     cmd = [sys.executable, "-m", "benchmarks", "--quick", "--out", str(out)]
-    with child(cmd, env) as proc:
+    with child(cmd, env, cwd=ROOT) as proc:
         stdout, stderr = proc.communicate(timeout=TIMEOUT)
     done = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
     assert done.returncode == 0, stdout[-3000:] + stderr[-3000:]

@@ -19,15 +19,14 @@ import io
 import json
 import os
 import pathlib
-import signal
-import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import numpy as np
 import pytest
+from _helpers import child
 
 from jaxloss.demo import _runs, main
 
@@ -59,36 +58,6 @@ EIGHT_DEVICE_LOSSES = (
     "fused_linear_softmax_cross_entropy",
     "vocab_parallel_softmax_cross_entropy",
 )
-
-
-@contextlib.contextmanager
-def child(cmd: Sequence[str], env: dict[str, str]) -> Iterator[subprocess.Popen]:
-    """A subprocess (in its own process group) that is killed and reaped on the way out.
-
-    Whatever happens in the block (a timeout, a failed assertion), the group is
-    killed if still running, its pipes are drained and closed and its status is
-    collected, so no process outlives the test and no ``ResourceWarning`` is left.
-    """
-    proc = subprocess.Popen(
-        list(cmd),
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired, ValueError):
-            proc.communicate(timeout=60)
-        for pipe in (proc.stdout, proc.stderr):
-            if pipe is not None:
-                pipe.close()
-        proc.wait()
 
 
 def _env(devices: int) -> dict[str, str]:
