@@ -79,7 +79,9 @@ def _alphas(x, lpad, y, blank, eps):
     """Per-sequence ``-log p(y | x)`` at every label length, and the forward tables."""
     b, _, k = x.shape
     n = y.shape[1]
-    logp = jax.nn.log_softmax(x, axis=-1)
+    # a padded frame's logits are never read: zero them before the softmax, so an
+    # infinite entry there gives no NaN derivative
+    logp = jax.nn.log_softmax(jnp.where(lpad[:, :, None], jnp.zeros_like(x), x), axis=-1)
     ok = (y >= 0) & (y < k)  # an out-of-range (padded) label emits log-prob 0, as in optax
     idx = jnp.broadcast_to(jnp.where(ok, y, 0)[:, None, :], (b, x.shape[1], n))
     emit_lp = jnp.where(ok[:, None, :], jnp.take_along_axis(logp, idx, axis=-1), 0.0)

@@ -33,16 +33,21 @@ def _check_probabilities(probs: Array) -> None:
     if not cm.is_concrete(probs) or probs.shape[-1] == 1:
         return
     sums = np.sum(np.asarray(probs, dtype=np.float64), axis=-1)  # on the host: no tracing
-    if sums.size and not np.allclose(sums, 1.0, rtol=1e-5):
+    # optax's tolerance, widened to the rounding of C entries in a 16-bit dtype
+    rtol = max(1e-5, probs.shape[-1] * float(jnp.finfo(probs.dtype).eps))
+    if sums.size and not np.allclose(sums, 1.0, rtol=rtol):
         raise ValueError(
             "With apply_softmax=False, predictions must be probabilities that sum to 1 "
             f"along the class axis (-1); found sums in [{sums.min():.6f}, {sums.max():.6f}]."
         )
 
 
-def _inputs(predictions: ArrayLike, targets: ArrayLike) -> tuple[Array, Array]:
+def _inputs(
+    predictions: ArrayLike, targets: ArrayLike, probabilities: bool = False
+) -> tuple[Array, Array]:
     """Float predictions and targets of one shape ``[..., C]`` (a missing unit class
-    axis on either is added, as optax does), in the compute dtype."""
+    axis on either is added, as optax does), in the compute dtype; with
+    ``probabilities``, the predictions' rows are checked (in their own dtype)."""
     x = cm.as_float_array(predictions, "predictions")
     t = cm.as_numeric_array(targets, "targets")
     if x.ndim == t.ndim - 1:
@@ -54,6 +59,8 @@ def _inputs(predictions: ArrayLike, targets: ArrayLike) -> tuple[Array, Array]:
             "predictions and targets must have the same shape [..., num_classes]; got "
             f"predictions.shape={x.shape} and targets.shape={t.shape}."
         )
+    if probabilities:
+        _check_probabilities(x)
     dtype = cm.compute_dtype(x, t) if jnp.issubdtype(t.dtype, jnp.floating) else None
     dtype = dtype or cm.compute_dtype(x)
     return x.astype(dtype), t.astype(dtype)
@@ -64,7 +71,6 @@ def _per_class(x, t, weights, smooth, alpha, beta, apply_softmax, ignore_backgro
     if apply_softmax:
         probs = jax.nn.sigmoid(x) if x.shape[-1] == 1 else jax.nn.softmax(x, axis=-1)
     else:
-        _check_probabilities(x)
         probs = x
     axes = tuple(range(1, x.ndim - 1)) if axis is None else axis
     inter = jnp.sum(probs * t, axis=axes)
@@ -148,7 +154,7 @@ def dice_loss(
     """
     if reduction not in _CLASS_REDUCTIONS:
         raise ValueError(f"reduction must be one of 'none', 'sum', 'mean'; got {reduction!r}.")
-    x, t = _inputs(predictions, targets)
+    x, t = _inputs(predictions, targets, not apply_softmax)
     w = None if class_weights is None else cm.as_float_array(class_weights, "class_weights")
     hyper = [
         _hyper(v, n, x.dtype) for v, n in ((smooth, "smooth"), (alpha, "alpha"), (beta, "beta"))
@@ -270,7 +276,7 @@ def multiclass_generalized_dice_loss(
             "predictions and targets must have the same shape [..., num_classes]; got "
             f"predictions.shape={x.shape} and targets.shape={t.shape}."
         )
-    x, t = _inputs(x, t)
+    _, t = _inputs(x, t)  # x goes to dice_loss as given: its check sees x's own dtype
     freq = jnp.sum(t, axis=tuple(range(t.ndim - 1)))
     inv = 1.0 / (jnp.square(freq) + 1e-7)
     weights = inv / jnp.sum(inv) * inv.shape[0]

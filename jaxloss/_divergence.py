@@ -219,7 +219,8 @@ def kl_divergence_with_log_targets(
 
 def _generalized(lp, t, mask):
     lp, t = _upcast(lp, t)
-    return _kl(lp, t, mask, False) + jnp.sum(_masked(jnp.exp(lp) - t, mask), axis=-1)
+    # exp of the masked log-prediction: an infinite masked-out entry gives no NaN cotangent
+    return _kl(lp, t, mask, False) + jnp.sum(_masked(jnp.exp(_masked(lp, mask)) - t, mask), axis=-1)
 
 
 def generalized_kl_divergence(

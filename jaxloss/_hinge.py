@@ -191,8 +191,9 @@ def multi_margin_loss(
     target = classes == safe[..., None]
     s_y = jnp.sum(jnp.where(target, x, 0.0), axis=-1)
     z = m - s_y[..., None] + x  # max(0, m - s_y + s_c), summed over c != y
+    z = jnp.where(target | (z <= 0), 0.0, z)  # before the power: no 0 * inf at a -inf score
     h = z if p == 1 else z * z
-    loss = jnp.sum(jnp.where(target | (z <= 0), 0.0, h), axis=-1) / num_classes
+    loss = jnp.sum(h, axis=-1) / num_classes
     if w is not None:
         loss = loss * w.astype(dtype)[safe]
     bad = (y < 0) | (y >= num_classes)

@@ -310,7 +310,9 @@ def _chunk_grads(h_c, w, b, y_c, rows_c, s_all, dtype, opts: _Opts, want, acc):
     want_h, want_w, want_b = want
     c, v = h_c.shape[0], w.shape[1]
     tile, tiles = _vocab_tiles(v, max(c, h_c.shape[1]))
-    low = h_c.dtype  # g is cast to the matmul dtype, as autodiff of `h @ W` would
+    # g stays float32: the two products multiply float32 copies of the chunk and the
+    # tile (a bf16 g would round every coefficient before the sums)
+    h_wide = h_c.astype(dtype)
 
     def step(i, acc):
         dh_c, g_w, g_b = acc
@@ -318,11 +320,10 @@ def _chunk_grads(h_c, w, b, y_c, rows_c, s_all, dtype, opts: _Opts, want, acc):
         if s_all is not None:
             s = _slice_cols(s_all, start, tile, 1)
         g = _tile_coefficient(s, valid, y_loc, rows_c, opts)
-        gl = g.astype(low)
         if want_h:
-            dh_c = dh_c + _dot(gl, w_t, (1, 1), dtype)  # g @ W_t.T: [chunk, D]
+            dh_c = dh_c + _dot(g, w_t.astype(dtype), (1, 1), dtype)  # g @ W_t.T: [chunk, D]
         if want_w:
-            g_w = _add_cols(g_w, _dot(h_c, gl, (0, 0), dtype), start, tile, 1)  # h_c.T @ g
+            g_w = _add_cols(g_w, _dot(h_wide, g, (0, 0), dtype), start, tile, 1)  # h_c.T @ g
         if want_b:
             g_b = _add_cols(g_b, jnp.sum(g, axis=0), start, tile, 0)
         return dh_c, g_w, g_b
@@ -663,10 +664,10 @@ def fused_linear_softmax_cross_entropy(
     Note:
       bf16/f16 inputs are multiplied with float32 accumulation
       (``preferred_element_type``) and the softmax runs in float32; the
-      gradients come back in the inputs' dtypes. The coefficient ``g`` is
-      rounded to the inputs' dtype before its two matmuls, as autodiff of a
-      bf16 ``hidden @ kernel`` rounds its cotangent (the matmuls then accumulate
-      in float32). Out-of-range labels raise
+      gradients come back in the inputs' dtypes. The coefficient ``g`` stays
+      float32 in the two gradient products (autodiff of a bf16
+      ``hidden @ kernel`` would round it to bf16 first), so each gradient is
+      its float32 value rounded once. Out-of-range labels raise
       ``ValueError`` when concrete; under ``jit`` the row's loss is NaN.
       ``jax.jvp``/``jax.jacfwd`` work for every argument; with
       ``reduction="mean"``/``"sum"`` a forward-mode tangent also costs the

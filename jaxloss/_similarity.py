@@ -159,15 +159,20 @@ def cosine_distance(
 def _distance(d: Array, axes: tuple[int, ...], p: Any, eps: Array) -> Array:
     """optax's ``(sum(d**p) + eps)**(1/p)`` over ``axes``, computed on ``d`` scaled
     by ``s = max(1, max|d|)``: ``s * (sum((d/s)**p) + eps / s**p)**(1/p)``."""
-    big = jnp.max(jnp.abs(d), axis=axes, keepdims=True, initial=1.0)
-    big = jax.lax.stop_gradient(jnp.where(jnp.isfinite(big), big, 1.0))
+    top = jnp.max(jnp.abs(d), axis=axes, keepdims=True, initial=1.0)
+    finite = jnp.isfinite(top)
+    big = jax.lax.stop_gradient(jnp.where(finite, top, 1.0))
+    d = jnp.where(finite, d, jnp.zeros_like(d))  # an infinite difference: the value is max|d|
     inner = jnp.sum(jnp.power(d / big, p), axis=axes) + eps / jnp.power(jnp.squeeze(big, axes), p)
     # real root of the signed sum (optax's values where they are finite); a zero
     # distance has derivative 0 (no 0 * inf)
     zero = inner == 0
     mag = jnp.power(jnp.where(zero, 1.0, jnp.abs(inner)), 1.0 / p)
     root = jnp.where(zero, 0.0, jnp.sign(inner) * mag)
-    return jnp.squeeze(big, axes) * root
+    # inf (or NaN) where a difference is; its derivative is max|d|'s, the limit of a norm's
+    return jnp.where(
+        jnp.squeeze(finite, axes), jnp.squeeze(big, axes) * root, jnp.squeeze(top, axes)
+    )
 
 
 def triplet_margin_loss(

@@ -268,3 +268,93 @@ def test_mean_near_the_float_limit_is_finite_when_the_mean_is():
     want = np.mean(np.maximum(0.0, 1.0 - np.asarray(y, np.float64) * np.asarray(x, np.float64)))
     for got in _both(fn, x):
         np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+# --------------------------------------------------------------------------
+# Rows of the package's own property sweep (tests/sweep_summary.md)
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("p", [1, 2])
+def test_multi_margin_minus_inf_score_has_finite_gradient(p):
+    x = f32([[-INF, 0.0, 0.5], [0.0, 1.0, 2.0]])
+    y = jnp.array([1, 0])
+    fn = lambda x: jaxloss.multi_margin_loss(x, y, p=p, reduction="sum")
+    # float64: sum over c != y of max(0, 1 - s_y + s_c)^p / C; the -inf class is inactive
+    x64, y64 = np.asarray(x, np.float64), np.asarray(y)
+    z = 1.0 - x64[np.arange(2), y64][:, None] + x64
+    active = (z > 0) & (np.arange(3)[None, :] != y64[:, None])
+    want = np.sum(np.where(active, np.where(active, z, 0.0) ** p, 0.0)) / 3
+    d = np.where(active, p * np.where(active, z, 0.0) ** (p - 1), 0.0) / 3  # d/ds_c
+    want_grad = d.copy()
+    want_grad[np.arange(2), y64] -= d.sum(axis=1)
+    for got in _both(fn, x):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    for grad in _both(jax.grad(fn), x):
+        np.testing.assert_allclose(grad, want_grad, rtol=1e-6)
+
+
+def test_generalized_kl_masked_infinite_entry():
+    lp = f32([[0.0, -1.0, INF]])
+    t = f32([[0.5, 0.25, 0.2]])
+    keep = jnp.array([[True, True, False]])
+    fn = lambda lp: jaxloss.generalized_kl_divergence(lp, t, where=keep).sum()
+    # float64 over the kept entries: t (log t - lp) - t + exp(lp); d/dlp = exp(lp) - t
+    lp64, t64 = np.array([0.0, -1.0]), np.array([0.5, 0.25])
+    want = np.sum(t64 * (np.log(t64) - lp64) - t64 + np.exp(lp64))
+    for got in _both(fn, lp):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    for grad in _both(jax.grad(fn), lp):
+        np.testing.assert_allclose(grad[0], [*(np.exp(lp64) - t64), 0.0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float16])
+def test_triplet_infinite_negative_leaves_an_inactive_hinge(dtype):
+    a = jnp.zeros((2, 3), dtype)
+    n = a.at[0, 0].set(INF)
+    fn = lambda a: jaxloss.triplet_margin_loss(a, a, n).sum()
+    # row 0: d(a, n) = inf, hinge inactive (0); row 1: d(a, p) = d(a, n), the margin (1)
+    for got in _both(fn, a):
+        assert got == 1.0
+    for grad in _both(jax.grad(fn), a):
+        assert np.all(np.asarray(grad, np.float32) == 0.0)
+    # an infinite positive: inf loss; d/dpositive is that of max|d|, the norm's limit
+    fp = lambda p: jaxloss.triplet_margin_loss(a, p, a).sum()
+    for got in _both(fp, n):
+        assert got == INF
+    for grad in _both(jax.grad(fp), n):
+        np.testing.assert_array_equal(np.asarray(grad, np.float32), [[1, 0, 0], [0, 0, 0]])
+
+
+def test_ctc_infinite_logit_on_a_padded_frame():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(1, 4, 3)).astype(np.float32)
+    pad = jnp.array([[0.0, 0.0, 0.0, 1.0]])
+    labels, label_pad = jnp.array([[1, 2]]), jnp.zeros((1, 2))
+    fn = lambda x: jaxloss.ctc_loss(x, pad, labels, label_pad).sum()
+    dirty = f32(logits).at[0, 3, 1].set(INF)
+    # the padded frame is never read: the loss of the three real frames alone
+    want = jaxloss.ctc_loss(f32(logits[:, :3]), pad[:, :3], labels, label_pad).sum()
+    want_grad = jax.grad(lambda x: jaxloss.ctc_loss(x, pad[:, :3], labels, label_pad).sum())(
+        f32(logits[:, :3])
+    )
+    for got in _both(fn, dirty):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    for grad in _both(jax.grad(fn), dirty):
+        np.testing.assert_allclose(grad[:, :3], want_grad, rtol=1e-5, atol=1e-7)
+        assert np.all(grad[:, 3] == 0.0)
+
+
+def test_dice_probabilities_in_float16_pass_the_sum_check():
+    # softmax rows rounded to float16: sums off by up to C * eps / 2, not by 1e-5
+    p = jax.nn.softmax(jnp.asarray(np.random.default_rng(0).normal(size=(4, 7))), axis=-1)
+    p16 = p.astype(jnp.float16)
+    assert np.max(np.abs(np.sum(np.asarray(p16, np.float64), -1) - 1)) > 1e-5
+    t = jax.nn.one_hot(jnp.arange(4) % 7, 7, dtype=jnp.float16)
+    got = jaxloss.dice_loss(p16, t, apply_softmax=False)
+    # the same loss on the same values in float32, under jit (where no check runs)
+    dice = lambda p, t: jaxloss.dice_loss(p, t, apply_softmax=False)
+    want = jax.jit(dice)(p16.astype(jnp.float32), t.astype(jnp.float32))
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    with pytest.raises(ValueError, match="sum to 1"):
+        jaxloss.dice_loss(p16 * 1.1, t, apply_softmax=False)
