@@ -29,6 +29,11 @@ Array = jax.Array
 
 _ASPECT = 4.0 / math.pi**2
 
+# torchvision's complete_box_iou_loss calls _diou_iou_loss(boxes1, boxes2)
+# without its eps: the IoU and the distance term keep that function's default
+# 1e-7, and the caller's eps enters only the aspect weight alpha.
+_DIOU_EPS = 1e-7
+
 
 def _as_boxes(x: ArrayLike, name: str) -> Array:
     """``x`` as an array of boxes ``[..., 4]``; integer boxes become float32."""
@@ -54,7 +59,6 @@ class _Pair(NamedTuple):
     center_dx: Array  # difference of the box centres
     center_dy: Array
     sides: tuple[Array, Array, Array, Array]  # w1, h1, w2, h2
-    eps: Array | float  # as given (dimensionless terms)
     eps_area: Array | float  # eps over the squared scale (area terms)
 
 
@@ -98,7 +102,6 @@ def _pair(boxes1: ArrayLike, boxes2: ArrayLike, eps: Any) -> _Pair:
         center_dx=(x2 + x1) / 2 - (x1g + x2g) / 2,
         center_dy=(y2 + y1) / 2 - (y1g + y2g) / 2,
         sides=(x2 - x1, y2 - y1, x2g - x1g, y2g - y1g),
-        eps=e,
         eps_area=eps_area,
     )
 
@@ -232,7 +235,10 @@ def complete_box_iou_loss(
        \qquad \alpha = \frac{v}{1 - \mathrm{IoU} + v + \epsilon}
 
     with :math:`\alpha` held constant under differentiation (as torchvision
-    computes it under ``no_grad``).
+    computes it under ``no_grad``). As in torchvision, ``eps`` enters only
+    :math:`\alpha`: the IoU and :math:`\ell_{\mathrm{DIoU}}` always use
+    :math:`10^{-7}` (torchvision calls ``_diou_iou_loss`` without its
+    ``eps``), so the loss has zero derivative with respect to ``eps``.
 
     Args and returns: as :func:`generalized_box_iou_loss`.
 
@@ -264,11 +270,12 @@ def complete_box_iou_loss(
     reductions), with jaxloss's keyword-only ``eps`` and ``reduction``.
     """
     red = cm.Reduction.of(reduction)
-    p = _pair(boxes1, boxes2, eps)
+    p = _pair(boxes1, boxes2, _DIOU_EPS)
+    e = cm.hyperparameter(eps, "eps", low=0.0, dtype=p.iou.dtype)
     w1, h1, w2, h2 = p.sides
     angle1, point1 = _angle(w1, h1)
     angle2, point2 = _angle(w2, h2)
     v = _ASPECT * (angle2 - angle1) ** 2
     v = jnp.where(point1 | point2, jnp.zeros_like(v), v)
-    alpha = jax.lax.stop_gradient(cm.safe_divide(v, 1 - p.iou + v + p.eps))
+    alpha = jax.lax.stop_gradient(cm.safe_divide(v, 1 - p.iou + v + e))
     return red(_diou(p) + alpha * v)

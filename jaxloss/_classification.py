@@ -109,7 +109,8 @@ def _prob_tangent_x(rows, args, dx):
     x, labels, weight, mask, opts = args
     s = sm.upcast(x)
     t = _weighted_targets(s, labels, weight, mask, opts.eps)
-    g = sm.coefficient(s, mask, None, None, rows, dense=False) - t
+    # p A - e t, e = 1 on counted rows and 0 elsewhere (no allowed class: no gradient)
+    g = sm.coefficient(s, mask, None, t, rows, dense=True, w_as_given=True)
     dloss = jnp.sum(g * dx.astype(g.dtype), axis=-1)
     return dloss, jnp.zeros_like(dloss)
 
@@ -198,8 +199,10 @@ def softmax_cross_entropy_with_integer_labels(
       mean. A label on a masked class is not an error: as in optax, the row's
       loss is ``logsumexp`` over the allowed classes minus that label's logit.
       Out-of-range labels
-      raise ``ValueError`` when concrete; under ``jit`` the row's loss and
-      gradient are NaN and ``checkify.checkify`` reports the label check.
+      raise ``ValueError`` when concrete; under ``jit`` the row's loss is NaN
+      and its gradient 0 (so masking the loss, ``jnp.where(mask, loss, 0)``,
+      also cleans the gradient), and ``checkify.checkify`` reports the label
+      check.
 
     References:
       ``torch.nn.functional.cross_entropy``;

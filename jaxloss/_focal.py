@@ -292,16 +292,14 @@ def _margin_slope(d, gamma):
 
 
 def _row_scale(info: sm.Labels, alpha, counted, dtype):
-    """``alpha_y`` (1 without alpha), 0 where the row does not count, NaN where its
-    label is out of range."""
+    """``alpha_y`` (1 without alpha), 0 where the row does not count."""
     if alpha is None:
         a = jnp.ones(info.safe.shape, dtype)
     elif alpha.ndim == 0:
         a = jnp.broadcast_to(alpha.astype(dtype), info.safe.shape)
     else:
         a = alpha.astype(dtype)[info.safe]
-    a = jnp.where(counted, a, jnp.zeros_like(a))
-    return jnp.where(info.bad, jnp.full_like(a, jnp.nan), a)
+    return jnp.where(counted, a, jnp.zeros_like(a))
 
 
 def _softmax_focal_forward(x, labels, alpha, gamma, opts: _FocalOpts):
@@ -309,7 +307,10 @@ def _softmax_focal_forward(x, labels, alpha, gamma, opts: _FocalOpts):
     d, shift, log_sum, info, counted = _margin_rows(x, labels, opts.ignore_index)
     scale = _row_scale(info, alpha, counted, d.dtype)
     loss = jnp.where(counted, _margin_loss(jnp.where(counted, d, 0.0), gamma), 0.0)
-    return (cm.safe_mul(scale, loss), counted.astype(d.dtype)), (d, shift, log_sum)
+    loss = cm.safe_mul(scale, loss)
+    # Out of range under jit: NaN loss; the tangent rule gives the row a zero gradient.
+    loss = jnp.where(info.bad, jnp.full_like(loss, jnp.nan), loss)
+    return (loss, counted.astype(d.dtype)), (d, shift, log_sum)
 
 
 def _softmax_focal_tangent_x(res, args, dx):
@@ -388,7 +389,8 @@ def softmax_focal_loss(
       ``-inf`` logits on other classes get zero gradient; a ``-inf`` target
       logit gives ``inf`` with a finite gradient; a single-class row gives 0.
       Out-of-range labels raise ``ValueError`` when concrete; under ``jit``
-      the row is NaN and ``checkify.checkify`` reports the label check.
+      the row's loss is NaN and its gradient 0 (so masking the loss also
+      cleans the gradient), and ``checkify.checkify`` reports the label check.
 
     References:
       Lin et al., *Focal Loss for Dense Object Detection*, 2017 (the

@@ -1686,11 +1686,12 @@ def _diou_ref(boxes1, boxes2, *, eps=1e-7, reduction="none"):
 def _ciou_ref(boxes1, boxes2, *, eps=1e-7, reduction="none"):
     """``torchvision.ops.complete_box_iou_loss``: the distance IoU loss plus
     ``alpha v``, ``v = 4 / pi**2 (atan(w2 / h2) - atan(w1 / h1))**2`` and
-    ``alpha = v / (1 - IoU + v + eps)`` held constant (torchvision's ``no_grad``)."""
-    iou, _, cw, ch, dist, (w1, h1, w2, h2) = _box_terms(boxes1, boxes2, eps)
+    ``alpha = v / (1 - IoU + v + eps)`` held constant (torchvision's ``no_grad``);
+    the IoU and distance terms use torchvision's fixed ``1e-7``, ``eps`` only ``alpha``."""
+    iou, _, cw, ch, dist, (w1, h1, w2, h2) = _box_terms(boxes1, boxes2, 1e-7)
     v = (4 / math.pi**2) * (jnp.arctan(w2 / h2) - jnp.arctan(w1 / h1)) ** 2
     alpha = jax.lax.stop_gradient(v / (1 - iou + v + eps))
-    return _reduce(1 - iou + dist / (cw**2 + ch**2 + eps) + alpha * v, reduction)
+    return _reduce(1 - iou + dist / (cw**2 + ch**2 + 1e-7) + alpha * v, reduction)
 
 
 def _boxes(rng, n, scale, aspect=None):

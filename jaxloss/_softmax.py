@@ -265,7 +265,7 @@ def finish(
     zero gradient; ``bad`` rows (out-of-range labels) a NaN loss and a zero
     gradient, so that masking the loss also cleans the gradient.
     """
-    counted = block.total > 0
+    counted = ~(block.total <= 0)  # not `> 0`: a NaN total (a NaN logit) stays, and propagates
     if active is not None:
         counted &= active
     zero = jnp.zeros_like(block.shift)
@@ -330,13 +330,18 @@ def coefficient(
     rows: Rows,
     *,
     dense: bool,
+    w_as_given: bool = False,
 ) -> Array:
-    """``dloss/ds = p A - q`` for a block (``valid``, ``y_local`` and ``w`` as in
-    :func:`block_stats`); exactly 0 on rows that do not count."""
+    """``dloss/ds = p A - q`` for a block (``valid``, ``y_local``, ``w`` and
+    ``w_as_given`` as in :func:`block_stats`); exactly 0 on rows that do not
+    count: every target term is scaled by the row's ``qy`` or ``e``, which
+    :func:`finish` zeroes there."""
     g = probs(s, valid, rows) * rows.a[..., None]
     if y_local is not None:
         g = g - jnp.where(_hits(s, y_local), rows.qy[..., None], 0.0)
     if dense:
         wv = rows.e[..., None] if w is None else rows.e[..., None] * _widen(w, s)
-        g = g - jnp.where(valid_classes(s, valid), wv, 0.0)
+        # as given: a positive target on a -inf logit of a counted row keeps its
+        # slope -e w (the loss there is inf, the true value)
+        g = g - (wv if w_as_given else jnp.where(valid_classes(s, valid), wv, 0.0))
     return g

@@ -99,8 +99,8 @@ def _t_giou(boxes1, boxes2, eps):
     return 1 - miouk
 
 
-def _t_diou_iou(boxes1, boxes2, eps):
-    """torchvision/ops/diou_loss.py ``_diou_iou_loss``."""
+def _t_diou_iou(boxes1, boxes2, eps=1e-7):
+    """torchvision/ops/diou_loss.py ``_diou_iou_loss`` (its default ``eps=1e-7``)."""
     intsct, union = _t_inter_union(boxes1, boxes2)
     iou = intsct / (union + eps)
     x1, y1, x2, y2 = boxes1.unbind(dim=-1)
@@ -121,8 +121,12 @@ def _t_diou(boxes1, boxes2, eps):
 
 def _t_ciou(boxes1, boxes2, eps, limit=False):
     """torchvision/ops/ciou_loss.py ``complete_box_iou_loss``; ``limit=True``:
-    ``atan2(w, h)`` for ``atan(w / h)`` and no aspect term for point boxes."""
-    diou_loss, iou = _t_diou_iou(boxes1, boxes2, eps)
+    ``atan2(w, h)`` for ``atan(w / h)`` and no aspect term for point boxes.
+
+    torchvision calls ``_diou_iou_loss(boxes1, boxes2)`` without ``eps``: the
+    IoU and the distance term keep its default 1e-7, and ``eps`` enters only
+    ``alpha``."""
+    diou_loss, iou = _t_diou_iou(boxes1, boxes2)
     x1, y1, x2, y2 = boxes1.unbind(dim=-1)
     x1g, y1g, x2g, y2g = boxes2.unbind(dim=-1)
     w_pred, h_pred = x2 - x1, y2 - y1
@@ -200,6 +204,29 @@ def test_random_boxes_match_torchvision_every_reduction():
     assert (iou == 0).sum() > 5 and (iou > 0.3).sum() > 5
 
 
+@pytest.mark.parametrize("jit", [False, True])
+def test_complete_eps_enters_only_alpha_as_torchvision(jit):
+    """torchvision/ops/ciou_loss.py calls ``_diou_iou_loss(boxes1, boxes2)``
+    (torchvision/ops/diou_loss.py) without ``eps``: the IoU and the distance
+    term use that function's default 1e-7 whatever ``eps`` is, and ``eps``
+    enters only ``alpha = v / (1 - iou + v + eps)``. Values and gradients match
+    that float64 transcription (:func:`_t_ciou`) at every ``eps``."""
+    b1, b2 = B1[:16], B2[:16]
+    for eps in (0.0, 1e-3, 0.3, 1.0):
+
+        def run(a1, a2, eps=eps):
+            f = lambda x, y: jaxloss.complete_box_iou_loss(x, y, eps=eps)
+            return f(a1, a2), *jax.grad(lambda x, y: jnp.sum(f(x, y)), argnums=(0, 1))(a1, a2)
+
+        got = (jax.jit(run) if jit else run)(jnp.asarray(b1), jnp.asarray(b2))
+        want = _torch_value_and_grads(_t_ciou, b1, b2, eps=eps)
+        for g, w, what in zip(got, want, ("value", "grad boxes1", "grad boxes2"), strict=True):
+            close(g, w, rtol=1e-12, atol=1e-13, err_msg=f"eps={eps} {what}")
+    # the distance term with eps passed through would differ: the check discriminates
+    t1, t2 = tt(b1), tt(b2)
+    assert (_t_diou(t1, t2, 0.3) - _t_diou(t1, t2, 1e-7)).abs().max() > 1e-3
+
+
 def test_broadcast_leading_dims_match_torchvision():
     b1, b2 = B1[:3, None, :], B2[:5]  # [3, 1, 4] with [5, 4]: 3 x 5 pairs
     calls = [getattr(jaxloss, n) for n in NAMES]
@@ -252,10 +279,13 @@ def test_eps_zero_has_no_nan():
     calls = [lambda a, b, n=n: getattr(jaxloss, n)(a, b, eps=0.0) for n in NAMES]
     ours = _ours_value_and_grads(calls, D1, D2)
     assert all_finite(ours)
-    # identical boxes: torchvision's complete IoU has alpha = 0 / 0 (NaN), ours 0;
-    # elsewhere without a 0 / 0 the values agree
-    close(ours[2][0][0], 0.0)
-    rows = slice(1, 6)
+    # identical boxes: the generalized and distance IoU losses are 0; the complete
+    # one keeps torchvision's fixed 1e-7 in its IoU (1 - IoU = 1e-7 / (4 + 1e-7)),
+    # so alpha = 0 / (1 - IoU) = 0 and there is no 0 / 0; the values agree throughout
+    close(ours[0][0][0], 0.0)
+    close(ours[1][0][0], 0.0)
+    close(ours[2][0][0], 1e-7 / (4 + 1e-7), rtol=0.0, atol=1e-15)
+    rows = slice(0, 6)
     for n, got in zip(NAMES, ours, strict=True):
         want = _torch_value_and_grads(TORCH[n], D1[rows], D2[rows], eps=0.0)
         close(got[0][rows], want[0], err_msg=n)
@@ -284,8 +314,8 @@ def test_traced_eps_jit_vmap_and_grad():
         (traced, fixed, d_eps), pair = res[2 * i], res[2 * i + 1]
         close(traced, fixed, err_msg=n)
         close(pair[0], fixed, err_msg=n)
-        if n == "complete_box_iou_loss":  # alpha is constant: the distance IoU's derivative
-            close(d_eps, res[2][2], err_msg=n)
+        if n == "complete_box_iou_loss":  # eps enters only alpha, a constant (torchvision)
+            assert float(d_eps) == 0.0, n
             continue
         f = lambda e, n=n: float(getattr(jaxloss, n)(b1, b2, eps=e, reduction="sum"))
         close(d_eps, (f(0.25 + 1e-6) - f(0.25 - 1e-6)) / 2e-6, rtol=1e-6, err_msg=n)
@@ -401,7 +431,11 @@ def test_empty_batch_symmetry_identical_boxes():
         for v, g in reduced:
             assert float(v) == 0.0 and g.shape == (0, 4), n
         close(v12, v21, err_msg=n)  # symmetric
-        close(same, 0.0, atol=1e-15, err_msg=n)
+        # identical boxes give 0; the complete IoU keeps torchvision's fixed 1e-7
+        # in its IoU whatever eps is: 1 - IoU = 1e-7 / (area + 1e-7)
+        area = (B1[:, 2] - B1[:, 0]) * (B1[:, 3] - B1[:, 1])
+        want = 1e-7 / (area + 1e-7) if n == "complete_box_iou_loss" else 0.0
+        close(same, want, rtol=1e-9, atol=1e-15, err_msg=n)
 
 
 # --------------------------------------------------------------------------

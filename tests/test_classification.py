@@ -249,6 +249,88 @@ def test_mean_zero_when_every_row_is_masked():
         assert jnp.all(grad == 0.0)
 
 
+def _ref_prob_row(x, t, *, weight=None, eps=0.0, z=0.0, poly=0.0):
+    """float64 loss and gradient of one row with every class allowed:
+    ``sum_c q_c (lse - x_c) + z lse^2 + poly sum_c t_c (1 - p_c)``,
+    ``q = w ((1 - eps) t + eps / C)`` (PyTorch's weighted, smoothed CE, PaLM's
+    z-loss, PolyLoss); gradient ``p sum(q) - q + 2 z lse p + poly (p sum(t p) - t p)``."""
+    c = x.shape[-1]
+    w = np.ones(c) if weight is None else np.asarray(weight, np.float64)
+    q = w * ((1 - eps) * t + eps / c)
+    m = x.max()
+    lse = m + np.log(np.exp(x - m).sum())
+    p = np.exp(x - lse)
+    loss = (q * (lse - x)).sum() + z * lse**2 + poly * (t * (1 - p)).sum()
+    grad = p * q.sum() - q + 2 * z * lse * p + poly * (p * (t * p).sum() - t * p)
+    return loss, grad
+
+
+W3 = np.array([0.5, 2.0, 1.5])
+NO_CLASS_CASES = {
+    "plain": (lambda x, t: ce_prob(x, t), {}),
+    "weight": (lambda x, t: ce_prob(x, t, weight=jnp.asarray(W3)), {"weight": W3}),
+    "smoothing": (lambda x, t: ce_prob(x, t, label_smoothing=0.1), {"eps": 0.1}),
+    "z_loss": (lambda x, t: ce_prob(x, t, z_loss=0.05), {"z": 0.05}),
+    "all": (
+        lambda x, t: ce_prob(x, t, weight=jnp.asarray(W3), label_smoothing=0.1, z_loss=0.05),
+        {"weight": W3, "eps": 0.1, "z": 0.05},
+    ),
+    "safe": (lambda x, t: jl.safe_softmax_cross_entropy(x, t), {}),
+    "poly": (lambda x, t: jl.poly_loss_cross_entropy(x, t, epsilon=2.0), {"poly": 2.0}),
+}
+
+
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("case", sorted(NO_CLASS_CASES))
+def test_row_without_allowed_class_has_zero_gradient(case, jit):
+    """A row whose logits are all ``-inf`` gives 0 and does not count, so its
+    derivatives (logits and targets, reverse and forward mode) are 0 too, even
+    with a positive target; the other row is the float64 formula."""
+    f, ref_kw = NO_CLASS_CASES[case]
+    x = np.array([[-np.inf, -np.inf, -np.inf], [0.3, -1.2, 0.8]])
+    t = np.array([[1.0, 0.0, 0.0], [0.6, 0.4, 0.0]])
+    d = rng(7).normal(size=x.shape)
+
+    def run(x, t, d):
+        loss, vjp = jax.vjp(f, x, t)
+        gx, gt = vjp(jnp.ones_like(loss))
+        _, tangent = jax.jvp(lambda v: f(v, t), (x,), (d,))
+        return loss, gx, gt, tangent
+
+    run = jax.jit(run) if jit else run
+    loss, gx, gt, tangent = run(jnp.asarray(x), jnp.asarray(t), jnp.asarray(d))
+    ref_loss, ref_grad = _ref_prob_row(x[1], t[1], **ref_kw)
+    assert loss[0] == 0.0
+    np.testing.assert_array_equal(gx[0], np.zeros(3))
+    np.testing.assert_array_equal(gt[0], np.zeros(3))
+    assert tangent[0] == 0.0
+    close(loss[1], ref_loss)
+    close(gx[1], ref_grad)
+    close(tangent[1], ref_grad @ d[1])
+
+
+@pytest.mark.parametrize("f", [ce_int, jl.softmax_focal_loss])
+def test_out_of_range_label_docstring_states_the_behaviour(f):
+    """The docstring's out-of-range sentence is what the code does (DESIGN.md):
+    under ``jit`` the row's loss is NaN and its gradient 0."""
+    doc = " ".join(f.__doc__.split())
+    assert "loss is NaN and its gradient 0" in doc
+    assert "gradient are NaN" not in doc and "the row is NaN" not in doc
+    x = jnp.asarray(rng(3).normal(size=(3, 4)))
+    y = jnp.array([1, 4, 0])
+    keep = jnp.array([True, False, True])
+
+    @jax.jit
+    def run(v, y):
+        masked = lambda w: jnp.sum(jnp.where(keep, f(w, y), 0.0))
+        return f(v, y), jax.grad(masked)(v)
+
+    loss, grad = run(x, y)
+    assert np.isnan(loss[1]) and np.isfinite(loss[keep]).all()
+    np.testing.assert_array_equal(grad[1], np.zeros(4))
+    assert np.isfinite(grad).all()
+
+
 # --------------------------------------------------------------------------
 # Parity with optax
 # --------------------------------------------------------------------------

@@ -358,3 +358,16 @@ def test_dice_probabilities_in_float16_pass_the_sum_check():
     np.testing.assert_allclose(got, want, rtol=1e-6)
     with pytest.raises(ValueError, match="sum to 1"):
         jaxloss.dice_loss(p16 * 1.1, t, apply_softmax=False)
+
+
+@pytest.mark.parametrize(
+    "name", ["softmax_cross_entropy_with_integer_labels", "softmax_cross_entropy", "nll_loss"]
+)
+def test_nan_logit_gives_nan_not_zero(name):
+    # a NaN input has no true value: the row's loss is NaN (as jax.nn.log_softmax's),
+    # never a silent 0 that drops the row from the mean
+    x = f32([[np.nan, 0.0], [0.0, 1.0]])
+    y = jnp.array([0, 1]) if name != "softmax_cross_entropy" else f32([[1, 0], [0, 1]])
+    fn = lambda x: getattr(jaxloss, name)(x, y)
+    for got in _both(fn, x):
+        assert np.isnan(got[0]) and np.isfinite(got[1])

@@ -402,6 +402,51 @@ def test_softmax_bad_labels():
     assert err.get() is not None and "out of range" in err.get()
 
 
+@pytest.mark.parametrize("alpha", [None, 0.25, "per_class"])
+def test_softmax_out_of_range_label_has_zero_gradient(alpha):
+    """DESIGN.md: under ``jit`` an out-of-range row's loss is NaN and its gradient
+    0, so masking the loss (``jnp.where(mask, loss, 0)``) trains cleanly; the
+    other rows are PyTorch's. Forward mode agrees (finite tangents, 0 on the row)."""
+    x = np.array([[0.0, 1.0, 2.0], [0.0, 1.0, 2.0], [1.5, -0.5, 0.3]])
+    labels = jnp.array([0, -1, 2])
+    keep = jnp.array([True, False, True])  # the mask a padded batch applies
+    a = jnp.array([0.5, 2.0, 1.5]) if alpha == "per_class" else alpha
+    gamma = jnp.float64(2.0)  # traced: the general path, differentiable in gamma
+
+    def f(v, y, g):
+        return jaxloss.softmax_focal_loss(v, y, alpha=a, gamma=g)
+
+    def masked(v, y, g, keep):
+        return jnp.sum(jnp.where(keep, f(v, y, g), 0.0))
+
+    def run(v, y, g, keep):
+        loss, (gx, gg) = f(v, y, g), jax.grad(masked, argnums=(0, 2))(v, y, g, keep)
+        _, tangent = jax.jvp(lambda w: f(w, y, g), (v,), (jnp.ones_like(v),))
+        return loss, gx, gg, tangent
+
+    loss, gx, gg, tangent = jax.jit(run)(jnp.asarray(x), labels, gamma, keep)
+    # reference: PyTorch on the rows in range
+    ok = np.array([0, 2])
+    tx = torch.tensor(x[ok], requires_grad=True)
+    ta = None if a is None else torch.tensor(np.asarray(a, np.float64))
+    ref = torch_softmax_focal(tx, torch.tensor([0, 2]), ta, 2.0)
+    ref.sum().backward()
+    assert np.isnan(loss[1])
+    np.testing.assert_allclose(loss[ok], ref.detach().numpy(), rtol=1e-12)
+    np.testing.assert_array_equal(gx[1], np.zeros(3))
+    np.testing.assert_allclose(gx[ok], tx.grad.numpy(), rtol=1e-11, atol=1e-14)
+    assert np.isfinite(gg)
+    np.testing.assert_array_equal(tangent[1], 0.0)
+    np.testing.assert_allclose(tangent[ok], tx.grad.numpy().sum(-1), atol=1e-12)
+    # eagerly the labels are concrete: the same call raises instead
+    with pytest.raises(ValueError, match="never wraps"):
+        run(jnp.asarray(x), labels, gamma, keep)
+    # eager, labels in range: the same numbers
+    eager = run(jnp.asarray(x[ok]), labels[ok], gamma, keep[ok])
+    np.testing.assert_allclose(eager[0], ref.detach().numpy(), rtol=1e-12)
+    np.testing.assert_allclose(eager[1], tx.grad.numpy(), rtol=1e-11, atol=1e-14)
+
+
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
 def test_softmax_low_precision(dtype):
     x = jnp.asarray(XS, dtype)
