@@ -35,7 +35,7 @@ def _import(name: str):
         sys.path.remove(str(ROOT))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def quick(tmp_path_factory):
     """The quick run: (completed process, results JSON, output folder)."""
     out = tmp_path_factory.mktemp("bench")

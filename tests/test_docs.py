@@ -26,10 +26,13 @@ def _load_build():
     return module
 
 
+# one worker runs every test of this file: the shared fixture is built once
+pytestmark = pytest.mark.xdist_group("docs")
+
 build = _load_build()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def site(tmp_path_factory):
     return build.build(tmp_path_factory.mktemp("site"))
 
