@@ -200,17 +200,33 @@ def distance_box_iou_loss(
     with :math:`c_A, c_B` the box centres and :math:`d_C` the diagonal of the
     smallest box enclosing both.
 
-    Args and returns: as :func:`generalized_box_iou_loss`.
+    Args:
+      boxes1: corners ``x1, y1, x2, y2`` of boxes ``[..., 4]`` with ``x1 <= x2``
+        and ``y1 <= y2``; int coordinates are computed in float32.
+      boxes2: boxes ``[..., 4]`` whose leading dimensions broadcast with those of
+        ``boxes1``; swapping the two arguments gives the same loss.
+      eps: added to the union and to the squared diagonal :math:`d_C^2` (may
+        be traced).
+      reduction: ``"none"`` (a loss per pair), ``"sum"`` or ``"mean"``.
+
+    Returns:
+      One minus the IoU plus the centre-distance penalty, per pair of boxes
+      (float32 for bf16/f16 inputs), or the reduction of those values.
 
     Example:
       >>> import jax.numpy as jnp, jaxloss
       >>> b1 = jnp.array([[0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 1.0, 1.0]], dtype=jnp.float32)
       >>> b2 = jnp.array([[1.0, 1.0, 3.0, 3.0], [2.0, 0.0, 3.0, 1.0]], dtype=jnp.float32)
-      >>> jaxloss.distance_box_iou_loss(b1, b2)
-      Array([0.96825397, 1.4       ], dtype=float32)
+      >>> jaxloss.distance_box_iou_loss(b1, b2, reduction="mean")
+      Array(1.184127, dtype=float32)
 
     Note:
-      Degenerate boxes: as :func:`generalized_box_iou_loss`.
+      Degenerate boxes (zero width or height, points, identical or touching
+      boxes) give torchvision's finite values and derivatives; tied coordinates
+      split the derivative in half, as in torchvision. With ``eps=0``, the
+      ``0 / 0`` of two point boxes (no union; no diagonal either when they
+      coincide) is taken as 0, where torchvision gives NaN; ``"mean"`` of no
+      boxes is 0.
 
     References:
       ``torchvision.ops.distance_box_iou_loss``; Zheng et al.,
@@ -240,14 +256,25 @@ def complete_box_iou_loss(
     :math:`10^{-7}` (torchvision calls ``_diou_iou_loss`` without its
     ``eps``), so the loss has zero derivative with respect to ``eps``.
 
-    Args and returns: as :func:`generalized_box_iou_loss`.
+    Args:
+      boxes1: ``[..., 4]`` boxes ``(x1, y1, x2, y2)``, ``x1 <= x2``, ``y1 <= y2``;
+        float, or int (computed in float32).
+      boxes2: ``[..., 4]`` boxes broadcast against ``boxes1`` over the leading
+        dimensions; the loss is symmetric in ``boxes1`` and ``boxes2``.
+      eps: the guard of the denominator of :math:`\alpha` only (may be traced);
+        the IoU and the distance term use :math:`10^{-7}` whatever it is.
+      reduction: ``"none"``, ``"sum"`` or ``"mean"`` over the pairs of boxes.
+
+    Returns:
+      The complete IoU loss of each pair of boxes (float32 for bf16/f16
+      inputs), or its reduction.
 
     Example:
       >>> import jax.numpy as jnp, jaxloss
-      >>> b1 = jnp.array([[0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 1.0, 2.0]], dtype=jnp.float32)
-      >>> b2 = jnp.array([[1.0, 1.0, 3.0, 3.0], [0.0, 0.0, 2.0, 1.0]], dtype=jnp.float32)
-      >>> jaxloss.complete_box_iou_loss(b1, b2)
-      Array([0.96825397, 0.7629183 ], dtype=float32)
+      >>> box = jnp.array([0.0, 0.0, 2.0, 2.0], dtype=jnp.float32)
+      >>> others = jnp.array([[1.0, 1.0, 3.0, 3.0], [0.0, 0.0, 2.0, 1.0]], dtype=jnp.float32)
+      >>> jaxloss.complete_box_iou_loss(box, others)
+      Array([0.96825397, 0.53449816], dtype=float32)
 
     Note:
       A box of zero height has the angle :math:`\pm\pi/2` (torchvision's

@@ -54,12 +54,8 @@ def _int_tangent_x(res, args, dx):
     rows, safe = res
     x, _, weight, mask, opts = args
     s = sm.softcap(sm.upcast(x), opts.cap)
-    g = sm.coefficient(s, mask, safe, weight, rows, dense=opts.eps > 0.0)
-    slope = sm.softcap_slope(s, opts.cap)
-    if slope is not None:
-        g = g * slope
-    dloss = jnp.sum(g * dx.astype(g.dtype), axis=-1)
-    return dloss, jnp.zeros_like(dloss)
+    g = sm.coefficient(s, mask, safe, weight, rows, dense=opts.eps > 0.0, cap=opts.cap)
+    return sm.row_tangent(g, dx)
 
 
 _ce_int = cm.linear_rule(_int_forward, {0: _int_tangent_x}, static_argnums=(4,))
@@ -111,8 +107,7 @@ def _prob_tangent_x(rows, args, dx):
     t = _weighted_targets(s, labels, weight, mask, opts.eps)
     # p A - e t, e = 1 on counted rows and 0 elsewhere (no allowed class: no gradient)
     g = sm.coefficient(s, mask, None, t, rows, dense=True, w_as_given=True)
-    dloss = jnp.sum(g * dx.astype(g.dtype), axis=-1)
-    return dloss, jnp.zeros_like(dloss)
+    return sm.row_tangent(g, dx)
 
 
 def _prob_tangent_labels(rows, args, dlabels):
@@ -208,15 +203,10 @@ def softmax_cross_entropy_with_integer_labels(
       ``torch.nn.functional.cross_entropy``;
       ``optax.softmax_cross_entropy_with_integer_labels``.
     """
-    x, mask, _ = cm.prepare_logits(logits, axis, where)
-    y = cm.prepare_int_labels(labels, x, axis, jnp.shape(logits))
-    red = cm.Reduction.of(reduction)
-    o = cm.ce_options(ignore_index, label_smoothing, z_loss, logit_softcap)
-    num_classes = x.shape[-1]
-    w = cm.prepare_class_weight(weight, num_classes)
-    cm.check_labels_in_range(y, num_classes, o.ignore_index)
-    loss, share = _ce_int(x, y, w, mask, _IntOpts(o.ignore_index, o.eps, o.z, o.cap))
-    return red(loss, share)
+    options = (ignore_index, label_smoothing, z_loss, logit_softcap)
+    p = cm.int_label_inputs(logits, labels, axis, where, weight, reduction, options)
+    loss, share = _ce_int(p.x, p.labels, p.weight, p.mask, _IntOpts(*p.options))
+    return p.reduction(loss, share)
 
 
 def softmax_cross_entropy(

@@ -312,6 +312,43 @@ def check_labels_in_range(
     )
 
 
+class IntLabelInputs(NamedTuple):
+    """Validated inputs of an integer-label softmax cross-entropy."""
+
+    x: Array  # float logits, the class axes moved last and flattened
+    mask: Array | None  # class mask, shaped like ``x``
+    labels: Array  # integer labels, ``x.shape[:-1]``
+    weight: Array | None  # per-class weights ``[num_classes]``
+    reduction: Reduction
+    options: CEOptions
+    num_classes: int
+
+
+def int_label_inputs(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    axis: Any,
+    where: ArrayLike | None,
+    weight: ArrayLike | None,
+    reduction: Any,
+    options: tuple[Any, Any, Any, Any],
+    shards: int = 1,
+) -> IntLabelInputs:
+    """Validates an integer-label cross-entropy's arguments, in one order for every
+    such loss; ``options`` is ``(ignore_index, label_smoothing, z_loss,
+    logit_softcap)``. With the class axis sharded over ``shards`` devices the
+    classes (and the weights and the label range) number ``shards`` times the
+    local ones."""
+    x, mask, _ = prepare_logits(logits, axis, where)
+    y = prepare_int_labels(labels, x, axis, jnp.shape(logits))
+    red = Reduction.of(reduction)
+    o = ce_options(*options)
+    num_classes = x.shape[-1] * shards
+    w = prepare_class_weight(weight, num_classes)
+    check_labels_in_range(y, num_classes, o.ignore_index)
+    return IntLabelInputs(x, mask, y, w, red, o, num_classes)
+
+
 def is_zero(t: Any) -> bool:
     """True for a symbolic-zero tangent in a ``custom_jvp(symbolic_zeros=True)`` rule."""
     return t is None or isinstance(t, SymbolicZero)

@@ -85,6 +85,21 @@ def _kl_forward(lp, t, mask, log_target):
 _kl = cm.linear_rule(_kl_forward, {0: _kl_tangent_lp, 1: _kl_tangent_t}, static_argnums=(3,))
 
 
+def _kl_prelude(log_predictions, targets, axis, where, targets_name, reduction, batchmean):
+    """Validated ``(lp, t, mask, red)`` with the class axes moved last and flattened."""
+    lp = cm.as_float_array(log_predictions, "log_predictions")
+    t = cm.as_float_array(targets, targets_name)
+    cm.check_same_shape(lp, t, "log_predictions", targets_name)
+    red = cm.Reduction.of(reduction, batchmean=batchmean)
+    lp, mask, axes = cm.prepare_logits(lp, axis, where, "log_predictions")
+    return lp, cm.classes_last(t, axes), mask, red
+
+
+def _row_share(mask, loss):
+    # with ``where``, a row counts in the mean when some class is allowed
+    return None if mask is None else jnp.any(mask, axis=-1).astype(loss.dtype)
+
+
 def kl_divergence(
     log_predictions: ArrayLike,
     targets: ArrayLike,
@@ -138,32 +153,13 @@ def kl_divergence(
       ``optax.kl_divergence``, ``optax.kl_divergence_with_log_targets``;
       ``torch.nn.functional.kl_div`` (``reduction="sum"``, ``"batchmean"``).
     """
-    lp = cm.as_float_array(log_predictions, "log_predictions")
-    t = cm.as_float_array(targets, "targets")
-    cm.check_same_shape(lp, t, "log_predictions", "targets")
-    red = cm.Reduction.of(reduction, batchmean=True)
     if not isinstance(log_target, bool):
         raise TypeError(f"log_target must be a bool; got {log_target!r}.")
-    lp, mask, axes = cm.prepare_logits(lp, axis, where, "log_predictions")
-    t = cm.classes_last(t, axes)
+    lp, t, mask, red = _kl_prelude(
+        log_predictions, targets, axis, where, "targets", reduction, True
+    )
     loss = _kl(lp, t, mask, log_target)
-    # with ``where``, a row counts in the mean when some class is allowed
-    share = None if mask is None else jnp.any(mask, axis=-1).astype(loss.dtype)
-    return red(loss, share, batch_size=jnp.shape(log_predictions)[0])
-
-
-def _kl_prelude(log_predictions, targets, axis, where, targets_name, reduction, batchmean):
-    """Validated ``(lp, t, mask, red)`` with the class axes moved last and flattened."""
-    lp = cm.as_float_array(log_predictions, "log_predictions")
-    t = cm.as_float_array(targets, targets_name)
-    cm.check_same_shape(lp, t, "log_predictions", targets_name)
-    red = cm.Reduction.of(reduction, batchmean=batchmean)
-    lp, mask, axes = cm.prepare_logits(lp, axis, where, "log_predictions")
-    return lp, cm.classes_last(t, axes), mask, red
-
-
-def _row_share(mask, loss):
-    return None if mask is None else jnp.any(mask, axis=-1).astype(loss.dtype)
+    return red(loss, _row_share(mask, loss), batch_size=jnp.shape(log_predictions)[0])
 
 
 def kl_divergence_with_log_targets(
@@ -412,7 +408,7 @@ def jensen_shannon_divergence(
       >>> import jax.numpy as jnp, jaxloss
       >>> lp = jnp.log(jnp.array([[0.25, 0.75]], dtype=jnp.float32))
       >>> lt = jnp.log(jnp.array([[0.5, 0.5]], dtype=jnp.float32))
-      >>> jaxloss.jensen_shannon_divergence(lp, lt)
+      >>> jaxloss.jensen_shannon_divergence(lp, lt, beta=0.5)
       Array([0.03382204], dtype=float32)
 
     Note:

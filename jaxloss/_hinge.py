@@ -96,7 +96,15 @@ def squared_hinge_loss(
 
     .. math:: \ell = \max(0,\ m - y\,s)^2
 
-    Args and returns: as :func:`hinge_loss`.
+    Args:
+      predictor_outputs: float decision values of any shape.
+      targets: -1 or 1 (int or float), broadcastable to ``predictor_outputs``.
+      margin: :math:`m`; a score with :math:`y s \ge m` costs nothing.
+      reduction: ``"none"``, ``"sum"`` or ``"mean"`` (over all elements).
+
+    Returns:
+      The squared hinge of each element (float32 for bf16/f16 inputs), or
+      its reduction.
 
     Example:
       >>> import jax.numpy as jnp, jaxloss
@@ -246,7 +254,14 @@ def multiclass_perceptron_loss(
 ) -> Array:
     r"""optax's multi-class perceptron loss: :math:`\max_c s_c - s_y`.
 
-    Args and returns: as :func:`multiclass_hinge_loss`.
+    Args:
+      scores: float scores ``[..., C]``, the classes on the last axis.
+      labels: integer class ids, the shape of ``scores`` without its last axis.
+      reduction: ``"none"``, ``"sum"`` or ``"mean"`` (over examples).
+
+    Returns:
+      Per-example loss, 0 where the label's score is (one of) the largest,
+      or its reduction; float32 for bf16/f16 inputs.
 
     Example:
       >>> import jax.numpy as jnp, jaxloss

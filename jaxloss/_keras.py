@@ -94,18 +94,21 @@ def mean_squared_logarithmic_error(
       predictions: float predictions ``[..., D]``. **First**, as everywhere
         in jaxloss: ``keras.losses.mean_squared_logarithmic_error(y_true, y_pred)``
         is ``jaxloss.mean_squared_logarithmic_error(y_pred, y_true)``.
-      targets: true values, broadcastable to ``predictions``.
-      reduction: as in :func:`mean_absolute_percentage_error`.
+      targets: true values, broadcastable to ``predictions``; clamped below
+        at :math:`\epsilon` like the predictions.
+      reduction: ``"none"`` (the mean over the last axis of each example),
+        ``"sum"`` or ``"mean"`` (over examples).
 
     Returns:
-      As :func:`mean_absolute_percentage_error`.
+      Per-example squared log error, shape ``predictions.shape[:-1]``, or
+      its reduction; float32 for bf16/f16 inputs.
 
     Example:
       >>> import jax.numpy as jnp, jaxloss
       >>> x = jnp.array([[1.0, 3.0], [0.0, 0.5]], dtype=jnp.float32)
       >>> t = jnp.array([[1.0, 1.0], [0.0, 0.0]], dtype=jnp.float32)
-      >>> jaxloss.mean_squared_logarithmic_error(x, t)
-      Array([0.2402265 , 0.08220094], dtype=float32)
+      >>> jaxloss.mean_squared_logarithmic_error(x, t, reduction="mean")
+      Array(0.16121373, dtype=float32)
 
     Note:
       Values below :math:`\epsilon` (zero and negatives) are clamped to it,
@@ -134,10 +137,12 @@ def categorical_hinge(
         jaxloss: ``keras.losses.categorical_hinge(y_true, y_pred)`` is
         ``jaxloss.categorical_hinge(y_pred, y_true)``.
       targets: one-hot (or soft) targets, broadcastable to ``predictions``.
-      reduction: as in :func:`mean_absolute_percentage_error`.
+      reduction: ``"none"`` (one hinge value per example), ``"sum"`` or
+        ``"mean"`` (over examples).
 
     Returns:
-      As :func:`mean_absolute_percentage_error`.
+      Per-example hinge, shape ``predictions.shape[:-1]`` (float32 for
+      bf16/f16 inputs), or its reduction.
 
     Example:
       >>> import jax.numpy as jnp, jaxloss

@@ -334,9 +334,7 @@ def _chunk_grads(h_c, w, b, y_c, rows_c, s_all, dtype, opts: _Opts, want, acc):
 
 def _tile_coefficient(s, valid, y_loc, rows_c, opts: _Opts):
     """dL/dlogits of one tile: ``softmax * A - q`` times the soft cap's slope."""
-    g = sm.coefficient(s, valid, y_loc, None, rows_c, dense=opts.eps > 0.0)
-    slope = sm.softcap_slope(s, opts.cap)
-    return g if slope is None else g * slope
+    return sm.coefficient(s, valid, y_loc, None, rows_c, dense=opts.eps > 0.0, cap=opts.cap)
 
 
 def _stats_pass(h_chunks, w, b, toks: _Tokens, dtype, n, opts: _Opts):
@@ -529,12 +527,8 @@ def _vp_tangent_x(rows, args, dx):
     """``sum_c g_c dx_c`` summed over the shards; the local part needs no communication."""
     x, y, weight, mask, opts = args
     s, y_local, w_blk = _vp_local(x, y, weight, opts)
-    g = sm.coefficient(s, mask, y_local, w_blk, rows, dense=opts.eps > 0.0)
-    slope = sm.softcap_slope(s, opts.cap)
-    if slope is not None:
-        g = g * slope
-    dloss = jnp.sum(g * dx.astype(g.dtype), axis=-1)
-    return dloss, jnp.zeros_like(dloss)
+    g = sm.coefficient(s, mask, y_local, w_blk, rows, dense=opts.eps > 0.0, cap=opts.cap)
+    return sm.row_tangent(g, dx)
 
 
 def _vp_sum_shards(args, t):
@@ -856,16 +850,11 @@ def vocab_parallel_softmax_cross_entropy(
       ``torch.nn.functional.cross_entropy``.
     """
     _, shards = _bind_axis(axis_name, "vocab_parallel_softmax_cross_entropy")
-    x, mask, _ = cm.prepare_logits(logits, axis, where)
-    y = cm.prepare_int_labels(labels, x, axis, jnp.shape(logits))
-    red = cm.Reduction.of(reduction)
-    o = cm.ce_options(ignore_index, label_smoothing, z_loss, logit_softcap)
-    num_classes = x.shape[-1] * shards
-    w = cm.prepare_class_weight(weight, num_classes)
-    cm.check_labels_in_range(y, num_classes, o.ignore_index)
-    opts = _VpOpts(axis_name, o.ignore_index, o.eps, o.z, o.cap, num_classes)
-    loss, share = _vp_ce(x, y, w, mask, opts)
-    return red(loss, share)
+    options = (ignore_index, label_smoothing, z_loss, logit_softcap)
+    p = cm.int_label_inputs(logits, labels, axis, where, weight, reduction, options, shards)
+    opts = _VpOpts(axis_name, *p.options, p.num_classes)
+    loss, share = _vp_ce(p.x, p.labels, p.weight, p.mask, opts)
+    return p.reduction(loss, share)
 
 
 # --------------------------------------------------------------------------

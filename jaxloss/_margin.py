@@ -70,11 +70,13 @@ def margin_ranking_loss(
       input2: float scores with the shape of ``input1``.
       target: ``1`` (``input1`` should be larger) or ``-1``, broadcastable to
         ``input1``; other values are used as given, as in PyTorch.
-      margin: :math:`m` (may be traced).
+      margin: :math:`m`, by how much the higher-ranked input must win (may
+        be traced).
       reduction: ``"none"``, ``"sum"`` or ``"mean"`` (over all elements).
 
     Returns:
-      Elementwise loss (float32 for bf16/f16 inputs) or its reduction.
+      The loss of each pair of scores (the shape of ``input1``), or its
+      reduction; float32 for bf16/f16 inputs.
 
     Example:
       >>> import jax.numpy as jnp, jaxloss
@@ -145,8 +147,8 @@ def cosine_embedding_loss(
       reduction: ``"none"``, ``"sum"`` or ``"mean"`` (over pairs).
 
     Returns:
-      Per-pair loss ``[N]`` (or a scalar) or its reduction; float32 for
-      bf16/f16 inputs.
+      One loss per pair, ``[N]`` (a scalar for ``[D]`` inputs), or their
+      reduction; float32 for bf16/f16 inputs.
 
     Example:
       >>> import jax.numpy as jnp, jaxloss
@@ -198,11 +200,13 @@ def hinge_embedding_loss(
     Args:
       input: float values (typically distances) of any shape.
       target: ``1`` or ``-1``, broadcastable to ``input``.
-      margin: :math:`m` (may be traced).
+      margin: :math:`m`, the distance beyond which a ``-1`` pair costs
+        nothing (may be traced).
       reduction: ``"none"``, ``"sum"`` or ``"mean"`` (over all elements).
 
     Returns:
-      Elementwise loss (float32 for bf16/f16 inputs) or its reduction.
+      Elementwise loss, the shape of ``input`` (float32 for bf16/f16 inputs),
+      or its reduction.
 
     Example:
       >>> import jax.numpy as jnp, jaxloss
@@ -465,8 +469,8 @@ def triplet_margin_with_distance_loss(
       reduction: ``"none"``, ``"sum"`` or ``"mean"`` (over triplets).
 
     Returns:
-      Per-triplet loss ``[N]`` (or a scalar) or its reduction; float32 for
-      bf16/f16 inputs.
+      Per-triplet loss, ``[N]`` for ``[N, D]`` embeddings (a scalar for
+      ``[D]``), or its reduction; float32 for bf16/f16 inputs.
 
     Example:
       >>> import jax.numpy as jnp, jaxloss

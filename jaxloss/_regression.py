@@ -129,7 +129,15 @@ def l2_loss(
 
     .. math:: \ell = \tfrac12 (x - t)^2
 
-    Args and returns: as :func:`squared_error`.
+    Args:
+      predictions: float array of any shape.
+      targets: optional, broadcastable to ``predictions``; ``None`` is
+        :math:`t = 0`, so the loss is :math:`\tfrac12 x^2` (optax).
+      reduction: ``"none"`` (optax's elementwise result), ``"sum"`` or ``"mean"``.
+
+    Returns:
+      Half the squared error per element, float32 for bf16/f16 inputs; or
+      its reduction.
 
     Example:
       >>> import jax.numpy as jnp, jaxloss
@@ -157,14 +165,22 @@ def absolute_error(
 
     .. math:: \ell = |x - t|
 
-    Args and returns: as :func:`squared_error`.
+    Args:
+      predictions: float array of any shape.
+      targets: broadcastable to ``predictions``; ``None`` measures
+        :math:`|x|` itself.
+      reduction: ``"none"``, ``"sum"`` or ``"mean"``; the mean over all
+        elements is PyTorch's ``l1_loss`` default.
+
+    Returns:
+      The absolute errors (float32 for bf16/f16 inputs), or their reduction.
 
     Example:
       >>> import jax.numpy as jnp, jaxloss
       >>> x = jnp.array([3.0, -0.5, 2.0, 7.0], dtype=jnp.float32)
       >>> t = jnp.array([2.5, 0.0, 2.0, 8.0], dtype=jnp.float32)
-      >>> jaxloss.absolute_error(x, t, reduction="mean")
-      Array(0.5, dtype=float32)
+      >>> jaxloss.absolute_error(x, t)
+      Array([0.5, 0.5, 0. , 1. ], dtype=float32)
 
     Note:
       The derivative at a zero error is 0 (``sign(0)``), as in PyTorch.
@@ -267,11 +283,16 @@ def smooth_l1_loss(
     absolute error.
 
     Args:
-      predictions, targets, reduction: as in :func:`huber_loss`.
-      beta: :math:`\beta \ge 0`.
+      predictions: float array of any shape.
+      targets: broadcastable to ``predictions``; ``None`` means zeros.
+      beta: :math:`\beta \ge 0`, where the loss turns linear; ``0`` gives
+        the absolute error.
+      reduction: ``"none"``, ``"sum"`` or ``"mean"`` (over all elements;
+        PyTorch's default is ``"mean"``, ours ``"none"``).
 
     Returns:
-      As :func:`huber_loss`.
+      The Huber loss over :math:`\beta`, per element (float32 for bf16/f16
+      inputs), or its reduction.
 
     Example:
       >>> import jax.numpy as jnp, jaxloss
@@ -342,12 +363,15 @@ def log_cosh(
     :math:`1 - \tanh^2 e`: the second derivative is right everywhere, 1 at 0.
 
     Args:
-      predictions: float array of any shape.
-      targets: broadcastable to ``predictions``; ``None`` means zeros (optax).
+      predictions: float array of any shape; errors of any finite size are
+        fine (nothing overflows).
+      targets: broadcastable to ``predictions``, or ``None`` (zeros, as in
+        ``optax.log_cosh``).
       reduction: ``"none"``, ``"sum"`` or ``"mean"`` (over all elements).
 
     Returns:
-      Elementwise loss (float32 for bf16/f16 inputs) or its reduction.
+      Elementwise loss, finite for finite errors (float32 for bf16/f16
+      inputs), or its reduction.
 
     Example:
       >>> import jax.numpy as jnp, jaxloss
@@ -382,7 +406,7 @@ def poisson_nll_loss(
     eps: float = 1e-8,
     reduction: str = "none",
 ) -> Array:
-    r"""Poisson negative log-likelihood, elementwise (PyTorch ``PoissonNLLLoss``).
+    r"""Poisson negative log-likelihood of counts, elementwise (PyTorch ``PoissonNLLLoss``).
 
     .. math::
         \ell = \begin{cases} e^{x} - t\,x & \text{log\_input} \\

@@ -131,7 +131,12 @@ def cosine_distance(
     .. math:: d(a, b) = 1 - \cos(a, b)
 
     Args:
-      predictions, targets, epsilon, axis, where: as :func:`cosine_similarity`.
+      predictions: float array ``[..., dim]``.
+      targets: float array broadcastable with ``predictions``.
+      epsilon: lower bound on the *squared* norms, as in
+        :func:`cosine_similarity`; may be traced.
+      axis: the vector axis (an int, a tuple of ints, or ``None`` for all).
+      where: boolean mask of the entries that take part (broadcastable).
       reduction: ``"none"`` (one value per vector), ``"sum"`` or ``"mean"``.
 
     Returns:

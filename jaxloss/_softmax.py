@@ -331,11 +331,13 @@ def coefficient(
     *,
     dense: bool,
     w_as_given: bool = False,
+    cap: float | None = None,
 ) -> Array:
     """``dloss/ds = p A - q`` for a block (``valid``, ``y_local``, ``w`` and
     ``w_as_given`` as in :func:`block_stats`); exactly 0 on rows that do not
     count: every target term is scaled by the row's ``qy`` or ``e``, which
-    :func:`finish` zeroes there."""
+    :func:`finish` zeroes there. With a soft ``cap`` (``s = softcap(x, cap)``)
+    it is times the cap's slope: ``dloss/dx``."""
     g = probs(s, valid, rows) * rows.a[..., None]
     if y_local is not None:
         g = g - jnp.where(_hits(s, y_local), rows.qy[..., None], 0.0)
@@ -344,4 +346,12 @@ def coefficient(
         # as given: a positive target on a -inf logit of a counted row keeps its
         # slope -e w (the loss there is inf, the true value)
         g = g - (wv if w_as_given else jnp.where(valid_classes(s, valid), wv, 0.0))
-    return g
+    slope = softcap_slope(s, cap)
+    return g if slope is None else g * slope
+
+
+def row_tangent(g: Array, dx: Array) -> tuple[Array, Array]:
+    """``(sum_c g_c dx_c, 0)``: the tangent of a rule's ``(loss, share)`` outputs
+    along ``dx``, ``g`` being ``dloss/dx`` (the share does not move)."""
+    dloss = jnp.sum(g * dx.astype(g.dtype), axis=-1)
+    return dloss, jnp.zeros_like(dloss)

@@ -14,8 +14,6 @@ from pathlib import Path
 import pytest
 from _helpers import child
 
-pytestmark = pytest.mark.xdist_group("benchmarks")  # one worker runs the shared quick run
-
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 1800  # seconds; the quick run takes about a minute on an idle 2-core machine
 

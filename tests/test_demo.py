@@ -6,8 +6,8 @@ of a few losses includes the per-loss gradient check. The eight-device run
 needs ``--xla_force_host_platform_device_count=8`` before JAX starts, so it runs
 in a subprocess, started first so that both train at the same time; it trains
 one loss of every kind and is compared loss by loss with the one-device run.
-All are shared by every test of this module and run once, on one xdist
-worker (the ``xdist_group`` below). Bad flags and missing optional
+All are shared by every test of this module and run once (``--dist loadfile``
+in pyproject.toml keeps a file's tests on one xdist worker). Bad flags and missing optional
 dependencies are checked in-process through ``main``.
 """
 
@@ -29,8 +29,6 @@ import pytest
 from _helpers import child
 
 from jaxloss.demo import _runs, main
-
-pytestmark = pytest.mark.xdist_group("demo")
 
 STEPS = 4  # steps per run: every later loss depends on the earlier all-reduced gradients
 BATCH = 64  # a multiple of 8: both runs see the same global batches

@@ -26,9 +26,6 @@ def _load_build():
     return module
 
 
-# one worker runs every test of this file: the shared fixture is built once
-pytestmark = pytest.mark.xdist_group("docs")
-
 build = _load_build()
 
 

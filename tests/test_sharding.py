@@ -26,9 +26,6 @@ import sys
 import pytest
 from _multidevice import collectives
 
-# one worker runs every test of this file: the shared fixture is built once
-pytestmark = pytest.mark.xdist_group("sharding")
-
 SCRIPT = pathlib.Path(__file__).with_name("_multidevice.py")
 
 

@@ -145,6 +145,15 @@ class Digits(Task):
         base = float(np.mean(y == ds.info["majority_class"]))
         return Metric("accuracy", acc, base, "majority class", True)
 
+    @staticmethod
+    def trained_logits(runner: Any, name: str, base: _data.Dataset) -> np.ndarray:
+        """The logits of the trained run ``name`` on ``base``'s train rows, then its test rows."""
+        spec = SPECS_BY_NAME[name]
+        task = TASKS[spec.task]
+        model = runner.trained_model(spec)
+        both = {k: np.concatenate([base.train[k], base.test[k]]) for k in ("x", "y")}
+        return runner.predict(lambda m, b: task.forward(m, b), model, both)
+
 
 class Distillation(Digits):
     """Digits again, but the student learns only from a trained teacher's probabilities."""
@@ -156,12 +165,8 @@ class Distillation(Digits):
 
     def load(self, seed, runner):
         base = _data.digits(seed)
-        teacher_spec = SPECS_BY_NAME[self.teacher]
-        teacher_task = TASKS[teacher_spec.task]
-        model = runner.trained_model(teacher_spec)
+        logits = self.trained_logits(runner, self.teacher, base)
         n = len(base.train["y"])
-        both = {k: np.concatenate([base.train[k], base.test[k]]) for k in ("x", "y")}
-        logits = runner.predict(lambda m, b: teacher_task.forward(m, b), model, both)
         z = logits / self.temperature
         soft = np.exp(z - z.max(-1, keepdims=True))
         soft = (soft / soft.sum(-1, keepdims=True)).astype(np.float32)
@@ -334,16 +339,13 @@ class Preference(Digits):
 
     def load(self, seed, runner):
         base = _data.digits(seed)
-        ref_spec = SPECS_BY_NAME[self.reference]
-        ref_task = TASKS[ref_spec.task]
-        model = runner.trained_model(ref_spec)
+        logits = self.trained_logits(runner, self.reference, base)
         n = len(base.train["y"])
-        both = {k: np.concatenate([base.train[k], base.test[k]]) for k in ("x", "y")}
-        logits = runner.predict(lambda m, b: ref_task.forward(m, b), model, both)
         z = logits - logits.max(-1, keepdims=True)
         ref = (z - np.log(np.exp(z).sum(-1, keepdims=True))).astype(np.float32)
         rng = np.random.default_rng([seed, 3])
-        rejected = ((both["y"] + rng.integers(1, 10, size=len(both["y"]))) % 10).astype(np.int32)
+        y = np.concatenate([base.train["y"], base.test["y"]])
+        rejected = ((y + rng.integers(1, 10, size=len(y))) % 10).astype(np.int32)
         train = dict(base.train, rejected=rejected[:n], ref_logp=ref[:n])
         test = dict(base.test, rejected=rejected[n:], ref_logp=ref[n:])
         return _data.Dataset("preference", train, test, base.info)
@@ -546,6 +548,17 @@ def _digits_spec(name: str, setting: str, head=_identity, **options: Any) -> Spe
         setting,
         lambda x, b, p, e: _lib(name)(x, b["y"], reduction="mean", **options),
         head=head,
+        out_dim=10,
+    )
+
+
+def _one_hot_spec(name: str, setting: str) -> Spec:
+    """A digits run of a loss on the ten class scores and the one-hot labels."""
+    return Spec(
+        name,
+        "digits",
+        setting,
+        lambda x, b, p, e: _lib(name)(x, _one_hot(b, x), reduction="mean"),
         out_dim=10,
     )
 
@@ -843,22 +856,10 @@ SPECS: tuple[Spec, ...] = (
     _digits_spec("multiclass_perceptron_loss", ""),
     _digits_spec("multi_margin_loss", "margin=1", margin=1.0),
     _digits_spec("multiclass_sparsemax_loss", "sparsemax"),
-    Spec(
-        "ranking_softmax_loss",
-        "digits",
-        "10 classes as a list, relevance = one-hot",
-        lambda x, b, p, e: _lib("ranking_softmax_loss")(x, _one_hot(b, x), reduction="mean"),
-        out_dim=10,
-    ),
+    _one_hot_spec("ranking_softmax_loss", "10 classes as a list, relevance = one-hot"),
     _batch_dice("dice_loss", "batch as one image, one-hot", one_hot=True),
     _batch_dice("multiclass_generalized_dice_loss", "batch as one image, one-hot", one_hot=True),
-    Spec(
-        "categorical_hinge",
-        "digits",
-        "Keras, one-hot targets",
-        lambda x, b, p, e: _lib("categorical_hinge")(x, _one_hot(b, x), reduction="mean"),
-        out_dim=10,
-    ),
+    _one_hot_spec("categorical_hinge", "Keras, one-hot targets"),
     # --- digits as a multi-label task: class and parity ----------------------
     _multilabel_spec("multilabel_soft_margin_loss", "multi-hot {class, parity}", "labels"),
     _multilabel_spec("multilabel_margin_loss", "targets {class, parity}, -1 padded", "label_idx"),
