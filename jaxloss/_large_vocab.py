@@ -169,6 +169,7 @@ class _Tokens(NamedTuple):
     y: Array  # labels local to this shard's classes (may be out of [0, V_local))
     active: Array  # bool: the row counts (not ignore_index)
     bad: Array  # bool: counted row with an out-of-range label
+    weight: Array | None  # per-token weights (sample_weight), 0 on padding rows
 
 
 class _Res(NamedTuple):
@@ -179,7 +180,7 @@ class _Res(NamedTuple):
     scale: Array  # the reduction's gradient scale (1 / divisor for the mean)
 
 
-def _setup(h, w, y, opts: _Opts):
+def _setup(h, w, y, sw, opts: _Opts):
     n = h.shape[0]
     dtype = cm.compute_dtype(h, w)
     num_chunks = -(-n // opts.chunk)
@@ -190,16 +191,26 @@ def _setup(h, w, y, opts: _Opts):
     info = sm.labels_info(y, opts.num_classes, opts.ignore_index)
     y_local = y - jnp.asarray(offset, y.dtype)
     ch = partial(_chunk_rows, chunk=opts.chunk, num_chunks=num_chunks)
-    toks = _Tokens(ch(y_local), ch(info.active, fill=False), ch(info.bad, fill=False))
+    wt = None if sw is None else ch(sw.astype(dtype))
+    toks = _Tokens(ch(y_local), ch(info.active, fill=False), ch(info.bad, fill=False), wt)
     return n, dtype, toks, _chunk_rows(h, opts.chunk, num_chunks)
 
 
-def _finish(block: sm.Block, act, bad, opts: _Opts):
-    """Loss, divisor share and :class:`~jaxloss._softmax.Rows` of a set of rows."""
+def _finish(block: sm.Block, act, bad, wt, opts: _Opts):
+    """Loss, divisor share and :class:`~jaxloss._softmax.Rows` of a set of rows.
+
+    A token weight ``wt`` scales the whole row: its loss, its share of the mean's
+    divisor and the coefficients ``qy, e, A`` (each term of the loss is linear in
+    them), so ``g`` comes out scaled too.
+    """
     info = sm.Labels(None, act, bad)
     w_y = act.astype(block.shift.dtype)
     gscale = sm.gap_scale(opts.num_classes)
-    return sm.finish_labels(block, info, w_y, eps=opts.eps, z=opts.z, gscale=gscale)
+    loss, share, rows = sm.finish_labels(block, info, w_y, eps=opts.eps, z=opts.z, gscale=gscale)
+    if wt is None:
+        return loss, share, rows
+    scaled = rows._replace(qy=rows.qy * wt, e=rows.e * wt, a=rows.a * wt)
+    return cm.safe_mul(wt, loss), share * wt, scaled
 
 
 def _pin(w, b, h_c):
@@ -367,12 +378,12 @@ def _grad_pass(h_chunks, w, b, toks: _Tokens, dtype, n, opts: _Opts, want, rows=
     g_b0 = _match_varying(jnp.zeros(w.shape[1:], dtype), *refs) if want_b else None
 
     def body(carry, xs):
-        h_c, y_c, act_c, bad_c, rows_c = xs
+        h_c, y_c, act_c, bad_c, wt_c, rows_c = xs
         w_, b_ = _pin(w, b, h_c)
         out, s_all = {}, None
         if rows_c is None:
             block, s_all = _chunk_stats(h_c, w_, b_, y_c, dtype, opts, store=any(want))
-            out["loss"], out["share"], rows_c = _finish(block, act_c, bad_c, opts)
+            out["loss"], out["share"], rows_c = _finish(block, act_c, bad_c, wt_c, opts)
         if any(want):
             dh_c, *carry = _chunk_grads(h_c, w_, b_, y_c, rows_c, s_all, dtype, opts, want, carry)
             if want_h:
@@ -394,7 +405,7 @@ def _tangent_rows(h_chunks, w, b, toks: _Tokens, rows, d_chunks, dtype, n, opts:
 
     @jax.checkpoint
     def body(_, xs):
-        h_c, y_c, _, _, rows_c, d_c = xs
+        h_c, y_c, _, _, _, rows_c, d_c = xs
         s = sm.softcap(_dot(h_c, w, (1, 0), dtype) + _bias(b, dtype), opts.cap)
         g = _tile_coefficient(s, None, y_c, rows_c, opts)
         return None, jnp.sum(g * dlogits(h_c, d_c), axis=-1)
@@ -408,9 +419,9 @@ def _bias(b, dtype):
     return 0.0 if b is None else b.astype(dtype)[None, :]
 
 
-def _fused_forward(want, h, w, b, y, opts: _Opts):
+def _fused_forward(want, h, w, b, y, sw, opts: _Opts):
     """``((value, divisor), residuals)``; see the module docstring for the strategies."""
-    n, dtype, toks, h_chunks = _setup(h, w, y, opts)
+    n, dtype, toks, h_chunks = _setup(h, w, y, sw, opts)
     red = cm.Reduction(opts.reduction)
     want3 = (0 in want, 1 in want, 2 in want and b is not None)
     fused = opts.strategy == "fused" and (opts.reduction != "none" or not any(want3[1:]))
@@ -421,7 +432,8 @@ def _fused_forward(want, h, w, b, y, opts: _Opts):
     else:
         block = _stats_pass(h_chunks, w, b, toks, dtype, n, opts)
         act, bad = (_unchunk(f, n) for f in (toks.active, toks.bad))
-        loss, share, rows = _finish(block, act, bad, opts)
+        wt = None if toks.weight is None else _unchunk(toks.weight, n)
+        loss, share, rows = _finish(block, act, bad, wt, opts)
         rows = jax.tree.map(lambda f: _chunk_rows(f, opts.chunk, h_chunks.shape[0]), rows)
         g = (None,) * 3
         if any(grads):
@@ -439,7 +451,7 @@ def _fused_tangent(argnum: int):
     """Tangent along ``hidden`` (0), ``kernel`` (1) or ``bias`` (2)."""
 
     def tangent(res: _Res, args, d):
-        h, w, b, y, opts = args
+        h, w, b, y, sw, opts = args
         dtype = cm.compute_dtype(h, w)
         per_row = opts.reduction == "none"
         if res.grads is not None:
@@ -450,7 +462,7 @@ def _fused_tangent(argnum: int):
                 t = jnp.sum(prod)
                 t = t if opts.axis_name is None else lax.psum(t, opts.axis_name)
         else:
-            n, dtype, toks, h_chunks = _setup(h, w, y, opts)
+            n, dtype, toks, h_chunks = _setup(h, w, y, sw, opts)
             dlogits = partial(_dlogits, argnum=argnum, w=w, d=d, dtype=dtype)
             d_chunks = _chunk_d(d, argnum, opts, n)
             t = _tangent_rows(h_chunks, w, b, toks, res.rows, d_chunks, dtype, n, opts, dlogits)
@@ -479,7 +491,7 @@ def _dlogits(h_c, d_c, argnum, w, d, dtype):
 _fused = cm.linear_rule(
     _fused_forward,
     {i: _fused_tangent(i) for i in range(3)},
-    static_argnums=(4,),
+    static_argnums=(5,),
     pass_want=True,
 )
 
@@ -589,6 +601,34 @@ def _prepare_fused(hidden, kernel, labels, bias, chunk_size, kernel_name, bias_n
     return h, w, y, b, chunk
 
 
+def _token_weights(sample_weight, normalizer, reduction, n):
+    """Validated ``(sample_weight, normalizer, reduction of the fused pass)``.
+
+    A ``normalizer`` replaces the mean's divisor: the pass sums, the caller divides.
+    """
+    sw = None
+    if sample_weight is not None:
+        sw = cm.as_float_array(sample_weight, "sample_weight")
+        if sw.shape != (n,):
+            raise ValueError(
+                f"sample_weight must have shape [N] = ({n},), one weight per row of hidden; "
+                f"got sample_weight.shape={sw.shape}."
+            )
+    if normalizer is None:
+        return sw, None, reduction
+    if cm.Reduction.of(reduction).kind != "mean":
+        raise ValueError(
+            f"normalizer replaces the mean's divisor: it needs reduction='mean'; got {reduction!r}."
+        )
+    norm = cm.hyperparameter(normalizer, "normalizer", low=0.0)
+    return sw, norm, "sum"
+
+
+def _normalized(loss: Array, norm) -> Array:
+    """``loss / normalizer`` (0 for a zero normalizer, as an empty mean)."""
+    return loss if norm is None else cm.safe_divide(loss, jnp.asarray(norm, loss.dtype))
+
+
 def _fused_opts(options, reduction, n, v_local, v, chunk, axis_name=None):
     """:class:`_Opts` of a call (``chunk=None`` picks one from the shapes)."""
     o = cm.ce_options(*options)
@@ -603,6 +643,8 @@ def fused_linear_softmax_cross_entropy(
     labels: ArrayLike,
     *,
     bias: ArrayLike | None = None,
+    sample_weight: ArrayLike | None = None,
+    normalizer: ArrayLike | None = None,
     ignore_index: int | None = None,
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
@@ -634,6 +676,14 @@ def fused_linear_softmax_cross_entropy(
         embedding ``[V, D]`` passes ``embedding.T``).
       labels: ``[N]`` integer class ids.
       bias: optional ``[V]`` bias.
+      sample_weight: optional ``[N]`` per-token weights: each row's loss is
+        multiplied by its weight, and the mean divides by the summed weights
+        of the counted rows (a weight of 0 drops a padding token).
+      normalizer: optional scalar that replaces the mean's divisor (needs
+        ``reduction="mean"``): e.g. the number (or summed weight) of counted
+        tokens over all micro-batches of an accumulated step, so that the
+        summed micro-batch gradients equal the full batch's. May be traced;
+        0 gives 0.
       ignore_index: label value whose rows contribute 0 and do not count.
       label_smoothing: :math:`\varepsilon \in [0, 1]`, PyTorch semantics.
       z_loss: coefficient of PaLM's :math:`\mathrm{lse}^2` term.
@@ -674,12 +724,15 @@ def fused_linear_softmax_cross_entropy(
     h, w, y, b, chunk = _prepare_fused(hidden, kernel, labels, bias, chunk_size, "kernel", "bias")
     options = (ignore_index, label_smoothing, z_loss, logit_softcap)
     n, v = h.shape[0], w.shape[1]
+    sw, norm, reduction = _token_weights(sample_weight, normalizer, reduction, n)
     row_axes = _explicit_row_axes(h)
     if row_axes is not None:
-        return _data_parallel(h, w, b, y, row_axes, options, reduction, chunk)
+        return _normalized(
+            _data_parallel(h, w, b, y, sw, row_axes, options, reduction, chunk), norm
+        )
     opts = _fused_opts(options, reduction, n, v, v, chunk)
     cm.check_labels_in_range(y, v, opts.ignore_index)
-    return _fused(h, w, b, y, opts)[0]
+    return _normalized(_fused(h, w, b, y, sw, opts)[0], norm)
 
 
 def _explicit_row_axes(h):
@@ -692,7 +745,7 @@ def _explicit_row_axes(h):
     return spec[0]
 
 
-def _data_parallel(h, w, b, y, row_axes, options, reduction, chunk):
+def _data_parallel(h, w, b, y, sw, row_axes, options, reduction, chunk):
     """Rows sharded over a data-parallel mesh: each device runs the fused loss on
     its own rows (``shard_map``); per-device sums are added with one ``psum`` and
     the kernel's gradient is summed once, at the end, by the ``psum``'s transpose.
@@ -715,18 +768,19 @@ def _data_parallel(h, w, b, y, row_axes, options, reduction, chunk):
     w = put(w, P())
     b = None if b is None else put(b, P())
     h, y = put(h, P(row_axes)), put(y, P(row_axes))
+    sw = None if sw is None else put(sw, P(row_axes))
 
-    def local(h, w, b, y):
-        out = _fused(h, w, b, y, opts)
+    def local(h, w, b, y, sw):
+        out = _fused(h, w, b, y, sw, opts)
         return out if red.kind == "none" else lax.psum(out, axes)
 
     spec = P(row_axes) if red.kind == "none" else P()
     loss, divisor = jax.shard_map(
         local,
         mesh=mesh,
-        in_specs=(P(row_axes), P(), P(), P(row_axes)),
+        in_specs=(P(row_axes), P(), P(), P(row_axes), P(row_axes)),
         out_specs=(spec, spec),
-    )(h, w, b, y)
+    )(h, w, b, y, sw)
     # the per-device sums (or per-row losses) and divisor shares, reduced once
     return loss if red.kind != "mean" else cm.safe_divide(loss, divisor)
 
@@ -738,6 +792,8 @@ def vocab_parallel_fused_linear_softmax_cross_entropy(
     *,
     axis_name: Any,
     bias_shard: ArrayLike | None = None,
+    sample_weight: ArrayLike | None = None,
+    normalizer: ArrayLike | None = None,
     reduction: str = "mean",
     chunk_size: int | None = None,
     ignore_index: int | None = None,
@@ -765,8 +821,10 @@ def vocab_parallel_fused_linear_softmax_cross_entropy(
       labels: ``[N]`` global class ids in ``[0, V)``.
       axis_name: the mesh axis the vocabulary is sharded over.
       bias_shard: optional ``[V_local]`` slice of the bias.
-      ignore_index, label_smoothing, z_loss, logit_softcap, reduction,
-        chunk_size: as in :func:`fused_linear_softmax_cross_entropy`.
+      sample_weight, normalizer, ignore_index, label_smoothing, z_loss,
+        logit_softcap, reduction, chunk_size: as in
+        :func:`fused_linear_softmax_cross_entropy` (``sample_weight`` replicated
+        like ``labels``).
 
     Returns:
       The loss, replicated over ``axis_name``.
@@ -782,9 +840,10 @@ def vocab_parallel_fused_linear_softmax_cross_entropy(
     )
     options = (ignore_index, label_smoothing, z_loss, logit_softcap)
     n, v = h.shape[0], w.shape[1] * shards
+    sw, norm, reduction = _token_weights(sample_weight, normalizer, reduction, n)
     opts = _fused_opts(options, reduction, n, w.shape[1], v, chunk, axis_name)
     cm.check_labels_in_range(y, v, opts.ignore_index)
-    return _fused(h, w, b, y, opts)[0]
+    return _normalized(_fused(h, w, b, y, sw, opts)[0], norm)
 
 
 def vocab_parallel_softmax_cross_entropy(

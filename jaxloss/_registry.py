@@ -520,12 +520,38 @@ def _gaussian_nll_ref(input, targets, var, *, full=False, eps=1e-6, reduction="n
     return _reduce(loss + 0.5 * math.log(2 * math.pi) if full else loss, reduction)
 
 
-def _fused_ref(hidden, kernel, labels, *, bias=None, chunk_size=None, reduction="mean", **kw):
+def _fused_ref(
+    hidden,
+    kernel,
+    labels,
+    *,
+    bias=None,
+    sample_weight=None,
+    normalizer=None,
+    chunk_size=None,
+    reduction="mean",
+    **kw,
+):
     """:func:`_ce_int_ref` on the materialised logits ``hidden @ kernel + bias``;
-    ``chunk_size`` changes only the schedule."""
+    ``chunk_size`` changes only the schedule. ``sample_weight`` multiplies each
+    row's loss; the mean is ``sum(w loss) / sum(w counted)``, or
+    ``sum(w loss) / normalizer``."""
     del chunk_size
     logits = hidden @ kernel if bias is None else hidden @ kernel + bias[None, :]
-    return _ce_int_ref(logits, labels, reduction=reduction, **kw)
+    if sample_weight is None and normalizer is None:
+        return _ce_int_ref(logits, labels, reduction=reduction, **kw)
+    rows = _ce_int_ref(logits, labels, reduction="none", **kw)
+    sw = jnp.ones_like(rows) if sample_weight is None else sample_weight.astype(rows.dtype)
+    if reduction == "none":
+        return sw * rows
+    total = jnp.sum(sw * rows)
+    if normalizer is not None:
+        return total / normalizer
+    if reduction == "sum":
+        return total
+    ignore = kw.get("ignore_index")
+    counted = jnp.ones(labels.shape, bool) if ignore is None else labels != ignore
+    return total / jnp.sum(jnp.where(counted, sw, 0.0))
 
 
 def _vp_fused_ref(hidden, kernel_shard, labels, *, bias_shard=None, **kw):
@@ -752,13 +778,16 @@ def _fused_rows(rng, regime):
 def _build_fused(regime, rng):
     h, k, b, y = _fused_rows(rng, regime)
     diff = (0, 1, "bias")
+    sw = _f32(rng.uniform(0.5, 2.0, y.shape[0]))  # per-token weights
     if regime == "masked":
         y[1] = -100
         kw = {"bias": b, "ignore_index": -100, "reduction": "none", "chunk_size": 2}
-        return Inputs((h, k, _int(y)), kw, diff, reference=False)
+        return Inputs((h, k, _int(y)), kw | {"sample_weight": sw}, diff, reference=False)
     kw = {"bias": b, "chunk_size": 2}
     if regime == "small":
-        kw |= {"label_smoothing": 0.1, "z_loss": 1e-3}
+        kw |= {"label_smoothing": 0.1, "z_loss": 1e-3, "sample_weight": sw}
+    else:  # a micro-batch's share of a larger batch's mean
+        kw |= {"normalizer": 3.0 * y.shape[0]}
     # second order: small (the "fused" strategy) and masked ("recompute")
     return Inputs((h, k, _int(y)), kw, diff, order=1 if regime == "large" else 2)
 
@@ -1768,6 +1797,7 @@ _INT_OPTIONS = f"ignore_index=None, {_CE_OPTIONS}, logit_softcap=None"
 _REGRESSION = "(predictions, targets=None, *, {}reduction='none')"
 _HINGE = "(predictor_outputs, targets, *, margin=1.0, reduction='none')"
 _FUSED_OPTIONS = f"{_INT_OPTIONS}, reduction='mean', chunk_size=None"
+_TOKEN_WEIGHTS = "sample_weight=None, normalizer=None"
 
 # Columns: name, family, signature, reference, build, bench, optax, torch; then keywords.
 _BOXES = "(boxes1, boxes2, *, eps=1e-07, reduction='none')"
@@ -1862,7 +1892,7 @@ REGISTRY: tuple[LossSpec, ...] = (
              None, _TORCH + "gaussian_nll_loss"),
     # large vocabularies
     LossSpec("fused_linear_softmax_cross_entropy", "_large_vocab",
-             f"(hidden, kernel, labels, *, bias=None, {_FUSED_OPTIONS})",
+             f"(hidden, kernel, labels, *, bias=None, {_TOKEN_WEIGHTS}, {_FUSED_OPTIONS})",
              _fused_ref, _build_fused, _bench_fused,
              batch_options={"ignore_index": 0, "label_smoothing": 0.1}),
     LossSpec("vocab_parallel_softmax_cross_entropy", "_large_vocab",
@@ -1870,7 +1900,8 @@ REGISTRY: tuple[LossSpec, ...] = (
              " reduction='none')",
              _ce_int_ref, _build_vocab_parallel, None, batch=False),
     LossSpec("vocab_parallel_fused_linear_softmax_cross_entropy", "_large_vocab",
-             f"(hidden, kernel_shard, labels, *, axis_name, bias_shard=None, {_FUSED_OPTIONS})",
+             f"(hidden, kernel_shard, labels, *, axis_name, bias_shard=None, {_TOKEN_WEIGHTS},"
+             f" {_FUSED_OPTIONS})",
              _vp_fused_ref, _build_vocab_parallel_fused, None, batch=False),
     # similarity and metric learning
     LossSpec("cosine_similarity", "_similarity", _COSINE,

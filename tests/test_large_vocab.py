@@ -490,3 +490,134 @@ def test_chunk_barrier_keeps_no_tiled_copy_of_the_kernel(monkeypatch):
     unpinned = temp()
     kernel = d * v * 4
     assert unpinned - pinned >= kernel, (pinned, unpinned, kernel)
+
+
+# --------------------------------------------------------------------------
+# Per-token weights and a global normaliser
+# --------------------------------------------------------------------------
+
+
+def _weighted_ce64(h, w, b, y, sw, *, reduction="mean", normalizer=None, eps=0.0):
+    """float64 numpy: ``sw_i * CE_i`` on ``h @ w + b`` (PyTorch's smoothing), rows with
+    label -100 give 0; mean = sum / sum of the counted rows' weights, or / normalizer."""
+    s = np.asarray(h, np.float64) @ np.asarray(w, np.float64) + np.asarray(b, np.float64)
+    lse = np.log(np.sum(np.exp(s - s.max(1, keepdims=True)), 1)) + s.max(1)
+    keep = y != -100
+    s_y = s[np.arange(len(y)), np.where(keep, y, 0)]
+    rows = (1 - eps) * (lse - s_y) + eps * (lse - s.mean(1))
+    rows = np.where(keep, rows, 0.0) * sw
+    if reduction == "none":
+        return rows
+    if normalizer is not None:
+        return rows.sum() / normalizer
+    return rows.sum() if reduction == "sum" else rows.sum() / np.sum(sw[keep])
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"reduction": "mean"},
+        {"reduction": "sum", "label_smoothing": 0.1},
+        {"reduction": "none"},
+        {"reduction": "mean", "normalizer": 40.0},
+        {"reduction": "mean", "normalizer": 40.0, "unweighted": True},
+    ],
+    ids=["mean", "sum-smoothing", "none", "normalizer", "normalizer-unweighted"],
+)
+def test_sample_weight_and_normalizer_match_the_weighted_formula(kw):
+    kw = dict(kw)
+    unweighted = kw.pop("unweighted", False)
+    h, w, b, y = _data()
+    sw = np.random.default_rng(1).uniform(0.0, 2.0, N)
+    sw[5] = 0.0  # a zero-weight (padding) token
+    sw_arg = None if unweighted else sw
+    f = lambda h, w, b: jaxloss.fused_linear_softmax_cross_entropy(
+        h, w, y, bias=b, sample_weight=sw_arg, ignore_index=-100, chunk_size=CHUNK, **kw
+    )
+    red, eps = kw["reduction"], kw.get("label_smoothing", 0.0)
+    sw64 = np.ones(N) if unweighted else sw
+    want = _weighted_ce64(h, w, b, y, sw64, reduction=red, normalizer=kw.get("normalizer"), eps=eps)
+    value, grads, tangent = _all_derivatives(f, h, w, b, red)
+    close(value, want, 1e-12, 1e-12)
+    # derivatives: autodiff of the materialised weighted loss (values checked above)
+    g = lambda h, w, b: (
+        jnp.asarray(sw64)
+        * jaxloss.softmax_cross_entropy_with_integer_labels(
+            h @ w + b[None, :], y, ignore_index=-100, label_smoothing=eps
+        )
+    )
+    ref = {"none": g, "sum": lambda *a: jnp.sum(g(*a))}.get(red)
+    if ref is None:
+        divisor = kw.get("normalizer", np.sum(sw64[y != -100]))
+        ref = lambda *a: jnp.sum(g(*a)) / divisor
+    _, want_grads, want_tangent = _all_derivatives(ref, h, w, b, red)
+    for a, e in zip(grads, want_grads, strict=True):
+        close(a, e, 1e-11, 1e-12)
+    close(tangent, want_tangent, 1e-11, 1e-12)
+
+
+def test_normalizer_makes_micro_batch_gradients_add_up_to_the_batch():
+    """Gradient accumulation over micro-batches with padding: with ``normalizer`` =
+    the batch's count of counted tokens, the summed micro-batch losses and gradients
+    equal the full batch's mean; a per-micro-batch mean does not."""
+    h, w, b, y = _data()
+    kw = {"bias": b, "ignore_index": -100, "chunk_size": CHUNK}
+    full = lambda w: jaxloss.fused_linear_softmax_cross_entropy(h, w, y, **kw)
+    count = int(np.sum(y != -100))
+    parts = (slice(0, 6), slice(6, N))
+
+    def accumulated(w, normalizer):
+        return sum(
+            jaxloss.fused_linear_softmax_cross_entropy(h[s], w, y[s], normalizer=normalizer, **kw)
+            for s in parts
+        )
+
+    close(accumulated(w, count), full(w), 1e-12, 1e-12)
+    close(jax.grad(accumulated)(w, count), jax.grad(full)(w), 1e-12, 1e-12)
+    # traced normaliser (e.g. a psum over hosts), and the per-micro-batch mean's error
+    close(jax.jit(accumulated)(w, jnp.float64(count)), full(w), 1e-12, 1e-12)
+    per_batch = sum(
+        jaxloss.fused_linear_softmax_cross_entropy(h[s], w, y[s], **kw) / 2 for s in parts
+    )
+    assert abs(float(per_batch) - float(full(w))) > 1e-3
+
+
+def test_sample_weight_gradient_and_errors():
+    h, w, b, y = _data()
+    sw = np.random.default_rng(2).uniform(0.5, 2.0, N)
+    f = lambda s: jaxloss.fused_linear_softmax_cross_entropy(
+        h, w, y, bias=b, sample_weight=s, ignore_index=-100, chunk_size=CHUNK
+    )
+    # d mean / d sw_i = (CE_i - mean) / sum(sw over counted rows), CE_i = 0 off them
+    ce = _weighted_ce64(h, w, b, y, np.ones(N), reduction="none")
+    keep = y != -100
+    want = np.where(keep, ce - f(sw), 0.0) / np.sum(sw[keep])
+    close(jax.grad(f)(sw), want, 1e-11, 1e-12)
+    with pytest.raises(ValueError, match="sample_weight must have shape"):
+        jaxloss.fused_linear_softmax_cross_entropy(h, w, y, sample_weight=sw[:3], ignore_index=-100)
+    with pytest.raises(ValueError, match=r"normalizer .*reduction='mean'"):
+        jaxloss.fused_linear_softmax_cross_entropy(
+            h, w, y, normalizer=3.0, reduction="sum", ignore_index=-100
+        )
+    with pytest.raises(ValueError, match="normalizer"):
+        jaxloss.fused_linear_softmax_cross_entropy(h, w, y, normalizer=-1.0, ignore_index=-100)
+    # nothing counts: 0, not NaN
+    zero = jaxloss.fused_linear_softmax_cross_entropy(h, w, y, normalizer=0.0, ignore_index=-100)
+    assert float(zero) == 0.0
+
+
+def test_vocab_parallel_fused_sample_weight_on_one_shard():
+    mesh = _one_device_mesh()
+    h, w, b, y = _data(n=6, d=3, v=8)
+    sw = np.random.default_rng(3).uniform(0.5, 2.0, 6)
+    kw = {"ignore_index": -100, "chunk_size": 4, "sample_weight": sw, "normalizer": 9.0}
+    fused = jax.shard_map(
+        lambda h, w, b: jaxloss.vocab_parallel_fused_linear_softmax_cross_entropy(
+            h, w, y, axis_name="v", bias_shard=b, **kw
+        ),
+        mesh=mesh,
+        in_specs=(P(), P(None, "v"), P("v")),
+        out_specs=P(),
+    )
+    want = _weighted_ce64(h, w, b, y, sw, normalizer=9.0)
+    close(jax.jit(fused)(h, w, b), want, 1e-12, 1e-12)
