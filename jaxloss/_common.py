@@ -354,6 +354,22 @@ def is_zero(t: Any) -> bool:
     return t is None or isinstance(t, SymbolicZero)
 
 
+def l2_norm(d: Array, axis: int = -1) -> Array:
+    """``sqrt(sum(d**2))`` over ``axis``, summed on ``d / max|d|`` so that neither
+    the squares' overflow nor their underflow changes it; derivative 0 where the
+    norm is exactly 0 (PyTorch's), and ``max|d|`` (inf or NaN) where an entry is
+    not finite, with that maximum's derivative (the norm's limit)."""
+    top = jnp.max(jnp.abs(d), axis=axis, keepdims=True)
+    usable = jnp.isfinite(top) & (top > 0)
+    scale = jax.lax.stop_gradient(jnp.where(usable, top, jnp.ones_like(top)))
+    u = jnp.where(usable, d / scale, jnp.zeros_like(d))
+    s = jnp.sum(u * u, axis=axis)
+    pos = s > 0
+    norm = jnp.where(pos, jnp.sqrt(jnp.where(pos, s, jnp.ones_like(s))), jnp.zeros_like(s))
+    top, scale = jnp.squeeze(top, axis), jnp.squeeze(scale, axis)
+    return jnp.where(jnp.isfinite(top), norm * scale, top)
+
+
 def safe_mul(coef: Array, value: Array) -> Array:
     """``coef * value`` that is 0 wherever ``coef == 0``, even for infinite ``value``,
     in the value and in every derivative (no ``0 * inf`` in a transposed product)."""

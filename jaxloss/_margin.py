@@ -421,10 +421,8 @@ def multilabel_margin_loss(
 def _pairwise_distance(x1, x2):
     # F.pairwise_distance(x1, x2, p=2, eps=1e-6): || x1 - x2 + eps ||_2 over the
     # last axis, with derivative 0 (PyTorch's norm) where the norm is exactly 0
-    d = x1 - x2 + _PAIRWISE_EPS
-    s = jnp.sum(d * d, axis=-1)
-    pos = s > 0
-    return jnp.where(pos, jnp.sqrt(jnp.where(pos, s, jnp.ones_like(s))), jnp.zeros_like(s))
+    # (scaled: differences of any finite magnitude give the finite distance)
+    return cm.l2_norm(x1 - x2 + _PAIRWISE_EPS)
 
 
 def _distances(fn, a, p, n, swap):

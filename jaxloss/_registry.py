@@ -1211,8 +1211,9 @@ def _ctc_ref(
     alpha, _ = jax.lax.scan(frame, init, (jnp.swapaxes(emit, 0, 1), logit_paddings.T))
     n = labels.shape[1] - jnp.sum(label_paddings != 0, axis=1)
     last = _pick(alpha, 2 * n)
-    before = jnp.where(n > 0, _pick(alpha, jnp.maximum(2 * n - 1, 0)), eps)
-    loss = -jnp.logaddexp(last, before)
+    before = _pick(alpha, jnp.maximum(2 * n - 1, 0))
+    # an empty label sequence ends only in the first blank (optax: no log_epsilon term)
+    loss = -jnp.where(n > 0, jnp.logaddexp(last, before), last)
     if zero_infinity:
         loss = jnp.where(jnp.isinf(loss), 0.0, loss)
     if reduction == "mean":

@@ -371,3 +371,21 @@ def test_nan_logit_gives_nan_not_zero(name):
     fn = lambda x: getattr(jaxloss, name)(x, y)
     for got in _both(fn, x):
         assert np.isnan(got[0]) and np.isfinite(got[1])
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_triplet_with_distance_of_huge_differences_is_finite(dtype):
+    a = jnp.asarray([[1e30, 2e30]], dtype)
+    p = jnp.zeros((1, 2), dtype)
+    n = jnp.asarray([[0.0, 3e30]], dtype)
+    fn = lambda a: jaxloss.triplet_margin_with_distance_loss(a, p, n).sum()
+    # float64: ||a - p + eps|| - ||a - n + eps|| + 1 (eps = 1e-6 is lost at this scale)
+    a64, p64, n64 = (np.asarray(v, np.float64) for v in (a, p, n))
+    want = np.linalg.norm(a64 - p64) - np.linalg.norm(a64 - n64) + 1.0
+    for got in _both(fn, a):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    # d/da = (a - p) / ||a - p|| - (a - n) / ||a - n||: unit vectors, finite
+    u = lambda v: v / np.linalg.norm(v)
+    want_grad = u(a64 - p64) - u(a64 - n64)
+    for grad in _both(jax.grad(fn), a):
+        np.testing.assert_allclose(np.asarray(grad, np.float64), want_grad, rtol=1e-2, atol=1e-2)
