@@ -1196,7 +1196,9 @@ def _ctc_ref(
         logp, jnp.broadcast_to(ext[:, None], logp.shape[:2] + ext.shape[1:]), -1
     )
     eps = jnp.asarray(log_epsilon, logp.dtype)
-    lo = jnp.full((ext.shape[0], 2), eps, logp.dtype)
+    # no predecessor: log 0 (-inf); each sum keeps its own finite term, so no NaN.
+    # (An eps there would add an eps + emission path in every frame.)
+    lo = jnp.full((ext.shape[0], 2), -jnp.inf, logp.dtype)
     init = jnp.concatenate(
         [jnp.zeros_like(lo[:, :1]), jnp.full_like(ext, eps, logp.dtype)[:, 1:]], 1
     )
@@ -1204,7 +1206,7 @@ def _ctc_ref(
     def frame(alpha, xs):
         emit_t, pad_t = xs
         step = jnp.concatenate([lo[:, :1], alpha[:, :-1]], axis=1)
-        skip = jnp.where(skip_ok, jnp.concatenate([lo, alpha[:, :-2]], axis=1), eps)
+        skip = jnp.where(skip_ok, jnp.concatenate([lo, alpha[:, :-2]], axis=1), -jnp.inf)
         new = jax.nn.logsumexp(jnp.stack([alpha, step, skip]), axis=0) + emit_t
         return jnp.where(pad_t[:, None] != 0, alpha, new), None
 
