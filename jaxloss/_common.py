@@ -354,6 +354,17 @@ def is_zero(t: Any) -> bool:
     return t is None or isinstance(t, SymbolicZero)
 
 
+def take_per_row(table: Array, index: Array) -> Array:
+    """``table[index]`` (a per-class table read at each row's label) laid out like
+    ``index``: under an explicit-sharding mesh with the rows sharded, jax needs the
+    gather's ``out_sharding`` (it will not guess it)."""
+    sharding = getattr(jax.typeof(index), "sharding", None)
+    spec = getattr(sharding, "spec", None)
+    if spec is not None and any(axis is not None for axis in spec):
+        return table.at[index].get(out_sharding=sharding)
+    return table[index]
+
+
 def l2_norm(d: Array, axis: int = -1) -> Array:
     """``sqrt(sum(d**2))`` over ``axis``, summed on ``d / max|d|`` so that neither
     the squares' overflow nor their underflow changes it; derivative 0 where the

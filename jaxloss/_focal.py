@@ -298,7 +298,7 @@ def _row_scale(info: sm.Labels, alpha, counted, dtype):
     elif alpha.ndim == 0:
         a = jnp.broadcast_to(alpha.astype(dtype), info.safe.shape)
     else:
-        a = alpha.astype(dtype)[info.safe]
+        a = cm.take_per_row(alpha.astype(dtype), info.safe)
     return jnp.where(counted, a, jnp.zeros_like(a))
 
 

@@ -203,7 +203,7 @@ def multi_margin_loss(
     h = z if p == 1 else z * z
     loss = jnp.sum(h, axis=-1) / num_classes
     if w is not None:
-        loss = loss * w.astype(dtype)[safe]
+        loss = loss * cm.take_per_row(w.astype(dtype), safe)
     bad = (y < 0) | (y >= num_classes)
     loss = jnp.where(bad, jnp.nan, loss)
     return red(loss)

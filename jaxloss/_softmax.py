@@ -106,7 +106,10 @@ def labels_info(labels: Array, num_classes: int, ignore_index: int | None) -> La
 
 def label_weight(info: Labels, weight: Array | None, dtype) -> Array:
     """``w[y]`` (1 without class weights), 0 where the row does not count."""
-    w_y = jnp.ones(info.safe.shape, dtype) if weight is None else weight.astype(dtype)[info.safe]
+    if weight is None:
+        w_y = jnp.ones(info.safe.shape, dtype)
+    else:
+        w_y = cm.take_per_row(weight.astype(dtype), info.safe)
     return jnp.where(info.active, w_y, jnp.zeros_like(w_y))
 
 

@@ -486,7 +486,7 @@ def _data_parallel_case(fn, args, sharded, kw, mesh, name):
 
 
 def check_data_parallel_class_weight():
-    """Integer-label CE with class weights under data parallelism (weight[labels] gather)."""
+    """Per-class tables gathered at sharded labels under data parallelism (``weight[y]``)."""
     from jax.sharding import PartitionSpec as P
 
     import jaxloss
@@ -496,12 +496,19 @@ def check_data_parallel_class_weight():
     x = rng.standard_normal((16, 5))
     y = rng.integers(0, 5, 16).astype(np.int32)
     w = np.linspace(0.5, 2.0, 5)
-    for name in ("softmax_cross_entropy_with_integer_labels", "nll_loss"):
+    # every per-class table read at the rows' labels: class weights, focal alpha
+    cases = (
+        ("softmax_cross_entropy_with_integer_labels", "weight"),
+        ("nll_loss", "weight"),
+        ("multi_margin_loss", "weight"),
+        ("softmax_focal_loss", "alpha"),
+    )
+    for name, option in cases:
         fn = getattr(jaxloss, name)
         lp = x - np.log(np.exp(x).sum(-1, keepdims=True))
         args = (x, y) if name != "nll_loss" else (lp, y)
         sharded = tuple(_put(a, mesh, P("data")) for a in args)
-        _data_parallel_case(fn, args, sharded, {"weight": w}, mesh, name)
+        _data_parallel_case(fn, args, sharded, {option: w}, mesh, name)
 
 
 CHECKS = {name[len("check_") :]: fn for name, fn in globals().items() if name.startswith("check_")}

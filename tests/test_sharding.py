@@ -68,11 +68,6 @@ def test_multidevice(results, name):
 
 def test_data_parallel_class_weight(results):
     """Class weights (``weight[labels]``) with labels sharded over a data-parallel mesh."""
-    outcome = results["data_parallel_class_weight"]
-    if outcome != "ok" and "ShardingTypeError" in outcome and "_classification.py" in outcome:
-        # Known: under an Explicit mesh, jnp indexing `weight[labels]` with sharded
-        # labels needs an out_sharding (jax asks for `.at[...].get(out_sharding=)`).
-        pytest.xfail("class-weight gather in _classification under explicit data sharding")
     _check(results, "data_parallel_class_weight")
 
 
