@@ -256,14 +256,19 @@ def prepare_int_labels(
     return y
 
 
+def optional_vector(value: ArrayLike | None, name: str, size: int, what: str) -> Array | None:
+    """``None``, or a float array of shape ``[size]`` (``what`` says what it holds)."""
+    if value is None:
+        return None
+    v = as_float_array(value, name)
+    if v.shape != (size,):
+        raise ValueError(f"{name} must have shape ({size},), {what}; got {name}.shape={v.shape}.")
+    return v
+
+
 def prepare_class_weight(weight: ArrayLike | None, num_classes: int) -> Array | None:
     """Per-class weights ``[C]`` or ``None``."""
-    if weight is None:
-        return None
-    w = as_float_array(weight, "weight")
-    if w.shape != (num_classes,):
-        raise ValueError(f"weight must have shape ({num_classes},), one per class; got {w.shape}.")
-    return w
+    return optional_vector(weight, "weight", num_classes, "one per class")
 
 
 class CEOptions(NamedTuple):

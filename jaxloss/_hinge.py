@@ -184,13 +184,7 @@ def multi_margin_loss(
     if isinstance(p, bool) or p not in (1, 2):
         raise ValueError(f"p must be 1 or 2 (as in PyTorch); got {p!r}.")
     num_classes = x.shape[-1]
-    w = None
-    if weight is not None:
-        w = cm.as_float_array(weight, "weight")
-        if w.shape != (num_classes,):
-            raise ValueError(
-                f"weight must have shape ({num_classes},), one per class; got {w.shape}."
-            )
+    w = cm.prepare_class_weight(weight, num_classes)
     cm.check_labels_in_range(y, num_classes, None)
     dtype = cm.compute_dtype(x)
     x = x.astype(dtype)

@@ -606,14 +606,7 @@ def _token_weights(sample_weight, normalizer, reduction, n):
 
     A ``normalizer`` replaces the mean's divisor: the pass sums, the caller divides.
     """
-    sw = None
-    if sample_weight is not None:
-        sw = cm.as_float_array(sample_weight, "sample_weight")
-        if sw.shape != (n,):
-            raise ValueError(
-                f"sample_weight must have shape [N] = ({n},), one weight per row of hidden; "
-                f"got sample_weight.shape={sw.shape}."
-            )
+    sw = cm.optional_vector(sample_weight, "sample_weight", n, "one weight per row of hidden")
     if normalizer is None:
         return sw, None, reduction
     if cm.Reduction.of(reduction).kind != "mean":
