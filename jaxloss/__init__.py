@@ -41,6 +41,7 @@ from jaxloss._hinge import squared_hinge_loss as squared_hinge_loss
 from jaxloss._keras import categorical_hinge as categorical_hinge
 from jaxloss._keras import mean_absolute_percentage_error as mean_absolute_percentage_error
 from jaxloss._keras import mean_squared_logarithmic_error as mean_squared_logarithmic_error
+from jaxloss._large_vocab import fused_linear_distillation_loss as fused_linear_distillation_loss
 from jaxloss._large_vocab import fused_linear_log_probs as fused_linear_log_probs
 from jaxloss._large_vocab import (
     fused_linear_softmax_cross_entropy as fused_linear_softmax_cross_entropy,

@@ -558,28 +558,31 @@ _vp_ce = cm.linear_rule(_vp_forward, {0: (_vp_tangent_x, _vp_sum_shards)}, stati
 # --------------------------------------------------------------------------
 
 
-def _prepare_fused(hidden, kernel, labels, bias, chunk_size, kernel_name, bias_name):
+def _prepare_fused(
+    hidden, kernel, labels, bias, chunk_size, kernel_name, bias_name, hidden_name="hidden"
+):
     """Validated ``(hidden, kernel, labels, bias, chunk_size)`` in one matmul dtype."""
-    h = cm.as_float_array(hidden, "hidden")
+    h = cm.as_float_array(hidden, hidden_name)
     w = cm.as_float_array(kernel, kernel_name)
     if h.ndim != 2:
         raise ValueError(
-            f"hidden must have shape [N, D] (tokens, features); got hidden.shape={h.shape}. "
-            "Flatten leading batch axes with hidden.reshape(-1, D) or use jax.vmap."
+            f"{hidden_name} must have shape [N, D] (tokens, features); got "
+            f"{hidden_name}.shape={h.shape}. Flatten leading batch axes with "
+            f"{hidden_name}.reshape(-1, D) or use jax.vmap."
         )
     if w.ndim != 2 or w.shape[0] != h.shape[1]:
         raise ValueError(
-            f"{kernel_name} must have shape [D, V] with D = hidden.shape[1] = {h.shape[1]} "
-            f"(the Flax Dense layout; a tied embedding passes embedding.T); got "
-            f"{kernel_name}.shape={w.shape} for hidden.shape={h.shape}."
+            f"{kernel_name} must have shape [D, V] with D = {hidden_name}.shape[1] = "
+            f"{h.shape[1]} (the Flax Dense layout; a tied embedding passes embedding.T); got "
+            f"{kernel_name}.shape={w.shape} for {hidden_name}.shape={h.shape}."
         )
     if w.shape[1] == 0:
         raise ValueError(f"{kernel_name} has no classes: {kernel_name}.shape={w.shape}.")
     y = cm.as_int_array(labels, "labels")
     if y.shape != h.shape[:1]:
         raise ValueError(
-            f"labels must have shape [N] = ({h.shape[0]},), one class id per row of hidden; "
-            f"got labels.shape={y.shape} for hidden.shape={h.shape}."
+            f"labels must have shape [N] = ({h.shape[0]},), one class id per row of "
+            f"{hidden_name}; got labels.shape={y.shape} for {hidden_name}.shape={h.shape}."
         )
     b = None
     if bias is not None:
@@ -1020,3 +1023,281 @@ def fused_linear_log_probs(
     chunk = _default_chunk(n, v) if chunk is None else min(chunk, max(n, 1))
     out = _log_probs(h, w, b, jnp.clip(y, 0, v - 1), _LogProbOpts(t, cap, chunk, return_entropy))
     return (out[0], out[1]) if return_entropy else out[0]
+
+
+# --------------------------------------------------------------------------
+# Fused distillation
+# --------------------------------------------------------------------------
+
+_DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
+
+
+class _DistillOpts(NamedTuple):
+    kind: str  # "forward_kl", "reverse_kl" or "jsd" (0 < beta < 1)
+    beta: float
+    temperature: float
+    reduction: str
+    chunk: int
+
+
+def _log_softmax_rows(x: Array) -> Array:
+    """``log_softmax`` of ``[c, V]`` logits from the core's block statistics
+    (``-inf`` columns stay ``-inf``; a row without a finite logit gives ``-inf``)."""
+    block = sm.block_stats(x, None, None, None, dense=False, gscale=1.0)
+    some = block.total > 0
+    log_sum = jnp.log(jnp.where(some, block.total, 1.0))
+    return jnp.where(some[:, None], (x - block.shift[:, None]) - log_sum[:, None], sm.NEG_INF)
+
+
+def _plogq(lp: Array, diff: Array) -> Array:
+    """``sum_c e^lp_c diff_c`` over the classes, with ``0 log 0 = 0``."""
+    return jnp.sum(jnp.where(lp != sm.NEG_INF, jnp.exp(lp) * diff, 0.0), axis=-1)
+
+
+def _divergence_rows(ls: Array, lt: Array, opts: _DistillOpts) -> tuple[Array, Array]:
+    """Per-row divergence between the student's (``ls``) and the teacher's (``lt``)
+    log-probabilities, and its derivative w.r.t. the student's tempered logits.
+
+    With ``p = e^ls``, ``q = e^lt``, ``m = beta q + (1 - beta) p``:
+    forward KL ``sum q (lt - ls)``, gradient ``p - q``; reverse KL
+    ``K = sum p (ls - lt)``, gradient ``p (ls - lt - K)``; generalised JSD
+    ``beta KL(q || m) + (1 - beta) KL(p || m)``, gradient
+    ``(1 - beta) p (ls - lm - sum p (ls - lm))``.
+    """
+    p = jnp.exp(ls)
+    if opts.kind == "forward_kl":
+        loss = _plogq(lt, jnp.where(lt != sm.NEG_INF, lt - ls, 0.0))
+        return loss, p - jnp.exp(lt)
+    if opts.kind == "reverse_kl":
+        d = jnp.where(ls != sm.NEG_INF, ls - lt, 0.0)
+        loss = _plogq(ls, d)
+        return loss, p * (d - loss[:, None])
+    b = opts.beta
+    # log m as a logaddexp of log-probabilities (no probability formed from a tiny one)
+    some = (lt != sm.NEG_INF) | (ls != sm.NEG_INF)
+    lm = jnp.logaddexp(
+        jnp.where(some, lt, 0.0) + math.log(b), jnp.where(some, ls, 0.0) + math.log1p(-b)
+    )
+    ds = jnp.where(ls != sm.NEG_INF, ls - lm, 0.0)
+    dt = jnp.where(lt != sm.NEG_INF, lt - lm, 0.0)
+    ks = _plogq(ls, ds)
+    loss = b * _plogq(lt, dt) + (1.0 - b) * ks
+    return loss, (1.0 - b) * p * (ds - ks[:, None])
+
+
+def _distill_chunk(hs_c, ws, bs, ht_c, wt, bt, act_c, opts: _DistillOpts):
+    """One chunk's per-row divergence (0 on rows that do not count) and
+    ``dloss/dlogits`` of the student's untempered logits ``[chunk, V]``."""
+    dtype = cm.compute_dtype(hs_c, ws)
+    s = (_dot(hs_c, ws, (1, 0), dtype) + _bias(bs, dtype)) / opts.temperature
+    t_dtype = cm.compute_dtype(ht_c, wt)
+    t = (_dot(ht_c, wt, (1, 0), t_dtype) + _bias(bt, t_dtype)) / opts.temperature
+    loss, g = _divergence_rows(_log_softmax_rows(s), _log_softmax_rows(t.astype(dtype)), opts)
+    loss = jnp.where(act_c, loss, jnp.zeros_like(loss))
+    return loss, jnp.where(act_c[:, None], g / opts.temperature, 0.0)
+
+
+def _distill_chunks(hs, ht, act, opts: _DistillOpts):
+    n = hs.shape[0]
+    ch = partial(_chunk_rows, chunk=opts.chunk, num_chunks=-(-n // opts.chunk))
+    return ch(hs), ch(ht), ch(act, fill=False)
+
+
+def _distill_forward(want, hs, ws, bs, ht, wt, bt, act, opts: _DistillOpts):
+    """``((value, divisor), residuals)``: with ``reduction="mean"``/``"sum"`` the
+    gradients of the student's operands are formed chunk by chunk in the same
+    pass (the ``"fused"`` strategy of the cross-entropy); with ``"none"`` the
+    tangent recomputes each chunk (``"recompute"``)."""
+    n, dtype = hs.shape[0], cm.compute_dtype(hs, ws)
+    red = cm.Reduction(opts.reduction)
+    grads = (0 in want, 1 in want, 2 in want and bs is not None)
+    grads = grads if opts.reduction != "none" else (False,) * 3
+    g_w0 = jnp.zeros(ws.shape, dtype) if grads[1] else None
+    g_b0 = jnp.zeros(ws.shape[1:], dtype) if grads[2] else None
+
+    def body(carry, xs):
+        hs_c, ht_c, act_c = xs
+        ws_, bs_ = _pin(ws, bs, hs_c)
+        wt_, bt_ = _pin(wt, bt, ht_c)
+        loss, g = _distill_chunk(hs_c, ws_, bs_, ht_c, wt_, bt_, act_c, opts)
+        g_w, g_b = carry
+        out = {"loss": loss}
+        if grads[0]:
+            out["h"] = _dot(g, ws_.astype(dtype), (1, 1), dtype)  # g @ W.T
+        if grads[1]:
+            g_w = g_w + _dot(hs_c.astype(dtype), g, (0, 0), dtype)  # h.T @ g
+        if grads[2]:
+            g_b = g_b + jnp.sum(g, axis=0)
+        return (g_w, g_b), out
+
+    (g_w, g_b), out = lax.scan(body, (g_w0, g_b0), _distill_chunks(hs, ht, act, opts))
+    loss = _unchunk(out["loss"], n)
+    share = act.astype(dtype)
+    scale = red.scale(share, n, dtype)
+    value = (red(loss, share), share if opts.reduction == "none" else red.divisor(share, n, dtype))
+    if not any(grads):
+        return value, _Res(None, None, scale)
+    g = (_unchunk(out["h"], n) if grads[0] else None, g_w, g_b)
+    return value, _Res(tuple(None if x is None else x * scale for x in g), None, scale)
+
+
+def _distill_tangent(argnum: int):
+    """Tangent along the student's ``hidden`` (0), ``kernel`` (1) or ``bias`` (2)."""
+
+    def tangent(res: _Res, args, d):
+        hs, ws, bs, ht, wt, bt, act, opts = args
+        dtype = cm.compute_dtype(hs, ws)
+        if res.grads is not None:
+            t = jnp.sum(res.grads[argnum] * d.astype(dtype))
+            return t, jnp.zeros_like(t)
+        n = hs.shape[0]
+        dlogits = partial(_dlogits, argnum=argnum, w=ws, d=d, dtype=dtype)
+
+        @jax.checkpoint
+        def body(_, xs):
+            hs_c, ht_c, act_c, d_c = xs
+            _, g = _distill_chunk(hs_c, ws, bs, ht_c, wt, bt, act_c, opts)
+            return None, jnp.sum(g * dlogits(hs_c, d_c), axis=-1)
+
+        chunks = (*_distill_chunks(hs, ht, act, opts), _chunk_d(d, argnum, opts, n))
+        t = _unchunk(lax.scan(body, None, chunks)[1], n)
+        t = t if opts.reduction == "none" else jnp.sum(t) * res.scale
+        return t, jnp.zeros_like(t)
+
+    return tangent
+
+
+_distill = cm.linear_rule(
+    _distill_forward,
+    {i: _distill_tangent(i) for i in range(3)},
+    static_argnums=(7,),
+    pass_want=True,
+)
+
+
+def fused_linear_distillation_loss(
+    student_hidden: ArrayLike,
+    student_kernel: ArrayLike,
+    teacher_hidden: ArrayLike,
+    teacher_kernel: ArrayLike,
+    *,
+    labels: ArrayLike | None = None,
+    ignore_index: int | None = None,
+    divergence: str = "forward_kl",
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    student_bias: ArrayLike | None = None,
+    teacher_bias: ArrayLike | None = None,
+    reduction: str = "mean",
+    chunk_size: int | None = None,
+) -> Array:
+    r"""Distillation divergence between a student's and a teacher's ``hidden @ kernel``
+    without either ``[N, V]`` logits matrix.
+
+    With the tempered softmaxes :math:`p = \mathrm{softmax}((h_s W_s + b_s) / T)`
+    (student) and :math:`q = \mathrm{softmax}((h_t W_t + b_t) / T)` (teacher),
+    per token:
+
+    .. math::
+        \text{forward\_kl: } \mathrm{KL}(q \,\|\, p), \qquad
+        \text{reverse\_kl: } \mathrm{KL}(p \,\|\, q), \qquad
+        \text{jsd: } \beta\,\mathrm{KL}(q \,\|\, m) + (1-\beta)\,\mathrm{KL}(p \,\|\, m),
+        \; m = \beta q + (1-\beta) p
+
+    The generalised JSD is :func:`jensen_shannon_divergence`'s (TRL's
+    ``generalized_jsd_loss``, Liger-Kernel's ``LigerFusedLinearJSD``):
+    ``beta=0`` gives the forward and ``beta=1`` the reverse KL. Rows are
+    processed ``chunk_size`` tokens at a time; the gradient with respect to
+    the student's logits (``p - q`` for the forward KL,
+    ``p (log p - log q - KL)`` for the reverse, ``(1-beta) p (log(p/m) -
+    KL(p||m))`` for the JSD, over ``T``) is formed while a chunk's logits are
+    in memory, and with ``reduction="mean"``/``"sum"`` the student's gradients
+    are accumulated in the same pass (four ``N x D x V`` matmuls in all: two
+    for the logits, two for the gradients). The teacher is a constant
+    (``stop_gradient``); gradients flow to ``student_hidden``,
+    ``student_kernel`` and ``student_bias``, in forward and reverse mode.
+
+    Args:
+      student_hidden: ``[N, D_s]`` student features.
+      student_kernel: ``[D_s, V]`` student output projection (Flax ``Dense``
+        layout).
+      teacher_hidden: ``[N, D_t]`` teacher features for the same tokens.
+      teacher_kernel: ``[D_t, V]`` teacher output projection (same ``V``).
+      labels: optional ``[N]`` integer labels, used only to mask tokens: rows
+        whose label equals ``ignore_index`` give 0 and do not count.
+      ignore_index: the label value of masked tokens (e.g. ``-100``).
+      divergence: ``"forward_kl"`` (default), ``"reverse_kl"`` or ``"jsd"``.
+      beta: :math:`\beta \in [0, 1]` of the generalised JSD (a Python number;
+        ignored by the two KL divergences).
+      temperature: :math:`T > 0` dividing both logits (a Python number). As in
+        TRL and Liger-Kernel, the divergence is not multiplied by :math:`T^2`.
+      student_bias: optional ``[V]`` bias of the student.
+      teacher_bias: optional ``[V]`` bias of the teacher.
+      reduction: ``"mean"`` (default: over counted tokens, TRL's
+        ``batchmean`` with labels), ``"sum"`` or ``"none"`` (``[N]``).
+      chunk_size: rows per chunk; ``None`` picks one whose student and teacher
+        float32 logits take at most ``min(64 MiB, N*V*4/32)`` bytes each.
+
+    Returns:
+      The divergence: float32 for bf16/f16 inputs, a scalar unless
+      ``reduction="none"``.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> h = jnp.array([[1.0, 0.0], [0.0, 2.0]], jnp.float32)
+      >>> w = jnp.array([[2.0, 0.0, -1.0], [0.0, 0.5, 0.0]], jnp.float32)
+      >>> float(jaxloss.fused_linear_distillation_loss(h, w, h, w))
+      0.0
+      >>> # KL(softmax([1, 0, -0.5]) || softmax([2, 0, -1])) = 0.14707 (float64 by hand)
+      >>> jaxloss.fused_linear_distillation_loss(h, w, h, 0.5 * w, reduction="none")
+      Array([0.14706..., 0.03113...], dtype=float32)
+
+    Note:
+      Equal (to float rounding) to :func:`kl_divergence_with_log_targets`
+      (forward KL), or :func:`jensen_shannon_divergence` with ``beta`` (and
+      0/1 for the KL directions) on the materialised
+      ``log_softmax(logits / T)`` of both models. ``-inf`` bias columns are
+      allowed (``0 log 0 = 0``); a class that only one side can produce gives
+      ``inf`` for the KL direction that needs it, the true value.
+
+    References:
+      Hinton et al., "Distilling the Knowledge in a Neural Network" (2015);
+      Agarwal et al., "On-Policy Distillation of Language Models" (GKD, ICLR
+      2024); TRL ``GKDTrainer.generalized_jsd_loss``; Liger-Kernel
+      ``LigerFusedLinearJSD``.
+    """
+    y = labels
+    if y is None:
+        y = jnp.zeros(jnp.shape(student_hidden)[:1], jnp.int32)
+    hs, ws, y, bs, chunk = _prepare_fused(
+        student_hidden, student_kernel, y, student_bias, chunk_size,
+        "student_kernel", "student_bias", "student_hidden",
+    )  # fmt: skip
+    ht, wt, _, bt, _ = _prepare_fused(
+        teacher_hidden, teacher_kernel, jnp.zeros(jnp.shape(teacher_hidden)[:1], jnp.int32),
+        teacher_bias, None, "teacher_kernel", "teacher_bias", "teacher_hidden",
+    )  # fmt: skip
+    n, v = hs.shape[0], ws.shape[1]
+    if ht.shape[0] != n or wt.shape[1] != v:
+        raise ValueError(
+            "the teacher must score the student's tokens over the same vocabulary: "
+            f"teacher_hidden.shape[0] = {ht.shape[0]} and teacher_kernel.shape[1] = "
+            f"{wt.shape[1]} must equal student_hidden.shape[0] = {n} and "
+            f"student_kernel.shape[1] = {v}."
+        )
+    if divergence not in _DIVERGENCES:
+        raise ValueError(f"divergence must be one of {_DIVERGENCES}; got {divergence!r}.")
+    b = cm.static_float(beta, "beta", low=0.0, high=1.0)
+    t = cm.static_float(temperature, "temperature", low=0.0, low_open=True)
+    kind = divergence
+    if kind == "jsd" and b in (0.0, 1.0):
+        kind = "forward_kl" if b == 0.0 else "reverse_kl"
+    red = cm.Reduction.of(reduction)
+    if chunk is None:
+        chunk = max(_default_chunk(n, v) // 4, 1)
+    opts = _DistillOpts(kind, b, t, red.kind, min(chunk, max(n, 1)))
+    act = jnp.ones((n,), jnp.bool_)
+    if ignore_index is not None and labels is not None:
+        act = y != cm.static_int(ignore_index, "ignore_index")
+    ht, wt, bt = (None if a is None else lax.stop_gradient(a) for a in (ht, wt, bt))
+    return _distill(hs, ws, bs, ht, wt, bt, act, opts)[0]

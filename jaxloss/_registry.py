@@ -1789,6 +1789,68 @@ def _build_log_probs(regime, rng):
     return Inputs((h, k, _int(y)), kw, (0, 1, "bias"), order=1 if regime == "large" else 2)
 
 
+# Fused distillation
+
+
+def _distill_ref(
+    student_hidden, student_kernel, teacher_hidden, teacher_kernel, *, labels=None,
+    ignore_index=None, divergence="forward_kl", beta=0.5, temperature=1.0, student_bias=None,
+    teacher_bias=None, reduction="mean", chunk_size=None,
+):  # fmt: skip
+    """TRL's ``GKDTrainer.generalized_jsd_loss`` on the materialised logits: both
+    divided by ``temperature``; ``beta=0`` the forward ``KL(teacher || student)``,
+    ``beta=1`` the reverse, else ``beta KL(t || m) + (1 - beta) KL(s || m)`` with
+    ``m = beta t + (1 - beta) s``; tokens labelled ``ignore_index`` left out;
+    ``"mean"`` divides by the counted tokens."""
+    del chunk_size
+
+    def logits(h, w, b):
+        return (h @ w if b is None else h @ w + b[None, :]) / temperature
+
+    ls = jax.nn.log_softmax(logits(student_hidden, student_kernel, student_bias))
+    lt = jax.nn.log_softmax(logits(teacher_hidden, teacher_kernel, teacher_bias))
+    lt = jax.lax.stop_gradient(lt)
+    b = {"forward_kl": 0.0, "reverse_kl": 1.0}.get(divergence, beta)
+
+    def kl(la, lb):  # KL(a || b), 0 log 0 = 0
+        return jnp.sum(jnp.where(la == -jnp.inf, 0.0, jnp.exp(la) * (la - lb)), axis=-1)
+
+    if b == 0.0:
+        rows = kl(lt, ls)
+    elif b == 1.0:
+        rows = kl(ls, lt)
+    else:
+        lm = jnp.logaddexp(lt + jnp.log(b), ls + jnp.log1p(-b))
+        rows = b * kl(lt, lm) + (1.0 - b) * kl(ls, lm)
+    counted = jnp.ones(rows.shape, bool)
+    if labels is not None and ignore_index is not None:
+        counted = labels != ignore_index
+    rows = jnp.where(counted, rows, 0.0)
+    return _reduce(rows, reduction, jnp.sum(counted).astype(rows.dtype))
+
+
+def _build_distill(regime, rng):
+    h, k, b, y = _fused_rows(rng, regime)
+    ht = _f32(rng.normal(0, 1, (4, 5)))
+    kt = _f32(rng.normal(0, 3.0 if regime == "large" else 1.0, (5, 6)))
+    diff = (0, 1, "student_bias")
+    kw = {"student_bias": b, "teacher_bias": _f32(rng.normal(0, 1, (6,))), "chunk_size": 3}
+    if regime == "masked":
+        y[1] = -100
+        kw |= {"labels": _int(y), "ignore_index": -100, "divergence": "reverse_kl"}
+        return Inputs((h, k, ht, kt), kw | {"reduction": "none"}, diff, order=1)
+    if regime == "small":
+        kw |= {"divergence": "jsd", "beta": 0.3, "temperature": 1.5}
+    return Inputs((h, k, ht, kt), kw, diff, order=1 if regime == "large" else 2)
+
+
+def _bench_distill(rows, cols, rng, dtype, hidden=64):
+    """A student and a teacher ``hidden [rows, 64]``, ``kernel [64, cols]``."""
+    h, k, _ = _bench_fused(rows, cols, rng, dtype, hidden)
+    ht, kt, _ = _bench_fused(rows, cols, rng, dtype, hidden)
+    return h, k, ht, kt
+
+
 # --------------------------------------------------------------------------
 # The table
 # --------------------------------------------------------------------------
@@ -2035,6 +2097,12 @@ REGISTRY: tuple[LossSpec, ...] = (
              " return_entropy=False, chunk_size=None)",
              # per-token outputs without a reduction: outside the generic data-parallel check
              _log_probs_ref, _build_log_probs, _bench_fused, batch=False),
+    LossSpec("fused_linear_distillation_loss", "_large_vocab",
+             "(student_hidden, student_kernel, teacher_hidden, teacher_kernel, *, labels=None,"
+             " ignore_index=None, divergence='forward_kl', beta=0.5, temperature=1.0,"
+             " student_bias=None, teacher_bias=None, reduction='mean', chunk_size=None)",
+             # tokens split across devices would need the data-parallel path of the CE
+             _distill_ref, _build_distill, _bench_distill, batch=False),
 )  # fmt: skip
 """Every public loss, one row each."""
 

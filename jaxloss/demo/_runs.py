@@ -325,6 +325,41 @@ class PythonText(Task):
         return Metric("perplexity", ppl, ds.info["unigram_perplexity"], "unigram", False)
 
 
+class TextDistillation(PythonText):
+    """The character LM again, but a smaller student learns only from the trained
+    language model's next-character distribution (both ``hidden @ kernel`` products
+    are left to the fused distillation loss; neither logits matrix is formed)."""
+
+    name = "text_distillation"
+    data_label = "Python source, teacher LM"
+    teacher = "fused_linear_softmax_cross_entropy"
+    dim = 16  # a smaller student: half the width, half the hidden layer
+    dhidden = 64
+
+    def load(self, seed, runner):
+        ds = _data.python_text(self.context)
+        spec = SPECS_BY_NAME[self.teacher]
+        teacher, task = runner.trained_model(spec), TASKS[spec.task]
+        h = runner.predict(
+            lambda m, b: task.forward(m, b), teacher, self._windows(ds.train["tokens"])
+        )
+        test = task.predict_test(spec, teacher, ds, runner)
+        info = dict(
+            ds.info,
+            teacher_kernel=np.asarray(teacher.kernel),
+            teacher_bias=np.asarray(teacher.output_bias),
+            teacher_perplexity=float(np.exp(np.mean(test["nll"]))),
+        )
+        return _data.Dataset(self.name, dict(ds.train, teacher_h=h), ds.test, info)
+
+    def batch(self, data, idx):
+        return super().batch(data, idx) | {"teacher_h": data["teacher_h"][idx]}
+
+    def evaluate(self, spec, pred, ds):
+        m = super().evaluate(spec, pred, ds)
+        return dataclasses.replace(m, extras={"teacher_perplexity": ds.info["teacher_perplexity"]})
+
+
 class Preference(Digits):
     """Digits as preference pairs: chosen = the true class, rejected = a random other class.
 
@@ -473,6 +508,7 @@ TASKS: dict[str, Task] = {
         DiabetesPercent(),
         Distillation(),
         PythonText(),
+        TextDistillation(),
         Embedding(),
         Sequences(),
         Preference(),
@@ -848,6 +884,19 @@ def _lm_log_probs(h, b, p, e):
     return -jnp.mean(logp) - _ENTROPY_BONUS * jnp.mean(entropy)
 
 
+_TEXT_T = 2.0  # temperature of the text distillation
+
+
+def _text_distillation(h, b, p, e):
+    """The generalised JSD between the student's and the teacher's next-character
+    distributions, from both models' hidden states and output kernels."""
+    return _lib("fused_linear_distillation_loss")(
+        h, p[0], b["teacher_h"], jnp.asarray(e.info["teacher_kernel"]),
+        student_bias=p[1], teacher_bias=jnp.asarray(e.info["teacher_bias"]),
+        divergence="jsd", beta=0.5, temperature=_TEXT_T,
+    )  # fmt: skip
+
+
 SPECS: tuple[Spec, ...] = (
     # --- digits: multiclass, integer labels -------------------------------
     _digits_spec(
@@ -1041,6 +1090,14 @@ SPECS: tuple[Spec, ...] = (
         "python_text",
         f"-mean log p(next), entropy bonus {_ENTROPY_BONUS:g}",
         _lm_log_probs,
+        params=_lm_params,
+        lm={"tied": True},
+    ),
+    Spec(
+        "fused_linear_distillation_loss",
+        "text_distillation",
+        f"smaller student, jsd beta=0.5, T={_TEXT_T:g}",
+        _text_distillation,
         params=_lm_params,
         lm={"tied": True},
     ),
