@@ -500,7 +500,10 @@ def _custom_jvp(forward, tangents, static_argnums, pass_want):
         return out, total
 
     fn.defjvp(rule, symbolic_zeros=True)
-    return fn
+    # One compiled computation per shape and options: an eager call (or an eager
+    # jax.grad of one) compiles the rule once instead of dispatching its primitives
+    # one by one; inside an outer jit the inner one is inlined.
+    return jax.jit(fn, static_argnums=static)
 
 
 # --------------------------------------------------------------------------

@@ -161,6 +161,15 @@ class _Opts(NamedTuple):
     num_classes: int  # global V
     axis_name: Any  # None: unsharded
     strategy: str  # "fused" or "recompute"
+    temperature: float = 1.0
+    aux: bool = False  # also each row's logsumexp and argmax (return_aux)
+
+
+class _Cols(NamedTuple):
+    """Per-class vectors ``[V_local]`` of the fused loss."""
+
+    bias: Array | None
+    weight: Array | None  # class weights (PyTorch's ``weight``)
 
 
 class _Tokens(NamedTuple):
@@ -170,6 +179,7 @@ class _Tokens(NamedTuple):
     active: Array  # bool: the row counts (not ignore_index)
     bad: Array  # bool: counted row with an out-of-range label
     weight: Array | None  # per-token weights (sample_weight), 0 on padding rows
+    class_weight: Array | None  # the label's class weight w[y]
 
 
 class _Res(NamedTuple):
@@ -180,7 +190,7 @@ class _Res(NamedTuple):
     scale: Array  # the reduction's gradient scale (1 / divisor for the mean)
 
 
-def _setup(h, w, y, sw, opts: _Opts):
+def _setup(h, w, y, sw, cw, opts: _Opts):
     n = h.shape[0]
     dtype = cm.compute_dtype(h, w)
     num_chunks = -(-n // opts.chunk)
@@ -192,19 +202,25 @@ def _setup(h, w, y, sw, opts: _Opts):
     y_local = y - jnp.asarray(offset, y.dtype)
     ch = partial(_chunk_rows, chunk=opts.chunk, num_chunks=num_chunks)
     wt = None if sw is None else ch(sw.astype(dtype))
-    toks = _Tokens(ch(y_local), ch(info.active, fill=False), ch(info.bad, fill=False), wt)
+    cw_y = None if cw is None else ch(cm.take_per_row(cw.astype(dtype), info.safe))
+    toks = _Tokens(ch(y_local), ch(info.active, fill=False), ch(info.bad, fill=False), wt, cw_y)
     return n, dtype, toks, _chunk_rows(h, opts.chunk, num_chunks)
 
 
-def _finish(block: sm.Block, act, bad, wt, opts: _Opts):
+def _finish(block: sm.Block, t: _Tokens, opts: _Opts):
     """Loss, divisor share and :class:`~jaxloss._softmax.Rows` of a set of rows.
 
-    A token weight ``wt`` scales the whole row: its loss, its share of the mean's
-    divisor and the coefficients ``qy, e, A`` (each term of the loss is linear in
-    them), so ``g`` comes out scaled too.
+    The label's class weight ``w[y]`` enters the core as PyTorch weighs a row
+    (its CE term, its z-loss and its share of the divisor). A token weight
+    ``wt`` scales the whole row: its loss, its share of the mean's divisor and
+    the coefficients ``qy, e, A`` (each term of the loss is linear in them), so
+    ``g`` comes out scaled too.
     """
+    act, bad, wt = t.active, t.bad, t.weight
     info = sm.Labels(None, act, bad)
     w_y = act.astype(block.shift.dtype)
+    if t.class_weight is not None:
+        w_y = w_y * t.class_weight
     gscale = sm.gap_scale(opts.num_classes)
     loss, share, rows = sm.finish_labels(block, info, w_y, eps=opts.eps, z=opts.z, gscale=gscale)
     if wt is None:
@@ -214,7 +230,8 @@ def _finish(block: sm.Block, act, bad, wt, opts: _Opts):
 
 
 def _pin(w, b, h_c):
-    """``(w, b)`` tied to the current chunk by an optimization barrier.
+    """``(w, b)`` tied to the current chunk by an optimization barrier (``b`` may
+    be a tuple of per-class vectors).
 
     Without it XLA (jax 0.10.2) hoists the tile slices of W, loop-invariant in
     the chunk loop, out of the loop and keeps a tiled copy of the whole kernel
@@ -263,43 +280,73 @@ def _tile_owned(start, first, tile: int, v: int, y_c):
     return cols >= first, jnp.where(y_c >= first, y_loc, -jnp.ones_like(y_loc))
 
 
-def _tile(h_c, w, b, y_c, i, tile, dtype, opts: _Opts):
-    """Tile ``i``'s (soft-capped) logits ``[chunk, tile]``, its kernel columns, its
-    own-column mask, the label's column in it and its first column."""
+class _TileView(NamedTuple):
+    s: Array  # the tile's tempered, soft-capped logits [chunk, tile]
+    w_t: Array  # its kernel columns [D, tile]
+    valid: Array | None  # its own columns [1, tile] (None: a single tile)
+    y_loc: Array  # the label's column in it (outside [0, tile): another tile's)
+    start: Any  # its first column read
+    weight: Array | None  # its class weights [tile]
+
+
+def _scores(x: Array, opts) -> Array:
+    """Logits divided by the temperature, then soft-capped."""
+    return sm.softcap(x / opts.temperature if opts.temperature != 1.0 else x, opts.cap)
+
+
+def _tile(h_c, w, cols: _Cols, y_c, i, tile, dtype, opts: _Opts) -> _TileView:
+    """Tile ``i`` of a chunk's logits, with the columns it reads."""
     v = w.shape[1]
     first, start = _tile_start(i, tile, v)
     w_t = _slice_cols(w, start, tile, 1)
     x = _dot(h_c, w_t, (1, 0), dtype)
-    if b is not None:
-        x = x + _slice_cols(b, start, tile, 0).astype(dtype)[None, :]
+    if cols.bias is not None:
+        x = x + _slice_cols(cols.bias, start, tile, 0).astype(dtype)[None, :]
     valid, y_loc = _tile_owned(start, first, tile, v, y_c)
-    return sm.softcap(x, opts.cap), w_t, valid, y_loc, start
+    cw = None if cols.weight is None else _slice_cols(cols.weight, start, tile, 0)
+    return _TileView(_scores(x, opts), w_t, valid, y_loc, start, cw)
 
 
-def _chunk_stats(h_c, w, b, y_c, dtype, opts: _Opts, store: bool):
+def _chunk_stats(h_c, w, cols: _Cols, y_c, dtype, opts: _Opts, store: bool):
     """Block statistics of one chunk, merged tile by tile (an online logsumexp).
 
     With ``store`` the chunk's [chunk, V] logits are also written out (for the
     gradient pass that follows); otherwise only one [chunk, tile] tile exists.
+    Returns ``(block, logits or None, (max, argmax) or None)``: with ``opts.aux``
+    each row's largest logit and its first column are tracked too.
     """
     c, v = h_c.shape[0], w.shape[1]
     tile, tiles = _vocab_tiles(v, max(c, h_c.shape[1]))
     dense, gscale = opts.eps > 0.0, sm.gap_scale(opts.num_classes)
-    like = _match_varying(jnp.zeros((c,), dtype), h_c, w, b, y_c)
-    init = (sm.empty_block(like, dense), None)
+    like = _match_varying(jnp.zeros((c,), dtype), h_c, w, *cols, y_c)
+    init = (sm.empty_block(like, dense), None, None)
     if store:
-        init = (init[0], _match_varying(jnp.zeros((c, v), dtype), h_c, w, b, y_c))
+        init = (init[0], _match_varying(jnp.zeros((c, v), dtype), h_c, w, *cols, y_c), None)
+    if opts.aux:
+        init = (*init[:2], (jnp.full_like(like, sm.NEG_INF), jnp.zeros(like.shape, jnp.int32)))
 
     def step(i, carry):
-        block, s_all = carry
-        s, _, valid, y_loc, start = _tile(h_c, w, b, y_c, i, tile, dtype, opts)
-        part = sm.block_stats(s, valid, y_loc, None, dense=dense, gscale=gscale)
+        block, s_all, best = carry
+        t = _tile(h_c, w, cols, y_c, i, tile, dtype, opts)
+        part = sm.block_stats(t.s, t.valid, t.y_loc, t.weight, dense=dense, gscale=gscale)
         block = sm.merge_pair(block, part, gscale)
         if store:
-            s_all = s if tile == v else lax.dynamic_update_slice_in_dim(s_all, s, start, 1)
-        return block, s_all
+            s_all = t.s if tile == v else lax.dynamic_update_slice_in_dim(s_all, t.s, t.start, 1)
+        if best is not None:
+            best = _argmax_update(best, t)
+        return block, s_all, best
 
     return lax.fori_loop(0, tiles, step, init)
+
+
+def _argmax_update(best, t: _TileView):
+    """The running ``(max, argmax)`` of a row's logits after tile ``t`` (the first
+    column of the maximum, as ``jnp.argmax``: a later tile must be strictly larger)."""
+    s = t.s if t.valid is None else jnp.where(t.valid, t.s, sm.NEG_INF)
+    top = jnp.max(s, axis=-1)
+    col = jnp.argmax(s, axis=-1).astype(jnp.int32) + jnp.asarray(t.start, jnp.int32)
+    better = top > best[0]
+    return jnp.where(better, top, best[0]), jnp.where(better, col, best[1])
 
 
 def _add_cols(acc, part, start, tile: int, axis: int):
@@ -310,7 +357,7 @@ def _add_cols(acc, part, start, tile: int, axis: int):
     return lax.dynamic_update_slice_in_dim(acc, old + part, start, axis=axis)
 
 
-def _chunk_grads(h_c, w, b, y_c, rows_c, s_all, dtype, opts: _Opts, want, acc):
+def _chunk_grads(h_c, w, cols: _Cols, y_c, rows_c, s_all, dtype, opts: _Opts, want, acc):
     """Adds one chunk's gradient coefficients, tile by tile.
 
     ``g`` exists one [chunk, tile] tile at a time and is used by the two
@@ -327,44 +374,46 @@ def _chunk_grads(h_c, w, b, y_c, rows_c, s_all, dtype, opts: _Opts, want, acc):
 
     def step(i, acc):
         dh_c, g_w, g_b = acc
-        s, w_t, valid, y_loc, start = _tile(h_c, w, b, y_c, i, tile, dtype, opts)
-        if s_all is not None:
-            s = _slice_cols(s_all, start, tile, 1)
-        g = _tile_coefficient(s, valid, y_loc, rows_c, opts)
+        t = _tile(h_c, w, cols, y_c, i, tile, dtype, opts)
+        s = t.s if s_all is None else _slice_cols(s_all, t.start, tile, 1)
+        g = _tile_coefficient(s, t.valid, t.y_loc, t.weight, rows_c, opts)
         if want_h:
-            dh_c = dh_c + _dot(g, w_t.astype(dtype), (1, 1), dtype)  # g @ W_t.T: [chunk, D]
+            dh_c = dh_c + _dot(g, t.w_t.astype(dtype), (1, 1), dtype)  # g @ W_t.T: [chunk, D]
         if want_w:
-            g_w = _add_cols(g_w, _dot(h_wide, g, (0, 0), dtype), start, tile, 1)  # h_c.T @ g
+            g_w = _add_cols(g_w, _dot(h_wide, g, (0, 0), dtype), t.start, tile, 1)  # h_c.T @ g
         if want_b:
-            g_b = _add_cols(g_b, jnp.sum(g, axis=0), start, tile, 0)
+            g_b = _add_cols(g_b, jnp.sum(g, axis=0), t.start, tile, 0)
         return dh_c, g_w, g_b
 
-    dh0 = _match_varying(jnp.zeros((c, h_c.shape[1]), dtype), h_c, w, b, y_c, rows_c.a)
+    dh0 = _match_varying(jnp.zeros((c, h_c.shape[1]), dtype), h_c, w, *cols, y_c, rows_c.a)
     return lax.fori_loop(0, tiles, step, (dh0 if want_h else None, *acc))
 
 
-def _tile_coefficient(s, valid, y_loc, rows_c, opts: _Opts):
-    """dL/dlogits of one tile: ``softmax * A - q`` times the soft cap's slope."""
-    return sm.coefficient(s, valid, y_loc, None, rows_c, dense=opts.eps > 0.0, cap=opts.cap)
+def _tile_coefficient(s, valid, y_loc, cw, rows_c, opts: _Opts):
+    """dL/dlogits of one tile: ``softmax * A - q`` times the soft cap's slope, over
+    the temperature."""
+    g = sm.coefficient(s, valid, y_loc, cw, rows_c, dense=opts.eps > 0.0, cap=opts.cap)
+    return g if opts.temperature == 1.0 else g * (1.0 / opts.temperature)
 
 
-def _stats_pass(h_chunks, w, b, toks: _Tokens, dtype, n, opts: _Opts):
+def _stats_pass(h_chunks, w, cols: _Cols, toks: _Tokens, dtype, n, opts: _Opts):
     """Every row's block statistics, without gradients (one matmul, tile by tile),
     combined over the shards (one all-gather)."""
 
     def body(_, xs):
         h_c, y_c = xs
-        block, _ = _chunk_stats(h_c, *_pin(w, b, h_c), y_c, dtype, opts, store=False)
-        return None, block
+        block, _, best = _chunk_stats(h_c, *_pin(w, cols, h_c), y_c, dtype, opts, store=False)
+        return None, (block, None if best is None else best[1])
 
-    _, blocks = lax.scan(body, None, (h_chunks, toks.y))
-    block = jax.tree.map(lambda f: _unchunk(f, n), blocks)
+    _, (blocks, arg) = lax.scan(body, None, (h_chunks, toks.y))
+    block, arg = jax.tree.map(lambda f: _unchunk(f, n), (blocks, arg))
     if opts.axis_name is None:
-        return block
-    return sm.merge(sm.gather_blocks(block, opts.axis_name), sm.gap_scale(opts.num_classes))
+        return block, arg
+    block = sm.merge(sm.gather_blocks(block, opts.axis_name), sm.gap_scale(opts.num_classes))
+    return block, arg
 
 
-def _grad_pass(h_chunks, w, b, toks: _Tokens, dtype, n, opts: _Opts, want, rows=None):
+def _grad_pass(h_chunks, w, cols: _Cols, toks: _Tokens, dtype, n, opts: _Opts, want, rows=None):
     """Gradient coefficients chunk by chunk (and, without ``rows``, the loss).
 
     With ``rows=None`` (unsharded) each chunk first computes its rows' logits
@@ -373,29 +422,41 @@ def _grad_pass(h_chunks, w, b, toks: _Tokens, dtype, n, opts: _Opts, want, rows=
     the gradient pass recomputes each tile's logits and makes no loss.
     """
     want_h, want_w, want_b = want
-    refs = (h_chunks, w, b, toks.y)
+    refs = (h_chunks, w, *cols, toks.y)
     g_w0 = _match_varying(jnp.zeros(w.shape, dtype), *refs) if want_w else None
     g_b0 = _match_varying(jnp.zeros(w.shape[1:], dtype), *refs) if want_b else None
 
     def body(carry, xs):
-        h_c, y_c, act_c, bad_c, wt_c, rows_c = xs
-        w_, b_ = _pin(w, b, h_c)
+        h_c, t_c, rows_c = xs
+        w_, cols_ = _pin(w, cols, h_c)
         out, s_all = {}, None
         if rows_c is None:
-            block, s_all = _chunk_stats(h_c, w_, b_, y_c, dtype, opts, store=any(want))
-            out["loss"], out["share"], rows_c = _finish(block, act_c, bad_c, wt_c, opts)
+            block, s_all, best = _chunk_stats(h_c, w_, cols_, t_c.y, dtype, opts, any(want))
+            out["loss"], out["share"], rows_c = _finish(block, t_c, opts)
+            if best is not None:
+                out["lse"], out["arg"] = _block_lse(block), best[1]
         if any(want):
-            dh_c, *carry = _chunk_grads(h_c, w_, b_, y_c, rows_c, s_all, dtype, opts, want, carry)
+            dh_c, *carry = _chunk_grads(
+                h_c, w_, cols_, t_c.y, rows_c, s_all, dtype, opts, want, carry
+            )
             if want_h:
                 out["h"] = dh_c
         return tuple(carry), out
 
-    (g_w, g_b), out = lax.scan(body, (g_w0, g_b0), (h_chunks, *toks, rows))
+    (g_w, g_b), out = lax.scan(body, (g_w0, g_b0), (h_chunks, toks, rows))
     out = {k: _unchunk(v, n) for k, v in out.items()}
-    return out.get("loss"), out.get("share"), (out.get("h"), g_w, g_b)
+    aux = (out["lse"], out["arg"]) if "arg" in out else None
+    return out.get("loss"), out.get("share"), (out.get("h"), g_w, g_b), aux
 
 
-def _tangent_rows(h_chunks, w, b, toks: _Tokens, rows, d_chunks, dtype, n, opts: _Opts, dlogits):
+def _block_lse(block: sm.Block) -> Array:
+    """Each row's logsumexp (``-inf`` for a row without a valid class)."""
+    return block.shift + jnp.log(block.total)
+
+
+def _tangent_rows(
+    h_chunks, w, cols: _Cols, toks: _Tokens, rows, d_chunks, dtype, n, opts: _Opts, dlogits
+):
     """Per-row tangent ``sum_v g dlogits`` with logits recomputed chunk by chunk.
 
     ``dlogits(h_c, dh_c)`` is the chunk's logits tangent (linear in the input
@@ -405,12 +466,12 @@ def _tangent_rows(h_chunks, w, b, toks: _Tokens, rows, d_chunks, dtype, n, opts:
 
     @jax.checkpoint
     def body(_, xs):
-        h_c, y_c, _, _, _, rows_c, d_c = xs
-        s = sm.softcap(_dot(h_c, w, (1, 0), dtype) + _bias(b, dtype), opts.cap)
-        g = _tile_coefficient(s, None, y_c, rows_c, opts)
+        h_c, t_c, rows_c, d_c = xs
+        s = _scores(_dot(h_c, w, (1, 0), dtype) + _bias(cols.bias, dtype), opts)
+        g = _tile_coefficient(s, None, t_c.y, cols.weight, rows_c, opts)
         return None, jnp.sum(g * dlogits(h_c, d_c), axis=-1)
 
-    _, t = lax.scan(body, None, (h_chunks, *toks, rows, d_chunks))
+    _, t = lax.scan(body, None, (h_chunks, toks, rows, d_chunks))
     t = _unchunk(t, n)
     return t if opts.axis_name is None else lax.psum(t, opts.axis_name)
 
@@ -419,29 +480,31 @@ def _bias(b, dtype):
     return 0.0 if b is None else b.astype(dtype)[None, :]
 
 
-def _fused_forward(want, h, w, b, y, sw, opts: _Opts):
+def _fused_forward(want, h, w, b, y, sw, cw, opts: _Opts):
     """``((value, divisor), residuals)``; see the module docstring for the strategies."""
-    n, dtype, toks, h_chunks = _setup(h, w, y, sw, opts)
+    n, dtype, toks, h_chunks = _setup(h, w, y, sw, cw, opts)
+    cols = _Cols(b, cw)
     red = cm.Reduction(opts.reduction)
     want3 = (0 in want, 1 in want, 2 in want and b is not None)
     fused = opts.strategy == "fused" and (opts.reduction != "none" or not any(want3[1:]))
     grads = want3 if fused else (False,) * 3
     if opts.axis_name is None and (fused or not any(want3)):
-        loss, share, g = _grad_pass(h_chunks, w, b, toks, dtype, n, opts, grads)
+        loss, share, g, aux = _grad_pass(h_chunks, w, cols, toks, dtype, n, opts, grads)
         rows = None
     else:
-        block = _stats_pass(h_chunks, w, b, toks, dtype, n, opts)
-        act, bad = (_unchunk(f, n) for f in (toks.active, toks.bad))
-        wt = None if toks.weight is None else _unchunk(toks.weight, n)
-        loss, share, rows = _finish(block, act, bad, wt, opts)
+        block, arg = _stats_pass(h_chunks, w, cols, toks, dtype, n, opts)
+        aux = None if arg is None else (_block_lse(block), arg)
+        loss, share, rows = _finish(block, jax.tree.map(lambda f: _unchunk(f, n), toks), opts)
         rows = jax.tree.map(lambda f: _chunk_rows(f, opts.chunk, h_chunks.shape[0]), rows)
         g = (None,) * 3
         if any(grads):
-            g = _grad_pass(h_chunks, w, b, toks, dtype, n, opts, grads, rows)[2]
+            g = _grad_pass(h_chunks, w, cols, toks, dtype, n, opts, grads, rows)[2]  # fmt: skip
             if g[0] is not None:
                 g = (lax.psum(g[0], opts.axis_name), *g[1:])  # the one [N, D] all-reduce
     scale = red.scale(share, n, dtype)
     out = (red(loss, share), share if opts.reduction == "none" else red.divisor(share, n, dtype))
+    if aux is not None:  # (lse, argmax as a float: outputs of a custom_jvp are floats)
+        out = (*out, aux[0], aux[1].astype(dtype))
     if any(grads):
         return out, _Res(tuple(None if x is None else x * scale for x in g), None, scale)
     return out, _Res(None, rows, scale)
@@ -451,7 +514,7 @@ def _fused_tangent(argnum: int):
     """Tangent along ``hidden`` (0), ``kernel`` (1) or ``bias`` (2)."""
 
     def tangent(res: _Res, args, d):
-        h, w, b, y, sw, opts = args
+        h, w, b, y, sw, cw, opts = args
         dtype = cm.compute_dtype(h, w)
         per_row = opts.reduction == "none"
         if res.grads is not None:
@@ -462,12 +525,17 @@ def _fused_tangent(argnum: int):
                 t = jnp.sum(prod)
                 t = t if opts.axis_name is None else lax.psum(t, opts.axis_name)
         else:
-            n, dtype, toks, h_chunks = _setup(h, w, y, sw, opts)
+            n, dtype, toks, h_chunks = _setup(h, w, y, sw, cw, opts)
             dlogits = partial(_dlogits, argnum=argnum, w=w, d=d, dtype=dtype)
             d_chunks = _chunk_d(d, argnum, opts, n)
-            t = _tangent_rows(h_chunks, w, b, toks, res.rows, d_chunks, dtype, n, opts, dlogits)
+            cols = _Cols(b, cw)
+            t = _tangent_rows(h_chunks, w, cols, toks, res.rows, d_chunks, dtype, n, opts, dlogits)
             t = t if per_row else jnp.sum(t) * res.scale
-        return t, jnp.zeros_like(t if per_row else t.sum())
+        out = (t, jnp.zeros_like(t if per_row else t.sum()))
+        if opts.aux:  # the auxiliary outputs are constants (stop_gradient)
+            zero = jnp.zeros(h.shape[:1], dtype)
+            out = (*out, zero, zero)
+        return out
 
     return tangent
 
@@ -491,7 +559,7 @@ def _dlogits(h_c, d_c, argnum, w, d, dtype):
 _fused = cm.linear_rule(
     _fused_forward,
     {i: _fused_tangent(i) for i in range(3)},
-    static_argnums=(5,),
+    static_argnums=(6,),
     pass_want=True,
 )
 
@@ -626,11 +694,16 @@ def _normalized(loss: Array, norm) -> Array:
 
 
 def _fused_opts(options, reduction, n, v_local, v, chunk, axis_name=None):
-    """:class:`_Opts` of a call (``chunk=None`` picks one from the shapes)."""
-    o = cm.ce_options(*options)
+    """:class:`_Opts` of a call (``chunk=None`` picks one from the shapes);
+    ``options`` is ``(ignore_index, label_smoothing, z_loss, logit_softcap)``,
+    optionally followed by the temperature."""
+    o = cm.ce_options(*options[:4])
+    t = 1.0
+    if len(options) > 4:
+        t = cm.static_float(options[4], "temperature", low=0.0, low_open=True)
     red = cm.Reduction.of(reduction)
     chunk = _default_chunk(n, v_local) if chunk is None else min(chunk, max(n, 1))
-    return _Opts(o.ignore_index, o.eps, o.z, o.cap, red.kind, chunk, v, axis_name, "fused")
+    return _Opts(o.ignore_index, o.eps, o.z, o.cap, red.kind, chunk, v, axis_name, "fused", t)
 
 
 def fused_linear_softmax_cross_entropy(
@@ -639,15 +712,18 @@ def fused_linear_softmax_cross_entropy(
     labels: ArrayLike,
     *,
     bias: ArrayLike | None = None,
+    weight: ArrayLike | None = None,
     sample_weight: ArrayLike | None = None,
     normalizer: ArrayLike | None = None,
+    temperature: float = 1.0,
     ignore_index: int | None = None,
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     logit_softcap: float | None = None,
     reduction: str = "mean",
     chunk_size: int | None = None,
-) -> Array:
+    return_aux: bool = False,
+) -> Array | tuple[Array, FusedAux]:
     r"""Softmax cross-entropy of ``hidden @ kernel + bias`` without the ``[N, V]`` logits.
 
     Equal (to float rounding) to
@@ -672,14 +748,21 @@ def fused_linear_softmax_cross_entropy(
         embedding ``[V, D]`` passes ``embedding.T``).
       labels: ``[N]`` integer class ids.
       bias: optional ``[V]`` bias.
+      weight: optional ``[V]`` class weights, PyTorch's ``weight``: a row's
+        loss is scaled by its label's weight ``w[y]`` (the smoothing term by
+        each class's), and the mean divides by the summed ``w[y]`` of the
+        counted rows.
       sample_weight: optional ``[N]`` per-token weights: each row's loss is
         multiplied by its weight, and the mean divides by the summed weights
-        of the counted rows (a weight of 0 drops a padding token).
+        of the counted rows (a weight of 0 drops a padding token). With
+        ``weight`` too, a row weighs ``w[y] * sample_weight``.
       normalizer: optional scalar that replaces the mean's divisor (needs
         ``reduction="mean"``): e.g. the number (or summed weight) of counted
         tokens over all micro-batches of an accumulated step, so that the
         summed micro-batch gradients equal the full batch's. May be traced;
         0 gives 0.
+      temperature: :math:`T > 0` dividing the logits before the soft cap and
+        the softmax (a Python number).
       ignore_index: label value whose rows contribute 0 and do not count.
       label_smoothing: :math:`\varepsilon \in [0, 1]`, PyTorch semantics.
       z_loss: coefficient of PaLM's :math:`\mathrm{lse}^2` term.
@@ -689,10 +772,17 @@ def fused_linear_softmax_cross_entropy(
       chunk_size: rows per chunk. ``None`` picks one whose float32 logits take
         at most ``min(256 MiB, N*V*4/8)`` bytes; smaller saves memory, larger
         is slightly faster.
+      return_aux: also return a ``FusedAux`` computed in the same pass:
+        ``lse`` ``[N]`` (each token's logsumexp), ``z_loss`` (the z-term alone,
+        reduced like the loss), ``argmax`` ``[N]`` (int32) and ``accuracy``
+        (over the counted tokens: not ignored, a valid label, a nonzero
+        ``sample_weight``). They are constants for differentiation. Not
+        available with rows sharded over an explicit mesh.
 
     Returns:
       The loss: float32 for bf16/f16 inputs, a scalar unless
-      ``reduction="none"`` (then ``[N]``).
+      ``reduction="none"`` (then ``[N]``); with ``return_aux=True`` the pair
+      ``(loss, aux)``.
 
     Example:
       >>> import jax, jax.numpy as jnp, jaxloss
@@ -718,17 +808,57 @@ def fused_linear_softmax_cross_entropy(
       "Cut Your Losses in Large-Vocabulary Language Models" (2024).
     """
     h, w, y, b, chunk = _prepare_fused(hidden, kernel, labels, bias, chunk_size, "kernel", "bias")
-    options = (ignore_index, label_smoothing, z_loss, logit_softcap)
+    options = (ignore_index, label_smoothing, z_loss, logit_softcap, temperature)
     n, v = h.shape[0], w.shape[1]
     sw, norm, reduction = _token_weights(sample_weight, normalizer, reduction, n)
+    cw = cm.optional_vector(weight, "weight", v, "one weight per class (column of kernel)")
+    if not isinstance(return_aux, bool):
+        raise TypeError(f"return_aux must be a bool; got {return_aux!r}.")
     row_axes = _explicit_row_axes(h)
     if row_axes is not None:
+        if return_aux:
+            raise ValueError("return_aux=True is not supported with rows sharded over a mesh.")
         return _normalized(
-            _data_parallel(h, w, b, y, sw, row_axes, options, reduction, chunk), norm
+            _data_parallel(h, w, b, y, sw, cw, row_axes, options, reduction, chunk), norm
         )
-    opts = _fused_opts(options, reduction, n, v, v, chunk)
+    opts = _fused_opts(options, reduction, n, v, v, chunk)._replace(aux=return_aux)
     cm.check_labels_in_range(y, v, opts.ignore_index)
-    return _normalized(_fused(h, w, b, y, sw, opts)[0], norm)
+    out = _fused(h, w, b, y, sw, cw, opts)
+    loss = _normalized(out[0], norm)
+    return (loss, _aux(y, sw, cw, opts, out, norm)) if return_aux else loss
+
+
+class FusedAux(NamedTuple):
+    """Auxiliary outputs of :func:`fused_linear_softmax_cross_entropy` (``return_aux=True``),
+    all constants for differentiation (``stop_gradient``)."""
+
+    lse: Array  # [N] logsumexp of each token's (tempered, soft-capped) logits
+    z_loss: Array  # the z-loss term alone, reduced like the loss
+    argmax: Array  # [N] int32 predicted class (the first maximum)
+    accuracy: Array  # fraction of counted tokens whose argmax is the label
+
+
+def _aux(y, sw, cw, opts: _Opts, out, norm) -> FusedAux:
+    """:class:`FusedAux` from the rule's outputs ``(loss, divisor, lse, argmax)``."""
+    lse, arg = (lax.stop_gradient(a) for a in out[2:])
+    arg = arg.astype(jnp.int32)
+    info = sm.labels_info(y, opts.num_classes, opts.ignore_index)
+    counted = info.active & ~info.bad & jnp.isfinite(lse)
+    w_row = counted.astype(lse.dtype)
+    if cw is not None:
+        w_row = w_row * cm.take_per_row(cw.astype(lse.dtype), info.safe)
+    if sw is not None:
+        w_row = w_row * sw.astype(lse.dtype)
+        counted &= sw != 0
+    z_rows = jnp.where(counted, opts.z * w_row * lse * lse, jnp.zeros_like(lse))
+    z = z_rows if opts.reduction == "none" else jnp.sum(z_rows)
+    if opts.reduction == "mean" or norm is not None:
+        z = cm.safe_divide(
+            z, lax.stop_gradient(out[1]) if norm is None else jnp.asarray(norm, z.dtype)
+        )
+    hits = jnp.sum(counted & (arg == info.safe.astype(arg.dtype))).astype(lse.dtype)
+    accuracy = cm.safe_divide(hits, jnp.sum(counted).astype(lse.dtype))
+    return FusedAux(lse, z, arg, accuracy)
 
 
 def _explicit_row_axes(h):
@@ -741,7 +871,7 @@ def _explicit_row_axes(h):
     return spec[0]
 
 
-def _data_parallel(h, w, b, y, sw, row_axes, options, reduction, chunk):
+def _data_parallel(h, w, b, y, sw, cw, row_axes, options, reduction, chunk):
     """Rows sharded over a data-parallel mesh: each device runs the fused loss on
     its own rows (``shard_map``); per-device sums are added with one ``psum`` and
     the kernel's gradient is summed once, at the end, by the ``psum``'s transpose.
@@ -763,20 +893,21 @@ def _data_parallel(h, w, b, y, sw, row_axes, options, reduction, chunk):
 
     w = put(w, P())
     b = None if b is None else put(b, P())
+    cw = None if cw is None else put(cw, P())
     h, y = put(h, P(row_axes)), put(y, P(row_axes))
     sw = None if sw is None else put(sw, P(row_axes))
 
-    def local(h, w, b, y, sw):
-        out = _fused(h, w, b, y, sw, opts)
+    def local(h, w, b, y, sw, cw):
+        out = _fused(h, w, b, y, sw, cw, opts)
         return out if red.kind == "none" else lax.psum(out, axes)
 
     spec = P(row_axes) if red.kind == "none" else P()
     loss, divisor = jax.shard_map(
         local,
         mesh=mesh,
-        in_specs=(P(row_axes), P(), P(), P(row_axes), P(row_axes)),
+        in_specs=(P(row_axes), P(), P(), P(row_axes), P(row_axes), P()),
         out_specs=(spec, spec),
-    )(h, w, b, y, sw)
+    )(h, w, b, y, sw, cw)
     # the per-device sums (or per-row losses) and divisor shares, reduced once
     return loss if red.kind != "mean" else cm.safe_divide(loss, divisor)
 
@@ -839,7 +970,7 @@ def vocab_parallel_fused_linear_softmax_cross_entropy(
     sw, norm, reduction = _token_weights(sample_weight, normalizer, reduction, n)
     opts = _fused_opts(options, reduction, n, w.shape[1], v, chunk, axis_name)
     cm.check_labels_in_range(y, v, opts.ignore_index)
-    return _normalized(_fused(h, w, b, y, sw, opts)[0], norm)
+    return _normalized(_fused(h, w, b, y, sw, None, opts)[0], norm)
 
 
 def vocab_parallel_softmax_cross_entropy(
@@ -928,7 +1059,7 @@ def _chunk_log_probs(h_c, w, b, y_c, opts: _LogProbOpts):
     """``log p(y)`` (and the entropy) of one chunk's rows from the softmax core."""
     dtype = cm.compute_dtype(h_c, w)
     x = _dot(h_c, w, (1, 0), dtype) + _bias(b, dtype)
-    s = sm.softcap(x / opts.temperature if opts.temperature != 1.0 else x, opts.cap)
+    s = _scores(x, opts)
     block = sm.block_stats(s, None, y_c, None, dense=False, gscale=1.0)
     log_sum = jnp.log(block.total)
     # log p_y = s_y - lse = (s_y - S) - log_sum, exact near the maximum

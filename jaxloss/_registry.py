@@ -526,18 +526,23 @@ def _fused_ref(
     labels,
     *,
     bias=None,
+    weight=None,
     sample_weight=None,
     normalizer=None,
+    temperature=1.0,
     chunk_size=None,
     reduction="mean",
     **kw,
 ):
-    """:func:`_ce_int_ref` on the materialised logits ``hidden @ kernel + bias``;
+    """:func:`_ce_int_ref` (PyTorch's class ``weight`` included) on the
+    materialised logits ``(hidden @ kernel + bias) / temperature``;
     ``chunk_size`` changes only the schedule. ``sample_weight`` multiplies each
-    row's loss; the mean is ``sum(w loss) / sum(w counted)``, or
+    row's loss; the mean is ``sum(w loss) / sum(w w_y counted)``, or
     ``sum(w loss) / normalizer``."""
     del chunk_size
     logits = hidden @ kernel if bias is None else hidden @ kernel + bias[None, :]
+    logits = logits / temperature
+    kw["weight"] = weight
     if sample_weight is None and normalizer is None:
         return _ce_int_ref(logits, labels, reduction=reduction, **kw)
     rows = _ce_int_ref(logits, labels, reduction="none", **kw)
@@ -551,7 +556,8 @@ def _fused_ref(
         return total
     ignore = kw.get("ignore_index")
     counted = jnp.ones(labels.shape, bool) if ignore is None else labels != ignore
-    return total / jnp.sum(jnp.where(counted, sw, 0.0))
+    w_y = jnp.ones_like(sw) if weight is None else weight[jnp.where(counted, labels, 0)]
+    return total / jnp.sum(jnp.where(counted, sw * w_y, 0.0))
 
 
 def _vp_fused_ref(hidden, kernel_shard, labels, *, bias_shard=None, **kw):
@@ -785,7 +791,8 @@ def _build_fused(regime, rng):
         return Inputs((h, k, _int(y)), kw | {"sample_weight": sw}, diff, reference=False)
     kw = {"bias": b, "chunk_size": 2}
     if regime == "small":
-        kw |= {"label_smoothing": 0.1, "z_loss": 1e-3, "sample_weight": sw}
+        kw |= {"label_smoothing": 0.1, "z_loss": 1e-3, "sample_weight": sw, "temperature": 0.8}
+        kw["weight"] = _f32(rng.uniform(0.5, 2.0, k.shape[1]))  # class weights
     else:  # a micro-batch's share of a larger batch's mean
         kw |= {"normalizer": 3.0 * y.shape[0]}
     # second order: small (the "fused" strategy) and masked ("recompute")
@@ -1957,7 +1964,8 @@ REGISTRY: tuple[LossSpec, ...] = (
              None, _TORCH + "gaussian_nll_loss"),
     # large vocabularies
     LossSpec("fused_linear_softmax_cross_entropy", "_large_vocab",
-             f"(hidden, kernel, labels, *, bias=None, {_TOKEN_WEIGHTS}, {_FUSED_OPTIONS})",
+             f"(hidden, kernel, labels, *, bias=None, weight=None, {_TOKEN_WEIGHTS},"
+             f" temperature=1.0, {_FUSED_OPTIONS}, return_aux=False)",
              _fused_ref, _build_fused, _bench_fused,
              batch_options={"ignore_index": 0, "label_smoothing": 0.1}),
     LossSpec("vocab_parallel_softmax_cross_entropy", "_large_vocab",

@@ -25,6 +25,7 @@ def _spec(dtype=jnp.float32):
 
 
 def _temp_bytes(loss, *specs, argnums=0):
+    jax.clear_caches()  # the rules are jitted once: a patched helper needs a new trace
     f = jax.value_and_grad(lambda *a: loss(*a).sum(), argnums=argnums)
     return jax.jit(f).lower(*specs).compile().memory_analysis().temp_size_in_bytes
 
@@ -35,6 +36,7 @@ def _measure(monkeypatch, module, name, plain, loss, *specs, argnums=0):
     with monkeypatch.context() as m:
         m.setattr(module, name, plain)
         alternative = _temp_bytes(loss, *specs, argnums=argnums)
+    jax.clear_caches()  # no trace of the patched helper outlives the patch
     return kept, alternative
 
 
