@@ -1053,39 +1053,128 @@ class _LogProbOpts(NamedTuple):
     cap: float | None
     chunk: int
     entropy: bool
+    axis_name: Any = None  # None: the whole vocabulary on every device
+    num_classes: int = 0  # global V
 
 
-def _chunk_log_probs(h_c, w, b, y_c, opts: _LogProbOpts):
-    """``log p(y)`` (and the entropy) of one chunk's rows from the softmax core."""
+class _LogProbRows(NamedTuple):
+    """Per-row scalars of the log-probability rule, split into chunks."""
+
+    shift: Array  # S, the row's largest logit
+    log_sum: Array  # lse = S + log_sum
+    entropy: Array  # H (0 without return_entropy)
+
+
+def _lp_scores(h_c, w, b, opts: _LogProbOpts):
     dtype = cm.compute_dtype(h_c, w)
-    x = _dot(h_c, w, (1, 0), dtype) + _bias(b, dtype)
-    s = _scores(x, opts)
-    block = sm.block_stats(s, None, y_c, None, dense=False, gscale=1.0)
-    log_sum = jnp.log(block.total)
-    # log p_y = s_y - lse = (s_y - S) - log_sum, exact near the maximum
-    out = [(block.s_y - block.shift) - log_sum]
+    return _scores(_dot(h_c, w, (1, 0), dtype) + _bias(b, dtype), opts)
+
+
+def _lp_label_column(y, w, opts: _LogProbOpts):
+    """The label's column in this device's slice of the vocabulary."""
+    if opts.axis_name is None:
+        return y
+    index, _ = _bind_axis(opts.axis_name, "fused_linear_log_probs")
+    return y - (index * w.shape[1]).astype(y.dtype)
+
+
+def _owned_column(x, y_c):
+    """``x[i, y_i]`` where this device holds column ``y_i``, else 0: a select against
+    a ``[1, V]`` iota rather than a gather, whose transpose (a scatter into a
+    zero ``[chunk, V]`` buffer) would not fuse with the coefficient."""
+    cols = lax.broadcasted_iota(y_c.dtype, (1, x.shape[-1]), 1)
+    return jnp.sum(jnp.where(cols == y_c[:, None], x, 0.0), axis=-1)
+
+
+def _lp_stats(h_c, w, b, y_c, opts: _LogProbOpts):
+    """A chunk's ``(S, sum e^(s-S), s_y, sum e^(s-S) (s-S))`` over this device's columns."""
+    s = _lp_scores(h_c, w, b, opts)
+    block = sm.block_stats(s, None, None, None, dense=False, gscale=1.0, s_y=_owned_column(s, y_c))
+    ent = jnp.zeros_like(block.total)
     if opts.entropy:
         rel = s - block.shift[:, None]
-        p = jnp.exp(rel - log_sum[:, None])
-        # H = lse - sum_c p_c s_c = log_sum - sum_c p_c (s_c - S); 0 log 0 = 0
-        out.append(log_sum - jnp.sum(cm.safe_mul(p, rel), axis=-1))
-    return jnp.stack(out)
+        ent = jnp.sum(cm.safe_mul(jnp.exp(rel), rel), axis=-1)  # 0 log 0 = 0
+    return jnp.stack([block.shift, block.total, block.s_y, ent])
 
 
-def _log_probs(h, w, b, y, opts: _LogProbOpts):
+def _lp_merge(stats, axis_name):
+    """Statistics of every device's columns combined (one all-gather)."""
+    if axis_name is None:
+        return stats
+    parts = lax.all_gather(stats, axis_name, to="invarying")  # [P, 4, N]
+    shift, total, s_y, ent = (parts[:, i] for i in range(4))
+    m = jnp.max(jnp.where(total > 0, shift, sm.NEG_INF), axis=0)
+    big = jnp.where(jnp.isfinite(m), m, jnp.zeros_like(m))
+    scale = jnp.exp(shift - big[None])
+    rel = shift - big[None]
+    merged = [
+        big,
+        jnp.sum(cm.safe_mul(total, scale), axis=0),
+        jnp.sum(s_y, axis=0),
+        jnp.sum(cm.safe_mul(scale, ent + cm.safe_mul(rel, total)), axis=0),
+    ]
+    return jnp.stack(merged)
+
+
+def _lp_forward(h, w, b, y, opts: _LogProbOpts):
+    """``(log p(y), H)`` per row and the rows the tangent reuses."""
     n = h.shape[0]
     num_chunks = -(-n // opts.chunk)
-    chunks = (_chunk_rows(h, opts.chunk, num_chunks), _chunk_rows(y, opts.chunk, num_chunks))
+    ch = partial(_chunk_rows, chunk=opts.chunk, num_chunks=num_chunks)
+    y_loc = _lp_label_column(y, w, opts)
 
-    # Checkpointed: reverse mode recomputes each chunk's [chunk, V] logits instead
-    # of keeping them (four N x D x V matmuls in all); forward mode works as is.
-    @jax.checkpoint
     def body(_, xs):
         h_c, y_c = xs
-        return None, _chunk_log_probs(h_c, *_pin(w, b, h_c), y_c, opts)
+        return None, _lp_stats(h_c, *_pin(w, b, h_c), y_c, opts)
 
-    _, out = lax.scan(body, None, chunks)  # [chunks, k, chunk]
-    return [_unchunk(out[:, i], n) for i in range(out.shape[1])]
+    _, stats = lax.scan(body, None, (ch(h), ch(y_loc)))  # [chunks, 4, chunk]
+    shift, total, s_y, ent = (_unchunk(stats[:, i], n) for i in range(4))
+    shift, total, s_y, ent = _lp_merge(jnp.stack([shift, total, s_y, ent]), opts.axis_name)
+    log_sum = jnp.log(total)
+    log_p = (s_y - shift) - log_sum  # exact near the maximum
+    # H = lse - sum_c p_c s_c = log_sum - sum_c p_c (s_c - S)
+    entropy = log_sum - ent / total if opts.entropy else jnp.zeros_like(log_p)
+    rows = _LogProbRows(*(ch(a) for a in (shift, log_sum, entropy)))
+    return (log_p, entropy), rows
+
+
+def _lp_tangent(argnum: int):
+    """Tangent of ``(log p(y), H)`` along ``hidden`` (0), ``kernel`` (1) or ``bias`` (2):
+    ``sum_c g_c ds_c`` with ``d log p_y/ds = onehot(y) - p`` and
+    ``dH/ds = -p (log p + H)``, the logits recomputed chunk by chunk."""
+
+    def tangent(rows: _LogProbRows, args, d):
+        h, w, b, y, opts = args
+        n, dtype = h.shape[0], cm.compute_dtype(h, w)
+        dlogits = partial(_dlogits, argnum=argnum, w=w, d=d, dtype=dtype)
+        ch = partial(_chunk_rows, chunk=opts.chunk, num_chunks=-(-n // opts.chunk))
+
+        @jax.checkpoint
+        def body(_, xs):
+            h_c, y_c, r, d_c = xs
+            s = _lp_scores(h_c, w, b, opts)
+            log_p = (s - r.shift[:, None]) - r.log_sum[:, None]
+            p = jnp.exp(log_p)
+            scale = sm.softcap_slope(s, opts.cap)
+            scale = 1.0 / opts.temperature if scale is None else scale / opts.temperature
+            cols = lax.broadcasted_iota(y_c.dtype, (1, s.shape[-1]), 1)
+            g_lp = (jnp.where(cols == y_c[:, None], 1.0, 0.0) - p) * scale  # e_y - p
+            dx = dlogits(h_c, d_c)
+            t_lp = jnp.sum(g_lp * dx, axis=-1)
+            if not opts.entropy:
+                return None, jnp.stack([t_lp, jnp.zeros_like(t_lp)])
+            g_h = -cm.safe_mul(p, log_p + r.entropy[:, None]) * scale  # -p (log p + H)
+            return None, jnp.stack([t_lp, jnp.sum(g_h * dx, axis=-1)])
+
+        xs = (ch(h), ch(_lp_label_column(y, w, opts)), rows, _chunk_d(d, argnum, opts, n))
+        t = jnp.moveaxis(lax.scan(body, None, xs)[1], 1, 0).reshape(2, -1)[:, :n]
+        t = t if opts.axis_name is None else lax.psum(t, opts.axis_name)
+        return t[0], t[1]
+
+    return tangent
+
+
+_lp = cm.linear_rule(_lp_forward, {i: _lp_tangent(i) for i in range(3)}, static_argnums=(4,))
 
 
 def fused_linear_log_probs(
@@ -1098,6 +1187,7 @@ def fused_linear_log_probs(
     logit_softcap: float | None = None,
     return_entropy: bool = False,
     chunk_size: int | None = None,
+    axis_name: Any = None,
 ) -> Array | tuple[Array, Array]:
     r"""Per-token :math:`\log p(y)` (and entropy) of ``hidden @ kernel + bias`` without the logits.
 
@@ -1107,11 +1197,13 @@ def fused_linear_log_probs(
         H_i = -\sum_c p_{i,c} \log p_{i,c}
 
     The ``[N, V]`` logits are never held: rows are processed in chunks of
-    ``chunk_size`` tokens, each chunk's ``[chunk, V]`` logits exist only inside
-    its step, and reverse mode recomputes them chunk by chunk. Both outputs are
-    differentiable with respect to ``hidden``, ``kernel`` and ``bias`` (policy
-    gradients, DPO's sequence log-probabilities, entropy bonuses), in forward
-    and reverse mode.
+    ``chunk_size`` tokens and each chunk's ``[chunk, V]`` logits exist only
+    inside its step. Both outputs are differentiable with respect to
+    ``hidden``, ``kernel`` and ``bias`` (policy gradients, DPO's sequence
+    log-probabilities, entropy bonuses), in forward and reverse mode, through a
+    closed-form rule: :math:`\partial \log p_y / \partial s = e_y - p` and
+    :math:`\partial H / \partial s = -p (\log p + H)`, formed while a chunk's
+    logits are recomputed (four ``N x D x V`` matmuls for a gradient).
 
     Args:
       hidden: ``[N, D]`` features.
@@ -1122,8 +1214,15 @@ def fused_linear_log_probs(
       temperature: :math:`T > 0`, dividing the logits (a Python number).
       logit_softcap: Gemma 2's soft cap, applied after the temperature.
       return_entropy: also return the softmax entropy ``[N]``.
-      chunk_size: rows per chunk; ``None`` picks one as
-        :func:`fused_linear_softmax_cross_entropy` does.
+      chunk_size: rows per chunk; ``None`` picks one whose float32 logits take
+        at most ``min(64 MiB, N*V*4/32)`` bytes (a step holds about four such
+        arrays).
+      axis_name: inside ``jax.shard_map``, the mesh axis the vocabulary is
+        sharded over: ``kernel`` (and ``bias``) is then this device's contiguous
+        slice ``[D, V / P]`` (shard ``i`` holds ``[i V/P, (i+1) V/P)``),
+        ``hidden`` and the global ``labels`` are the same on every device, and
+        one all-gather of ``[P, 4, N]`` per-row statistics combines the shards
+        (the results are replicated).
 
     Returns:
       ``log_probs [N]`` (float32 for bf16/f16 inputs), or
@@ -1149,11 +1248,16 @@ def fused_linear_log_probs(
     cap = cm.static_float(logit_softcap, "logit_softcap", low=0.0, low_open=True, allow_none=True)
     if not isinstance(return_entropy, bool):
         raise TypeError(f"return_entropy must be a bool; got {return_entropy!r}.")
-    n, v = h.shape[0], w.shape[1]
+    n, v_local = h.shape[0], w.shape[1]
+    shards = 1 if axis_name is None else _bind_axis(axis_name, "fused_linear_log_probs")[1]
+    v = v_local * shards
     cm.check_labels_in_range(y, v, None)
-    chunk = _default_chunk(n, v) if chunk is None else min(chunk, max(n, 1))
-    out = _log_probs(h, w, b, jnp.clip(y, 0, v - 1), _LogProbOpts(t, cap, chunk, return_entropy))
-    return (out[0], out[1]) if return_entropy else out[0]
+    # a chunk's step holds about four [chunk, V] float32 arrays: a quarter of the
+    # cross-entropy's chunk keeps them within N*V*4/8 bytes in all
+    chunk = max(_default_chunk(n, v_local) // 4, 1) if chunk is None else min(chunk, max(n, 1))
+    opts = _LogProbOpts(t, cap, chunk, return_entropy, axis_name, v)
+    log_p, entropy = _lp(h, w, b, jnp.clip(y, 0, v - 1), opts)
+    return (log_p, entropy) if return_entropy else log_p
 
 
 # --------------------------------------------------------------------------

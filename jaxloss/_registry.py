@@ -1774,11 +1774,20 @@ def _bench_boxes(rows, cols, rng, dtype):
 
 
 def _log_probs_ref(
-    hidden, kernel, labels, *, bias=None, temperature=1.0, logit_softcap=None, chunk_size=None
+    hidden,
+    kernel,
+    labels,
+    *,
+    bias=None,
+    temperature=1.0,
+    logit_softcap=None,
+    chunk_size=None,
+    axis_name=None,
 ):
     """``log_softmax(cap tanh((h W + b) / (T cap)))[y]``, materialised (TRL's
-    ``selective_log_softmax`` of the tempered, soft-capped logits)."""
-    del chunk_size
+    ``selective_log_softmax`` of the tempered, soft-capped logits); ``axis_name``
+    (the vocabulary sharded) changes only where the columns live."""
+    del chunk_size, axis_name
     x = hidden @ kernel if bias is None else hidden @ kernel + bias[None, :]
     x = x / temperature
     s = x if logit_softcap is None else logit_softcap * jnp.tanh(x / logit_softcap)
@@ -2102,7 +2111,7 @@ REGISTRY: tuple[LossSpec, ...] = (
              None, "torchvision.ops.complete_box_iou_loss"),
     LossSpec("fused_linear_log_probs", "_large_vocab",
              "(hidden, kernel, labels, *, bias=None, temperature=1.0, logit_softcap=None,"
-             " return_entropy=False, chunk_size=None)",
+             " return_entropy=False, chunk_size=None, axis_name=None)",
              # per-token outputs without a reduction: outside the generic data-parallel check
              _log_probs_ref, _build_log_probs, _bench_fused, batch=False),
     LossSpec("fused_linear_distillation_loss", "_large_vocab",

@@ -413,6 +413,54 @@ def check_vocab_parallel_fused_collectives():
     assert ops == ["all-gather"], ops
 
 
+def check_vocab_parallel_log_probs():
+    """fused_linear_log_probs with axis_name: log-probabilities, entropy, their
+    gradients and jvp equal the unsharded function; one all-gather forward."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import PartitionSpec as P
+
+    import jaxloss
+
+    mesh = _mesh()
+    h, w, b, y = _fused_case(np.float64)
+    y = np.maximum(y, 0)
+    r = np.linspace(0.5, 1.5, h.shape[0])
+    kw = {"temperature": 0.8, "logit_softcap": 4.0, "return_entropy": True, "chunk_size": 8}
+
+    def summary(out):
+        return jnp.sum(r * out[0]) + 0.3 * jnp.sum(r * out[1])
+
+    def local(h_, w_, b_, y_):
+        out = jaxloss.fused_linear_log_probs(h_, w_, y_, bias=b_, axis_name="v", **kw)
+        return jnp.stack(out)
+
+    f = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(None, "v"), P("v"), P()), out_specs=P())
+
+    def ref(h_, w_, b_):
+        return jnp.stack(jaxloss.fused_linear_log_probs(h_, w_, y, bias=b_, **kw))
+
+    def run(fn):
+        def inner(args, dh):
+            value = fn(*args)
+            grads = jax.grad(lambda *a: summary(fn(*a)), argnums=(0, 1, 2))(*args)
+            tangent = jax.jvp(lambda h_: summary(fn(h_, *args[1:])), (args[0],), (dh,))[1]
+            return value, grads, tangent
+
+        return jax.jit(inner)
+
+    args = (_put(h, mesh, P()), _put(w, mesh, P(None, "v")), _put(b, mesh, P("v")))
+    ys = _put(y, mesh, P())
+    got = run(lambda *a: f(*a, ys))(args, _put(h * 0.5, mesh, P()))
+    want = run(ref)((h, w, b), h * 0.5)
+    _close(got[0], want[0], 1e-10, "log-probs and entropy")
+    for name, a, e in zip("hWb", got[1], want[1], strict=True):
+        _close(a, e, 1e-10, f"d{name}")
+    _close(got[2], want[2], 1e-10, "jvp")
+    fwd = collectives(jax.jit(f).lower(*args, ys).compile().as_text())
+    assert [op for op, _ in fwd] == ["all-gather"], fwd
+
+
 # --------------------------------------------------------------------------
 # Every exported loss under data parallelism
 # --------------------------------------------------------------------------

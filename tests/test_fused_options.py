@@ -35,8 +35,9 @@ def _torch(reduction, eps, temperature):
     return out.detach().numpy(), [args[0].grad.numpy(), args[1].grad.numpy().T, args[2].grad]
 
 
-@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-@pytest.mark.parametrize(("eps", "temperature"), [(0.0, 1.0), (0.2, 0.7)])
+@pytest.mark.parametrize(
+    ("reduction", "eps", "temperature"), [("mean", 0.0, 1.0), ("sum", 0.2, 0.7), ("none", 0.2, 0.7)]
+)
 def test_class_weights_and_temperature_match_torch_linear_cross_entropy(
     reduction, eps, temperature
 ):

@@ -61,11 +61,11 @@ def test_equals_minus_fused_cross_entropy_and_keeps_no_logits():
     y = jnp.zeros((n,), jnp.int32)
 
     def f(h, w):
-        lp, ent = jaxloss.fused_linear_log_probs(h, w, y, return_entropy=True, chunk_size=64)
+        lp, ent = jaxloss.fused_linear_log_probs(h, w, y, return_entropy=True)
         return jnp.sum(lp) + jnp.sum(ent)
 
     compiled = jax.jit(jax.grad(f, argnums=(0, 1))).lower(h, w).compile()
-    assert compiled.memory_analysis().temp_size_in_bytes < n * v * 4 / 2
+    assert compiled.memory_analysis().temp_size_in_bytes < n * v * 4 / 4
 
 
 def test_huge_equal_logits_and_bad_input():
