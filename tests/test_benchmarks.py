@@ -152,3 +152,24 @@ def test_missing_torch_names_the_extra(monkeypatch, tmp_path, capsys):
     assert err.count("\n") == 1, err  # one line, no traceback
     assert "torch" in err and 'pip install -e ".[benchmarks]"' in err
     assert not (tmp_path / "out").exists()
+
+
+def test_llm_family_benchmark_quick():
+    """``python -m benchmarks.llm --quick``: every fused function and its naive
+    version time, with scratch, and the fused ones hold less than the naive."""
+    import jax
+
+    llm = _import("benchmarks.llm")
+    with jax.enable_x64(False), jax.numpy_dtype_promotion("standard"):
+        results = llm.main(quick=True, repeats=1)
+    (shape,) = results["shapes"]
+    rows = llm._summary(shape)
+    peers = {(r["loss"], r["peer"]) for r in rows}
+    for loss in ("cross-entropy", "log-probs + entropy", "distillation (jsd)"):
+        assert {(loss, "jaxloss"), (loss, "naive")} <= peers
+    assert ("cross-entropy", "torch F.linear_cross_entropy") in peers
+    for r in rows:
+        assert r["median_s"] > 0 and r["floor_fraction"] > 0
+        if r["peer"] == "jaxloss":
+            assert r["scratch_vs_naive"] < 1.0, r
+    assert "## value_and_grad" in llm.render(results)
