@@ -404,6 +404,10 @@ def _differentiable(primal: Any, tangent: Any) -> bool:
     return dtype is not None and jnp.issubdtype(dtype, jnp.inexact)
 
 
+def _argnums(key: int | tuple[int, ...]) -> tuple[int, ...]:
+    return key if isinstance(key, tuple) else (key,)
+
+
 def _add_tangents(total: Any, term: Any) -> Any:
     return term if total is None else jax.tree.map(jnp.add, total, term)
 
@@ -430,9 +434,13 @@ def linear_rule(
     integer operands are skipped. An entry may be a pair ``(tangent, after)``:
     ``after(args, t)`` then runs on the checkpointed tangent outside the
     checkpoint (a collective that must transpose as itself, not be
-    rematerialised). ``static_argnums`` are hashable non-array
-    options; ``traceable_argnums`` are hyperparameters that are static when
-    given as Python numbers (a specialised path) and operands otherwise (traced
+    rematerialised). A key may be a tuple of argnums: its tangent function then
+    gets the tuple of their tangents (``None`` for those not differentiated)
+    and forms the joint tangent in one pass, so that reverse mode recomputes
+    what the coefficients need once rather than once per operand.
+    ``static_argnums`` are hashable non-array options; ``traceable_argnums`` are
+    hyperparameters that are static when given as Python numbers (a specialised
+    path) and operands otherwise (traced
     values: the general path, differentiable by autodiff of the forward). With
     ``pass_want`` the forward is called as ``forward(want, *args)``, ``want``
     the frozenset of argnums with a nonzero tangent (empty in the primal
@@ -475,16 +483,22 @@ def _custom_jvp(forward, tangents, static_argnums, pass_want):
         want = frozenset(i for i, d in enumerate(dargs) if _differentiable(args[i], d))
         out, res = call(want, args)
         total = None
-        for i in sorted(want & tangents.keys()):
+        for key in sorted(tangents, key=_argnums):
+            if not want & set(_argnums(key)):
+                continue
             dyn = tuple(a for j, a in enumerate(args) if j not in static)
-            fn, after = tangents[i] if isinstance(tangents[i], tuple) else (tangents[i], None)
+            fn, after = tangents[key] if isinstance(tangents[key], tuple) else (tangents[key], None)
+            if isinstance(key, tuple):  # a joint entry: None for operands not differentiated
+                d = tuple(dargs[i] if i in want else None for i in key)
+            else:
+                d = dargs[key]
 
             def tangent(res, dyn, d, fn=fn):
                 return fn(res, merge(fixed, dyn), d)
 
-            term = jax.checkpoint(tangent)(res, dyn, dargs[i])
+            term = jax.checkpoint(tangent)(res, dyn, d)
             total = _add_tangents(total, term if after is None else after(args, term))
-        rare = sorted(want - tangents.keys())
+        rare = sorted(want - {i for key in tangents for i in _argnums(key)})
         if rare:
 
             def of_rare(*ops):

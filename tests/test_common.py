@@ -308,3 +308,32 @@ def test_no_recompilation(name):
         step(jnp.asarray(x, jnp.float32), jnp.asarray(y))
     assert len(traces) == 1
     assert step._cache_size() == 1
+
+
+def test_linear_rule_joint_tangent_gets_every_operand_in_one_call():
+    """A tuple key: one tangent call with the differentiated operands' tangents
+    (None for the others); values, gradients and jvp equal autodiff of the forward."""
+    calls = []
+
+    def forward(x, y):
+        return jnp.sum(jnp.sin(x) * y), (x, y)
+
+    def joint(res, args, ds):
+        calls.append(tuple(d is None for d in ds))
+        x, y = res
+        dx, dy = ds
+        t = 0.0 if dx is None else jnp.sum(jnp.cos(x) * y * dx)
+        return t + (0.0 if dy is None else jnp.sum(jnp.sin(x) * dy))
+
+    f = cm.linear_rule(forward, {(0, 1): joint})
+    plain = lambda x, y: jnp.sum(jnp.sin(x) * y)
+    x, y = jnp.asarray([0.3, -1.2, 2.0]), jnp.asarray([1.5, 0.5, -2.0])
+    for argnums in ((0,), (1,), (0, 1)):
+        calls.clear()
+        got = jax.grad(f, argnums=argnums)(x, y)
+        want = jax.grad(plain, argnums=argnums)(x, y)
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12)
+        assert calls == [tuple(i not in argnums for i in (0, 1))], calls
+    t = jax.jvp(f, (x, y), (jnp.ones(3), jnp.ones(3)))[1]
+    np.testing.assert_allclose(float(t), float(jax.jvp(plain, (x, y), (jnp.ones(3),) * 2)[1]))
