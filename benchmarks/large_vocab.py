@@ -444,9 +444,25 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(quick: bool = False, repeats: int | None = None, write: bool | None = None):
+def run_record(module: str, quick: bool, repeats: int, t0: float) -> dict[str, Any]:
+    """What every report states about its run: machine, command, load, time."""
     import platform
 
+    import jax
+
+    return {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"jax {jax.__version__}",
+        "command": f"python -m {module}" + (" --quick" if quick else ""),
+        "quick": quick,
+        "repeats": repeats,
+        "load_average": ", ".join(f"{x:.1f}" for x in os.getloadavg()),
+        "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "wall_s": time.perf_counter() - t0,
+    }
+
+
+def main(quick: bool = False, repeats: int | None = None, write: bool | None = None):
     import jax
 
     repeats = repeats or 3
@@ -459,18 +475,8 @@ def main(quick: bool = False, repeats: int | None = None, write: bool | None = N
         jax.clear_caches()
     print(f"vocab-parallel CE on {VP_DEVICES} devices", flush=True)
     vp = bench_vocab_parallel(quick, repeats)
-    results = {
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-        f"jax {jax.__version__}",
-        "command": "python -m benchmarks.large_vocab" + (" --quick" if quick else ""),
-        "quick": quick,
-        "repeats": repeats,
-        "fused": fused,
-        "vocab_parallel": vp,
-        "load_average": ", ".join(f"{x:.1f}" for x in os.getloadavg()),
-        "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "wall_s": time.perf_counter() - t0,
-    }
+    results = run_record("benchmarks.large_vocab", quick, repeats, t0)
+    results |= {"fused": fused, "vocab_parallel": vp}
     results["targets"] = _targets(fused, vp)
     for t in results["targets"]:
         print(f"{'met' if t['met'] else 'NOT MET':8s} {t['name']}: {t['figure']} "

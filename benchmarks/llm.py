@@ -30,13 +30,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from typing import Any
 
 import numpy as np
 
-from benchmarks.large_vocab import RESULTS, _compile, _fmt_bytes, _fmt_s, _interleaved, _median
+from benchmarks.large_vocab import (
+    RESULTS,
+    _compile,
+    _fmt_bytes,
+    _fmt_s,
+    _interleaved,
+    _median,
+    run_record,
+)
 
 
 def _shapes(quick: bool) -> list[tuple[int, int, int]]:
@@ -201,25 +208,13 @@ def render(results: dict[str, Any]) -> str:
 
 
 def main(quick: bool = False, repeats: int | None = None) -> dict[str, Any]:
-    import jax
-
     repeats = repeats or 3
     t0 = time.perf_counter()
     shapes = []
     for n, d, v in _shapes(quick):
         print(f"LLM losses N={n} D={d} V={v}", flush=True)
         shapes.append(bench_shape(n, d, v, repeats))
-    results = {
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-        f"jax {jax.__version__}",
-        "command": "python -m benchmarks.llm" + (" --quick" if quick else ""),
-        "quick": quick,
-        "repeats": repeats,
-        "shapes": shapes,
-        "load_average": ", ".join(f"{x:.1f}" for x in os.getloadavg()),
-        "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "wall_s": time.perf_counter() - t0,
-    }
+    results = run_record("benchmarks.llm", quick, repeats, t0) | {"shapes": shapes}
     report = render(results)
     print(report)
     if not quick:

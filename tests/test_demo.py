@@ -39,10 +39,15 @@ TIMEOUT = 1800  # seconds; a quick run takes about a minute on an idle 2-core ma
 # data-parallel training (elementwise losses shard like the class-axis one).
 # That every loss gives the same values and gradients when its batch is sharded
 # is tested for every registry row by tests/test_sharding.py.
-# The demo's gradient check at the trained parameters runs for two losses (a
-# softmax, and a box loss whose rule holds alpha fixed): each loss's derivatives
-# are checked on its own by tests/test_registry.py.
-GRADCHECK_LOSSES = ("softmax_cross_entropy_with_integer_labels", "complete_box_iou_loss")
+# The demo's gradient check at the trained parameters runs for three losses (a
+# softmax, a box loss whose rule holds alpha fixed, and the distillation whose
+# test rows carry the teacher's hidden states): each loss's derivatives are
+# checked on its own by tests/test_registry.py.
+GRADCHECK_LOSSES = (
+    "softmax_cross_entropy_with_integer_labels",
+    "complete_box_iou_loss",
+    "fused_linear_distillation_loss",
+)
 EIGHT_DEVICE_LOSSES = (
     "softmax_cross_entropy_with_integer_labels",
     "kl_divergence",

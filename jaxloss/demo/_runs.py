@@ -340,9 +340,10 @@ class TextDistillation(PythonText):
         ds = _data.python_text(self.context)
         spec = SPECS_BY_NAME[self.teacher]
         teacher, task = runner.trained_model(spec), TASKS[spec.task]
-        h = runner.predict(
-            lambda m, b: task.forward(m, b), teacher, self._windows(ds.train["tokens"])
-        )
+
+        def hidden(tokens):  # the teacher's last hidden state at every window
+            return runner.predict(lambda m, b: task.forward(m, b), teacher, self._windows(tokens))
+
         test = task.predict_test(spec, teacher, ds, runner)
         info = dict(
             ds.info,
@@ -350,10 +351,15 @@ class TextDistillation(PythonText):
             teacher_bias=np.asarray(teacher.output_bias),
             teacher_perplexity=float(np.exp(np.mean(test["nll"]))),
         )
-        return _data.Dataset(self.name, dict(ds.train, teacher_h=h), ds.test, info)
+        train = dict(ds.train, teacher_h=hidden(ds.train["tokens"]))
+        test = dict(ds.test, teacher_h=hidden(ds.test["tokens"]))
+        return _data.Dataset(self.name, train, test, info)
 
     def batch(self, data, idx):
         return super().batch(data, idx) | {"teacher_h": data["teacher_h"][idx]}
+
+    def test_rows(self, ds):
+        return super().test_rows(ds) | {"teacher_h": ds.test["teacher_h"]}
 
     def evaluate(self, spec, pred, ds):
         m = super().evaluate(spec, pred, ds)
