@@ -871,45 +871,61 @@ def _explicit_row_axes(h):
     return spec[0]
 
 
-def _data_parallel(h, w, b, y, sw, cw, row_axes, options, reduction, chunk):
-    """Rows sharded over a data-parallel mesh: each device runs the fused loss on
-    its own rows (``shard_map``); per-device sums are added with one ``psum`` and
-    the kernel's gradient is summed once, at the end, by the ``psum``'s transpose.
-    """
+def _row_shards(h, row_axes) -> int:
+    """How many devices ``hidden``'s rows are split over."""
+    mesh = jax.typeof(h).sharding.mesh
+    axes = row_axes if isinstance(row_axes, tuple) else (row_axes,)
+    return math.prod(mesh.shape[a] for a in axes)
+
+
+def _map_rows(fn, h, row_axes, rows, whole, reduction: str):
+    """``fn(*rows, *whole)`` on each device's rows, under ``jax.shard_map``: ``rows``
+    (``[N, ...]`` arrays or ``None``) sharded over ``row_axes``, ``whole`` (the kernel,
+    biases, class weights) replicated. ``fn`` returns a pair: per-device sums
+    (added with one ``psum``; the kernel's gradient is summed once by its
+    transpose) or, with ``reduction="none"``, per-row outputs. With ``"mean"``
+    the pair is ``(sum, divisor)`` and the result their quotient; otherwise the
+    pair itself."""
     from jax.sharding import PartitionSpec as P
 
     mesh = jax.typeof(h).sharding.mesh
     axes = row_axes if isinstance(row_axes, tuple) else (row_axes,)
-    shards = math.prod(mesh.shape[a] for a in axes)
-    n_local, v = h.shape[0] // shards, w.shape[1]
-    red = cm.Reduction.of(reduction)
-    local_reduction = "none" if red.kind == "none" else "sum"
-    opts = _fused_opts(options, local_reduction, n_local, v, v, chunk)
-    cm.check_labels_in_range(y, v, opts.ignore_index)
 
-    # The kernel and bias are used whole on every device.
     def put(x, spec):
-        return jax.sharding.reshard(x, jax.NamedSharding(mesh, spec))
+        return None if x is None else jax.sharding.reshard(x, jax.NamedSharding(mesh, spec))
 
-    w = put(w, P())
-    b = None if b is None else put(b, P())
-    cw = None if cw is None else put(cw, P())
-    h, y = put(h, P(row_axes)), put(y, P(row_axes))
-    sw = None if sw is None else put(sw, P(row_axes))
+    rows = [put(x, P(row_axes)) for x in rows]
+    whole = [put(x, P()) for x in whole]
 
-    def local(h, w, b, y, sw, cw):
-        out = _fused(h, w, b, y, sw, cw, opts)
-        return out if red.kind == "none" else lax.psum(out, axes)
+    def local(*args):
+        out = fn(*args)
+        return out if reduction == "none" else lax.psum(out, axes)
 
-    spec = P(row_axes) if red.kind == "none" else P()
-    loss, divisor = jax.shard_map(
+    spec = P(row_axes) if reduction == "none" else P()
+    value, divisor = jax.shard_map(
         local,
         mesh=mesh,
-        in_specs=(P(row_axes), P(), P(), P(row_axes), P(row_axes), P()),
+        in_specs=(P(row_axes),) * len(rows) + (P(),) * len(whole),
         out_specs=(spec, spec),
-    )(h, w, b, y, sw, cw)
-    # the per-device sums (or per-row losses) and divisor shares, reduced once
-    return loss if red.kind != "mean" else cm.safe_divide(loss, divisor)
+    )(*rows, *whole)
+    return cm.safe_divide(value, divisor) if reduction == "mean" else (value, divisor)
+
+
+def _data_parallel(h, w, b, y, sw, cw, row_axes, options, reduction, chunk):
+    """The fused CE with rows sharded over a data-parallel mesh (:func:`_map_rows`)."""
+    red = cm.Reduction.of(reduction)
+    local_reduction = "none" if red.kind == "none" else "sum"
+    v = w.shape[1]
+    opts = _fused_opts(
+        options, local_reduction, h.shape[0] // _row_shards(h, row_axes), v, v, chunk
+    )
+    cm.check_labels_in_range(y, v, opts.ignore_index)
+
+    def local(h, y, sw, w, b, cw):
+        return _fused(h, w, b, y, sw, cw, opts)
+
+    out = _map_rows(local, h, row_axes, (h, y, sw), (w, b, cw), red.kind)
+    return out if red.kind == "mean" else out[0]
 
 
 def vocab_parallel_fused_linear_softmax_cross_entropy(
@@ -1239,7 +1255,9 @@ def fused_linear_log_probs(
 
     Note:
       ``fused_linear_log_probs(h, W, y) == -fused_linear_softmax_cross_entropy(h, W, y,
-      reduction="none")``. Labels are not masked: give padded tokens any valid id
+      reduction="none")``. Under ``jit`` with ``hidden``'s rows explicitly
+      sharded over a mesh (data parallelism), each device runs on its own rows
+      with the kernel whole: nothing is gathered. Labels are not masked: give padded tokens any valid id
       and mask the result. Out-of-range labels raise ``ValueError`` when concrete.
 
     References:
@@ -1257,8 +1275,17 @@ def fused_linear_log_probs(
     # a chunk's step holds about four [chunk, V] float32 arrays: a quarter of the
     # cross-entropy's chunk keeps them within N*V*4/8 bytes in all
     chunk = max(_default_chunk(n, v_local) // 4, 1) if chunk is None else min(chunk, max(n, 1))
-    opts = _LogProbOpts(t, cap, chunk, return_entropy, axis_name, v)
-    log_p, entropy = _lp(h, w, b, jnp.clip(y, 0, v - 1), opts)
+    y = jnp.clip(y, 0, v - 1)
+    row_axes = _explicit_row_axes(h) if axis_name is None else None
+    if row_axes is not None:  # rows sharded over a data-parallel mesh
+        shards = _row_shards(h, row_axes)
+        chunk = min(chunk, max(n // shards, 1))
+        opts = _LogProbOpts(t, cap, chunk, return_entropy, None, v)
+        local = lambda h, y, w, b: _lp(h, w, b, y, opts)
+        log_p, entropy = _map_rows(local, h, row_axes, (h, y), (w, b), "none")
+    else:
+        opts = _LogProbOpts(t, cap, chunk, return_entropy, axis_name, v)
+        log_p, entropy = _lp(h, w, b, y, opts)
     return (log_p, entropy) if return_entropy else log_p
 
 
@@ -1349,8 +1376,9 @@ def _distill_forward(want, hs, ws, bs, ht, wt, bt, act, opts: _DistillOpts):
     red = cm.Reduction(opts.reduction)
     grads = (0 in want, 1 in want, 2 in want and bs is not None)
     grads = grads if opts.reduction != "none" else (False,) * 3
-    g_w0 = jnp.zeros(ws.shape, dtype) if grads[1] else None
-    g_b0 = jnp.zeros(ws.shape[1:], dtype) if grads[2] else None
+    refs = (hs, ws, bs, ht, wt, bt, act)  # a carry varies as they do inside shard_map
+    g_w0 = _match_varying(jnp.zeros(ws.shape, dtype), *refs) if grads[1] else None
+    g_b0 = _match_varying(jnp.zeros(ws.shape[1:], dtype), *refs) if grads[2] else None
 
     def body(carry, xs):
         hs_c, ht_c, act_c = xs
@@ -1495,7 +1523,10 @@ def fused_linear_distillation_loss(
       0/1 for the KL directions) on the materialised
       ``log_softmax(logits / T)`` of both models. ``-inf`` bias columns are
       allowed (``0 log 0 = 0``); a class that only one side can produce gives
-      ``inf`` for the KL direction that needs it, the true value.
+      ``inf`` for the KL direction that needs it, the true value. Under ``jit``
+      with ``student_hidden``'s rows explicitly sharded over a mesh (data
+      parallelism), each device runs on its own tokens and the sums are added
+      with one ``psum``: nothing is gathered.
 
     References:
       Hinton et al., "Distilling the Knowledge in a Neural Network" (2015);
@@ -1530,11 +1561,21 @@ def fused_linear_distillation_loss(
     if kind == "jsd" and b in (0.0, 1.0):
         kind = "forward_kl" if b == 0.0 else "reverse_kl"
     red = cm.Reduction.of(reduction)
-    if chunk is None:
-        chunk = max(_default_chunk(n, v) // 4, 1)
-    opts = _DistillOpts(kind, b, t, red.kind, min(chunk, max(n, 1)))
     act = jnp.ones((n,), jnp.bool_)
     if ignore_index is not None and labels is not None:
         act = y != cm.static_int(ignore_index, "ignore_index")
     ht, wt, bt = (None if a is None else lax.stop_gradient(a) for a in (ht, wt, bt))
-    return _distill(hs, ws, bs, ht, wt, bt, act, opts)[0]
+    row_axes = _explicit_row_axes(hs)
+    n_local = n if row_axes is None else n // _row_shards(hs, row_axes)
+    chunk = max(_default_chunk(n_local, v) // 4, 1) if chunk is None else chunk
+    if row_axes is None:
+        opts = _DistillOpts(kind, b, t, red.kind, min(chunk, max(n, 1)))
+        return _distill(hs, ws, bs, ht, wt, bt, act, opts)[0]
+    local_reduction = "none" if red.kind == "none" else "sum"
+    opts = _DistillOpts(kind, b, t, local_reduction, min(chunk, max(n_local, 1)))
+
+    def local(hs, ht, act, ws, bs, wt, bt):
+        return _distill(hs, ws, bs, ht, wt, bt, act, opts)
+
+    out = _map_rows(local, hs, row_axes, (hs, ht, act), (ws, bs, wt, bt), red.kind)
+    return out if red.kind == "mean" else out[0]

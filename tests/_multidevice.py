@@ -461,6 +461,59 @@ def check_vocab_parallel_log_probs():
     assert [op for op, _ in fwd] == ["all-gather"], fwd
 
 
+def check_data_parallel_llm_functions():
+    """fused_linear_log_probs and fused_linear_distillation_loss with hidden states
+    (and labels, teacher states) sharded over an explicit data-parallel mesh under
+    plain jit: values and gradients equal the unsharded call, and the compiled
+    program gathers nothing (all-reduces only: the kernel gradient and the sums)."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    import jaxloss
+
+    mesh = jax.make_mesh((8,), ("data",))
+    h, w, _, y = _fused_case(np.float64, n=32, d=6, v=64)
+    ht = np.random.default_rng(4).standard_normal(h.shape)
+    r = np.arange(1.0, 33.0)
+
+    def cases(y, ht):
+        def log_probs(h, w):
+            out = jaxloss.fused_linear_log_probs(h, w, jnp.maximum(y, 0), return_entropy=True)
+            return jnp.sum(out[0] * r) + 0.5 * jnp.sum(out[1] * r)
+
+        def distill(reduction, divergence):
+            def f(h, w):
+                out = jaxloss.fused_linear_distillation_loss(
+                    h, w, ht, 0.5 * w, labels=y, ignore_index=-100, divergence=divergence,
+                    reduction=reduction, chunk_size=2,
+                )  # fmt: skip
+                return jnp.sum(out * r) if reduction == "none" else out
+
+            return f
+
+        return {
+            "log_probs": log_probs,
+            "distill mean jsd": distill("mean", "jsd"),
+            "distill none reverse_kl": distill("none", "reverse_kl"),
+        }
+
+    want = {k: jax.jit(jax.value_and_grad(f, (0, 1)))(h, w) for k, f in cases(y, ht).items()}
+    with jax.set_mesh(mesh):
+        rows = NamedSharding(mesh, P("data"))
+        hs, ys, hts = (jax.device_put(a, rows) for a in (h, y, ht))
+        ws = jax.device_put(w, NamedSharding(mesh, P()))
+        for name, f in cases(ys, hts).items():
+            g = jax.jit(jax.value_and_grad(f, (0, 1)))
+            got = g(hs, ws)
+            _close(got[0], want[name][0], 1e-10, f"{name} value")
+            for what, a, e in zip(("d hidden", "d kernel"), got[1], want[name][1], strict=True):
+                _close(a, e, 1e-10, f"{name} {what}")
+            ops = {op for op, _ in collectives(g.lower(hs, ws).compile().as_text())}
+            assert ops <= {"all-reduce"}, (name, ops)
+
+
 # --------------------------------------------------------------------------
 # Every exported loss under data parallelism
 # --------------------------------------------------------------------------

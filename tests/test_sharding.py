@@ -60,6 +60,7 @@ def _check(results, name):
         "vocab_parallel_fused_matches_unsharded",
         "vocab_parallel_fused_collectives",
         "vocab_parallel_log_probs",
+        "data_parallel_llm_functions",
         "data_parallel_every_loss",
     ],
 )
