@@ -1257,8 +1257,9 @@ def fused_linear_log_probs(
       ``fused_linear_log_probs(h, W, y) == -fused_linear_softmax_cross_entropy(h, W, y,
       reduction="none")``. Under ``jit`` with ``hidden``'s rows explicitly
       sharded over a mesh (data parallelism), each device runs on its own rows
-      with the kernel whole: nothing is gathered. Labels are not masked: give padded tokens any valid id
-      and mask the result. Out-of-range labels raise ``ValueError`` when concrete.
+      with the kernel whole: nothing is gathered. Labels are not masked: give
+      padded tokens any valid id and mask the result. Out-of-range labels raise
+      ``ValueError`` when concrete.
 
     References:
       TRL's ``selective_log_softmax``; Liger-Kernel's fused linear losses.
