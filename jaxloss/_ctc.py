@@ -14,6 +14,8 @@ from autodiff of the ``lax.scan``.
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -110,6 +112,7 @@ def _alphas(x, lpad, y, blank, eps):
     return -last, phi.at[-1].set(last), emit
 
 
+@partial(jax.jit, static_argnums=(4,))  # one compiled program per shape, also eagerly
 def _per_sequence(x, lpad, y, ypad, blank, eps):
     neg, phi, emit = _alphas(x, lpad, y, blank, eps)
     length = y.shape[1] - jnp.sum(ypad, axis=1)

@@ -7,6 +7,7 @@ so every transform applies and no edge gives NaN.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import jax
@@ -66,6 +67,7 @@ def _inputs(
     return x.astype(dtype), t.astype(dtype)
 
 
+@partial(jax.jit, static_argnums=(6, 7, 8))  # one compiled program per shape, also eagerly
 def _per_class(x, t, weights, smooth, alpha, beta, apply_softmax, ignore_background, axis):
     """Per-class Dice/Tversky losses ``1 - (I + s) / (I + a FP + b FN + s)``."""
     if apply_softmax:

@@ -11,6 +11,7 @@ finite derivatives. Plain ``jnp`` formulas throughout: every transform
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import jax
@@ -257,6 +258,7 @@ def triplet_margin_loss(
     return red(loss)
 
 
+@partial(jax.jit, static_argnums=(3,))  # one compiled program per shape, also eagerly
 def _ntxent_pairs(x: Array, labels: Array, tau: Array, eps: float) -> tuple[Array, Array]:
     """Per-pair losses ``[B, B]`` (0 off the positive pairs) and the positive-pair mask."""
     n = x.shape[0]
