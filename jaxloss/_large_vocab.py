@@ -207,6 +207,15 @@ def _setup(h, w, y, sw, cw, opts: _Opts):
     return n, dtype, toks, _chunk_rows(h, opts.chunk, num_chunks)
 
 
+def _cols(b, cw, w, opts: _Opts) -> _Cols:
+    """This device's per-class vectors: the bias (already local) and its slice of
+    the class weights (given whole: every device also reads ``w[y]`` at global labels)."""
+    if cw is not None and opts.axis_name is not None:
+        index, _ = _bind_axis(opts.axis_name, "vocab_parallel_fused_linear_softmax_cross_entropy")
+        cw = lax.dynamic_slice_in_dim(cw, index * w.shape[1], w.shape[1])
+    return _Cols(b, cw)
+
+
 def _finish(block: sm.Block, t: _Tokens, opts: _Opts):
     """Loss, divisor share and :class:`~jaxloss._softmax.Rows` of a set of rows.
 
@@ -483,7 +492,7 @@ def _bias(b, dtype):
 def _fused_forward(want, h, w, b, y, sw, cw, opts: _Opts):
     """``((value, divisor), residuals)``; see the module docstring for the strategies."""
     n, dtype, toks, h_chunks = _setup(h, w, y, sw, cw, opts)
-    cols = _Cols(b, cw)
+    cols = _cols(b, cw, w, opts)
     red = cm.Reduction(opts.reduction)
     want3 = (0 in want, 1 in want, 2 in want and b is not None)
     fused = opts.strategy == "fused" and (opts.reduction != "none" or not any(want3[1:]))
@@ -528,7 +537,7 @@ def _fused_tangent(argnum: int):
             n, dtype, toks, h_chunks = _setup(h, w, y, sw, cw, opts)
             dlogits = partial(_dlogits, argnum=argnum, w=w, d=d, dtype=dtype)
             d_chunks = _chunk_d(d, argnum, opts, n)
-            cols = _Cols(b, cw)
+            cols = _cols(b, cw, w, opts)
             t = _tangent_rows(h_chunks, w, cols, toks, res.rows, d_chunks, dtype, n, opts, dlogits)
             t = t if per_row else jnp.sum(t) * res.scale
         out = (t, jnp.zeros_like(t if per_row else t.sum()))
@@ -935,8 +944,10 @@ def vocab_parallel_fused_linear_softmax_cross_entropy(
     *,
     axis_name: Any,
     bias_shard: ArrayLike | None = None,
+    weight: ArrayLike | None = None,
     sample_weight: ArrayLike | None = None,
     normalizer: ArrayLike | None = None,
+    temperature: float = 1.0,
     reduction: str = "mean",
     chunk_size: int | None = None,
     ignore_index: int | None = None,
@@ -964,8 +975,11 @@ def vocab_parallel_fused_linear_softmax_cross_entropy(
       labels: ``[N]`` global class ids in ``[0, V)``.
       axis_name: the mesh axis the vocabulary is sharded over.
       bias_shard: optional ``[V_local]`` slice of the bias.
-      sample_weight, normalizer, ignore_index, label_smoothing, z_loss,
-        logit_softcap, reduction, chunk_size: as in
+      weight: optional class weights for the whole vocabulary ``[V]``
+        (replicated, not sharded), as in
+        :func:`fused_linear_softmax_cross_entropy`.
+      sample_weight, normalizer, temperature, ignore_index, label_smoothing,
+        z_loss, logit_softcap, reduction, chunk_size: as in
         :func:`fused_linear_softmax_cross_entropy` (``sample_weight`` replicated
         like ``labels``).
 
@@ -981,12 +995,13 @@ def vocab_parallel_fused_linear_softmax_cross_entropy(
     h, w, y, b, chunk = _prepare_fused(
         hidden, kernel_shard, labels, bias_shard, chunk_size, "kernel_shard", "bias_shard"
     )
-    options = (ignore_index, label_smoothing, z_loss, logit_softcap)
+    options = (ignore_index, label_smoothing, z_loss, logit_softcap, temperature)
     n, v = h.shape[0], w.shape[1] * shards
     sw, norm, reduction = _token_weights(sample_weight, normalizer, reduction, n)
+    cw = cm.optional_vector(weight, "weight", v, "one weight per class of the whole vocabulary")
     opts = _fused_opts(options, reduction, n, w.shape[1], v, chunk, axis_name)
     cm.check_labels_in_range(y, v, opts.ignore_index)
-    return _normalized(_fused(h, w, b, y, sw, None, opts)[0], norm)
+    return _normalized(_fused(h, w, b, y, sw, cw, opts)[0], norm)
 
 
 def vocab_parallel_softmax_cross_entropy(

@@ -1982,8 +1982,8 @@ REGISTRY: tuple[LossSpec, ...] = (
              " reduction='none')",
              _ce_int_ref, _build_vocab_parallel, None, batch=False),
     LossSpec("vocab_parallel_fused_linear_softmax_cross_entropy", "_large_vocab",
-             f"(hidden, kernel_shard, labels, *, axis_name, bias_shard=None, {_TOKEN_WEIGHTS},"
-             f" {_FUSED_OPTIONS})",
+             "(hidden, kernel_shard, labels, *, axis_name, bias_shard=None, weight=None,"
+             f" {_TOKEN_WEIGHTS}, temperature=1.0, {_FUSED_OPTIONS})",
              _vp_fused_ref, _build_vocab_parallel_fused, None, batch=False),
     # similarity and metric learning
     LossSpec("cosine_similarity", "_similarity", _COSINE,

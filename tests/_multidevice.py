@@ -320,6 +320,7 @@ def check_vocab_parallel_check_vma_false():
 FUSED_OPTIONS = [
     {},
     {"ignore_index": -100, "label_smoothing": 0.1, "z_loss": 1e-3, "logit_softcap": 2.0},
+    {"ignore_index": -100, "label_smoothing": 0.1, "temperature": 0.7},  # + class weights
 ]
 
 
@@ -364,6 +365,8 @@ def check_vocab_parallel_fused_matches_unsharded():
     # "mean": gradients formed in the forward pass; "none": the recompute path.
     cases = [(jnp.float64, 1e-10, FUSED_OPTIONS[1], red) for red in ("mean", "none")]
     cases += [(jnp.float32, 1e-5, FUSED_OPTIONS[0], "sum")]
+    class_weight = np.random.default_rng(7).uniform(0.5, 2.0, 64)
+    cases += [(jnp.float64, 1e-10, FUSED_OPTIONS[2] | {"weight": class_weight}, "mean")]
     for dtype, tol, opts, reduction in cases:
         h, w, b, y = _fused_case(dtype)
         if "ignore_index" not in opts:
@@ -374,11 +377,11 @@ def check_vocab_parallel_fused_matches_unsharded():
         f = _fused_sharded(mesh, reduction, opts)
 
         def ref(h_, w_, b_, opts=opts, red=reduction, y=y):
-            return jaxloss.softmax_cross_entropy_with_integer_labels(
-                h_ @ w_ + b_[None, :], y, reduction=red, **opts
-            )
+            kw = {k: v for k, v in opts.items() if k != "temperature"}
+            logits = (h_ @ w_ + b_[None, :]) / opts.get("temperature", 1.0)
+            return jaxloss.softmax_cross_entropy_with_integer_labels(logits, y, reduction=red, **kw)
 
-        what = f"{dtype.__name__} {opts} {reduction}"
+        what = f"{dtype.__name__} {sorted(opts)} {reduction}"
         dh = _put(h * 0.5, mesh, P())
         got = jax.jit(_value_grad_jvp(lambda *a: f(*a, ys), r, reduction))(args, dh)
         want = jax.jit(_value_grad_jvp(ref, r, reduction))((h, w, b), h * 0.5)
