@@ -1318,20 +1318,27 @@ class _DistillOpts(NamedTuple):
     temperature: float
     reduction: str
     chunk: int
+    axis_name: Any = None  # the vocabulary sharded over this mesh axis (shard_map)
 
 
-def _log_softmax_rows(x: Array) -> Array:
+def _log_softmax_rows(x: Array, axis_name=None) -> Array:
     """``log_softmax`` of ``[c, V]`` logits from the core's block statistics
-    (``-inf`` columns stay ``-inf``; a row without a finite logit gives ``-inf``)."""
+    (``-inf`` columns stay ``-inf``; a row without a finite logit gives ``-inf``);
+    with ``axis_name``, of this device's columns of a vocabulary sharded over it
+    (one all-gather of the rows' statistics)."""
     block = sm.block_stats(x, None, None, None, dense=False, gscale=1.0)
+    if axis_name is not None:
+        block = sm.merge(sm.gather_blocks(block, axis_name), 1.0)
     some = block.total > 0
     log_sum = jnp.log(jnp.where(some, block.total, 1.0))
     return jnp.where(some[:, None], (x - block.shift[:, None]) - log_sum[:, None], sm.NEG_INF)
 
 
-def _plogq(lp: Array, diff: Array) -> Array:
-    """``sum_c e^lp_c diff_c`` over the classes, with ``0 log 0 = 0``."""
-    return jnp.sum(jnp.where(lp != sm.NEG_INF, jnp.exp(lp) * diff, 0.0), axis=-1)
+def _plogq(lp: Array, diff: Array, axis_name=None) -> Array:
+    """``sum_c e^lp_c diff_c`` over the classes, with ``0 log 0 = 0`` (and over
+    every device's classes with ``axis_name``)."""
+    out = jnp.sum(jnp.where(lp != sm.NEG_INF, jnp.exp(lp) * diff, 0.0), axis=-1)
+    return out if axis_name is None else lax.psum(out, axis_name)
 
 
 def _divergence_rows(ls: Array, lt: Array, opts: _DistillOpts) -> tuple[Array, Array]:
@@ -1344,13 +1351,13 @@ def _divergence_rows(ls: Array, lt: Array, opts: _DistillOpts) -> tuple[Array, A
     ``beta KL(q || m) + (1 - beta) KL(p || m)``, gradient
     ``(1 - beta) p (ls - lm - sum p (ls - lm))``.
     """
-    p = jnp.exp(ls)
+    p, ax = jnp.exp(ls), opts.axis_name
     if opts.kind == "forward_kl":
-        loss = _plogq(lt, jnp.where(lt != sm.NEG_INF, lt - ls, 0.0))
+        loss = _plogq(lt, jnp.where(lt != sm.NEG_INF, lt - ls, 0.0), ax)
         return loss, p - jnp.exp(lt)
     if opts.kind == "reverse_kl":
         d = jnp.where(ls != sm.NEG_INF, ls - lt, 0.0)
-        loss = _plogq(ls, d)
+        loss = _plogq(ls, d, ax)
         return loss, p * (d - loss[:, None])
     b = opts.beta
     # log m as a logaddexp of log-probabilities (no probability formed from a tiny one)
@@ -1360,8 +1367,8 @@ def _divergence_rows(ls: Array, lt: Array, opts: _DistillOpts) -> tuple[Array, A
     )
     ds = jnp.where(ls != sm.NEG_INF, ls - lm, 0.0)
     dt = jnp.where(lt != sm.NEG_INF, lt - lm, 0.0)
-    ks = _plogq(ls, ds)
-    loss = b * _plogq(lt, dt) + (1.0 - b) * ks
+    ks = _plogq(ls, ds, ax)
+    loss = b * _plogq(lt, dt, ax) + (1.0 - b) * ks
     return loss, (1.0 - b) * p * (ds - ks[:, None])
 
 
@@ -1372,7 +1379,8 @@ def _distill_chunk(hs_c, ws, bs, ht_c, wt, bt, act_c, opts: _DistillOpts):
     s = (_dot(hs_c, ws, (1, 0), dtype) + _bias(bs, dtype)) / opts.temperature
     t_dtype = cm.compute_dtype(ht_c, wt)
     t = (_dot(ht_c, wt, (1, 0), t_dtype) + _bias(bt, t_dtype)) / opts.temperature
-    loss, g = _divergence_rows(_log_softmax_rows(s), _log_softmax_rows(t.astype(dtype)), opts)
+    ls = _log_softmax_rows(s, opts.axis_name)
+    loss, g = _divergence_rows(ls, _log_softmax_rows(t.astype(dtype), opts.axis_name), opts)
     loss = jnp.where(act_c, loss, jnp.zeros_like(loss))
     return loss, jnp.where(act_c[:, None], g / opts.temperature, 0.0)
 
@@ -1418,7 +1426,12 @@ def _distill_forward(want, hs, ws, bs, ht, wt, bt, act, opts: _DistillOpts):
     value = (red(loss, share), share if opts.reduction == "none" else red.divisor(share, n, dtype))
     if not any(grads):
         return value, _Res(None, None, scale)
-    g = (_unchunk(out["h"], n) if grads[0] else None, g_w, g_b)
+    g_h = None
+    if grads[0]:
+        g_h = _unchunk(out["h"], n)
+        # each device holds its columns' share of g @ W.T: the one [N, D] all-reduce
+        g_h = g_h if opts.axis_name is None else lax.psum(g_h, opts.axis_name)
+    g = (g_h, g_w, g_b)
     return value, _Res(tuple(None if x is None else x * scale for x in g), None, scale)
 
 
@@ -1428,8 +1441,11 @@ def _distill_tangent(argnum: int):
     def tangent(res: _Res, args, d):
         hs, ws, bs, ht, wt, bt, act, opts = args
         dtype = cm.compute_dtype(hs, ws)
+        sharded = opts.axis_name is not None
         if res.grads is not None:
             t = jnp.sum(res.grads[argnum] * d.astype(dtype))
+            # a kernel or bias shard's tangent moves only its own columns: summed over them
+            t = lax.psum(t, opts.axis_name) if sharded and argnum != 0 else t
             return t, jnp.zeros_like(t)
         n = hs.shape[0]
         dlogits = partial(_dlogits, argnum=argnum, w=ws, d=d, dtype=dtype)
@@ -1442,6 +1458,7 @@ def _distill_tangent(argnum: int):
 
         chunks = (*_distill_chunks(hs, ht, act, opts), _chunk_d(d, argnum, opts, n))
         t = _unchunk(lax.scan(body, None, chunks)[1], n)
+        t = lax.psum(t, opts.axis_name) if sharded else t  # every device's columns
         t = t if opts.reduction == "none" else jnp.sum(t) * res.scale
         return t, jnp.zeros_like(t)
 
@@ -1471,6 +1488,7 @@ def fused_linear_distillation_loss(
     teacher_bias: ArrayLike | None = None,
     reduction: str = "mean",
     chunk_size: int | None = None,
+    axis_name: Any = None,
 ) -> Array:
     r"""Distillation divergence between a student's and a teacher's ``hidden @ kernel``
     without either ``[N, V]`` logits matrix.
@@ -1518,6 +1536,13 @@ def fused_linear_distillation_loss(
         ``batchmean`` with labels), ``"sum"`` or ``"none"`` (``[N]``).
       chunk_size: rows per chunk; ``None`` picks one whose student and teacher
         float32 logits take at most ``min(64 MiB, N*V*4/32)`` bytes each.
+      axis_name: inside ``jax.shard_map``, the mesh axis the vocabulary is
+        sharded over: both kernels (and biases) are then this device's
+        contiguous slice ``[D, V / P]``, the hidden states and labels the same
+        on every device. Per chunk, one all-gather of each model's row
+        statistics and one ``psum`` of the per-row sums combine the shards, and
+        ``d student_hidden`` costs one ``[N, D]`` all-reduce; the result is
+        replicated.
 
     Returns:
       The divergence: float32 for bf16/f16 inputs, a scalar unless
@@ -1562,6 +1587,8 @@ def fused_linear_distillation_loss(
         teacher_bias, None, "teacher_kernel", "teacher_bias", "teacher_hidden",
     )  # fmt: skip
     n, v = hs.shape[0], ws.shape[1]
+    if axis_name is not None:
+        _bind_axis(axis_name, "fused_linear_distillation_loss")
     if ht.shape[0] != n or wt.shape[1] != v:
         raise ValueError(
             "the teacher must score the student's tokens over the same vocabulary: "
@@ -1581,11 +1608,11 @@ def fused_linear_distillation_loss(
     if ignore_index is not None and labels is not None:
         act = y != cm.static_int(ignore_index, "ignore_index")
     ht, wt, bt = (None if a is None else lax.stop_gradient(a) for a in (ht, wt, bt))
-    row_axes = _explicit_row_axes(hs)
+    row_axes = _explicit_row_axes(hs) if axis_name is None else None
     n_local = n if row_axes is None else n // _row_shards(hs, row_axes)
     chunk = max(_default_chunk(n_local, v) // 4, 1) if chunk is None else chunk
     if row_axes is None:
-        opts = _DistillOpts(kind, b, t, red.kind, min(chunk, max(n, 1)))
+        opts = _DistillOpts(kind, b, t, red.kind, min(chunk, max(n, 1)), axis_name)
         return _distill(hs, ws, bs, ht, wt, bt, act, opts)[0]
     local_reduction = "none" if red.kind == "none" else "sum"
     opts = _DistillOpts(kind, b, t, local_reduction, min(chunk, max(n_local, 1)))

@@ -1811,14 +1811,14 @@ def _build_log_probs(regime, rng):
 def _distill_ref(
     student_hidden, student_kernel, teacher_hidden, teacher_kernel, *, labels=None,
     ignore_index=None, divergence="forward_kl", beta=0.5, temperature=1.0, student_bias=None,
-    teacher_bias=None, reduction="mean", chunk_size=None,
+    teacher_bias=None, reduction="mean", chunk_size=None, axis_name=None,
 ):  # fmt: skip
     """TRL's ``GKDTrainer.generalized_jsd_loss`` on the materialised logits: both
     divided by ``temperature``; ``beta=0`` the forward ``KL(teacher || student)``,
     ``beta=1`` the reverse, else ``beta KL(t || m) + (1 - beta) KL(s || m)`` with
     ``m = beta t + (1 - beta) s``; tokens labelled ``ignore_index`` left out;
     ``"mean"`` divides by the counted tokens."""
-    del chunk_size
+    del chunk_size, axis_name  # the schedule and where the columns live
 
     def logits(h, w, b):
         return (h @ w if b is None else h @ w + b[None, :]) / temperature
@@ -2117,7 +2117,8 @@ REGISTRY: tuple[LossSpec, ...] = (
     LossSpec("fused_linear_distillation_loss", "_large_vocab",
              "(student_hidden, student_kernel, teacher_hidden, teacher_kernel, *, labels=None,"
              " ignore_index=None, divergence='forward_kl', beta=0.5, temperature=1.0,"
-             " student_bias=None, teacher_bias=None, reduction='mean', chunk_size=None)",
+             " student_bias=None, teacher_bias=None, reduction='mean', chunk_size=None,"
+             " axis_name=None)",
              # tokens split across devices would need the data-parallel path of the CE
              _distill_ref, _build_distill, _bench_distill, batch=False),
 )  # fmt: skip

@@ -464,6 +464,54 @@ def check_vocab_parallel_log_probs():
     assert [op for op, _ in fwd] == ["all-gather"], fwd
 
 
+def check_vocab_parallel_distillation():
+    """fused_linear_distillation_loss with axis_name (both kernels' vocabulary
+    sharded): value, gradients w.r.t. the student's hidden, kernel shard and bias
+    shard, and jvp equal the unsharded call for each divergence."""
+    import jax
+    from jax.sharding import PartitionSpec as P
+
+    import jaxloss
+
+    mesh = _mesh()
+    h, w, b, y = _fused_case(np.float64)
+    rng = np.random.default_rng(9)
+    ht, wt, bt = rng.standard_normal((h.shape[0], 5)), rng.standard_normal((5, 64)), b[::-1]
+    r = np.linspace(0.5, 1.5, h.shape[0])
+    cases = [("forward_kl", "mean"), ("reverse_kl", "none"), ("jsd", "sum")]
+    for divergence, reduction in cases:
+        kw = {"labels": y, "ignore_index": -100, "divergence": divergence, "beta": 0.3}
+        kw |= {"temperature": 1.5, "reduction": reduction, "chunk_size": 8}
+
+        def ref(h_, w_, b_, kw=kw):
+            return jaxloss.fused_linear_distillation_loss(
+                h_, w_, ht, wt, student_bias=b_, teacher_bias=bt, **kw
+            )
+
+        def local(h_, w_, b_, wt_, bt_, kw=kw):
+            return jaxloss.fused_linear_distillation_loss(
+                h_, w_, ht, wt_, student_bias=b_, teacher_bias=bt_, axis_name="v", **kw
+            )
+
+        f = jax.shard_map(
+            local,
+            mesh=mesh,
+            in_specs=(P(), P(None, "v"), P("v"), P(None, "v"), P("v")),
+            out_specs=P(),  # replicated, per row or reduced
+        )
+        teacher = (_put(wt, mesh, P(None, "v")), _put(bt, mesh, P("v")))
+        args = (_put(h, mesh, P()), _put(w, mesh, P(None, "v")), _put(b, mesh, P("v")))
+        what = f"{divergence} {reduction}"
+        got = jax.jit(_value_grad_jvp(lambda *a: f(*a, *teacher), r, reduction))(
+            args, _put(h * 0.5, mesh, P())
+        )
+        want = jax.jit(_value_grad_jvp(ref, r, reduction))((h, w, b), h * 0.5)
+        _close(got[0], want[0], 1e-10, what + " value")
+        for name, a, e in zip("hWb", got[1], want[1], strict=True):
+            _close(a, e, 1e-10, f"{what} d{name}")
+        _close(got[2], want[2], 1e-10, what + " jvp")
+
+
 def check_data_parallel_llm_functions():
     """fused_linear_log_probs and fused_linear_distillation_loss with hidden states
     (and labels, teacher states) sharded over an explicit data-parallel mesh under
