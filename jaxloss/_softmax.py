@@ -168,7 +168,7 @@ def block_stats(
     count = wsum = wgap = None
     if dense:
         valid = valid_classes(s, valid)
-        count = jnp.sum(valid, axis=-1).astype(s.dtype)
+        count = jnp.sum(valid.astype(s.dtype), axis=-1)  # a float sum: one reduction pass
         if w is None:
             wv = valid.astype(s.dtype)
         elif w_as_given:

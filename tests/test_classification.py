@@ -1049,3 +1049,23 @@ def test_probability_ce_keeps_no_nc_residual(dtype):
         return ce_prob(x, t, label_smoothing=0.1, z_loss=1e-4, reduction="mean")
 
     assert large_residuals(f, x, size=MEMORY_N * MEMORY_C) == []
+
+
+def test_options_case_keeps_no_row_by_class_temporary():
+    """ignore_index + label smoothing + z-loss at [8192, 32768]: the compiled
+    value_and_grad needs no [N, C] (nor [N, C/32]) scratch buffer beyond the
+    gradient it returns. Counting the valid classes as an int32 sum compiled (jax
+    0.10.2, XLA:CPU) to an s32[N, C] compare and an s32[N, C/32] reduce-window,
+    33 MiB of scratch; the count is a float sum of one reduction pass."""
+    n, c = 8192, 32768
+    x = jax.ShapeDtypeStruct((n, c), jnp.float32)
+    y = jax.ShapeDtypeStruct((n,), jnp.int32)
+
+    def f(x, y):
+        loss = jl.softmax_cross_entropy_with_integer_labels(
+            x, y, ignore_index=-100, label_smoothing=0.1, z_loss=1e-4
+        )
+        return jnp.mean(loss)
+
+    compiled = jax.jit(jax.value_and_grad(f)).lower(x, y).compile()
+    assert compiled.memory_analysis().temp_size_in_bytes <= 2**20
