@@ -45,7 +45,10 @@ def _int_forward(x, labels, weight, mask, opts: _IntOpts):
     s_y = sm.softcap(sm.upcast(sm.label_logit(x, info.safe)), opts.cap)
     gscale = sm.gap_scale(num_classes)
     dense = opts.eps > 0.0
-    block = sm.block_stats(s, mask, None, weight, dense=dense, gscale=gscale, s_y=s_y)
+    raw = x if x.dtype != s.dtype else None
+    block = sm.block_stats(
+        s, mask, None, weight, dense=dense, gscale=gscale, s_y=s_y, raw=raw, cap=opts.cap
+    )
     loss, share, rows = sm.finish_labels(block, info, w_y, eps=opts.eps, z=opts.z, gscale=gscale)
     return (loss, share), (rows, info.safe)
 

@@ -114,8 +114,33 @@ def label_weight(info: Labels, weight: Array | None, dtype) -> Array:
 
 
 def label_logit(x: Array, safe: Array) -> Array:
-    """``x[..., y]`` gathered from the caller's buffer (no widened copy is read)."""
+    """``x[..., y]`` gathered from the caller's buffer (no widened copy is read).
+
+    bf16/f16 logits are gathered as their 16-bit patterns: XLA:CPU (jax 0.10.2)
+    widens the operand of a bf16 gather to float32 first, a float32 copy of the
+    whole ``[N, C]`` logits (1 GiB at ``[8192, 32768]``); pinned by
+    tests/test_workarounds.py::test_bf16_label_gather. Differentiable (the
+    tangent is the same gather of the tangent).
+    """
+    if x.dtype.itemsize == 2 and jnp.issubdtype(x.dtype, jnp.floating):
+        return _gather_bits(x, safe)
+    return _take(x, safe)
+
+
+def _take(x: Array, safe: Array) -> Array:
     return jnp.take_along_axis(x, safe[..., None], axis=-1)[..., 0]
+
+
+@jax.custom_jvp
+def _gather_bits(x: Array, safe: Array) -> Array:
+    bits = lax.bitcast_convert_type(x, jnp.uint16)
+    return lax.bitcast_convert_type(_take(bits, safe), x.dtype)
+
+
+@_gather_bits.defjvp
+def _gather_bits_jvp(primals, tangents):
+    x, safe = primals
+    return _gather_bits(x, safe), _take(tangents[0], safe)
 
 
 # --------------------------------------------------------------------------
@@ -144,6 +169,8 @@ def block_stats(
     gscale: float,
     s_y: Array | None = None,
     w_as_given: bool = False,
+    raw: Array | None = None,
+    cap: float | None = None,
 ) -> Block:
     """Statistics of a block of logits ``s`` ``[..., B]`` (soft-capped, widened).
 
@@ -155,10 +182,19 @@ def block_stats(
     (``None``: ones), zeroed off the valid classes unless ``w_as_given``
     (probability targets: a positive target on a ``-inf`` logit gives ``inf``,
     the true value). With ``dense`` the count, weight sum and scaled gap sum
-    are formed too.
+    are formed too. ``raw``: the caller's bf16/f16 logits (``s`` being
+    ``softcap(upcast(raw), cap)``): the row maximum is read from them, exactly
+    (widening and the soft cap are monotone), so that the widened ``s`` has a
+    single reader that XLA:CPU (jax 0.10.2) fuses into it instead of writing a
+    float32 copy of the logits; pinned by tests/test_workarounds.py.
     """
     sm = s if valid is None else jnp.where(valid, s, NEG_INF)
-    m = jnp.max(sm, axis=-1)
+    if raw is None:
+        m = jnp.max(sm, axis=-1)
+    else:  # the maximum of the caller's low-precision buffer, widened and capped after
+        m = softcap(
+            upcast(jnp.max(raw if valid is None else jnp.where(valid, raw, NEG_INF), -1)), cap
+        )
     shift = lax.stop_gradient(jnp.where(jnp.isfinite(m), m, jnp.zeros_like(m)))
     total = jnp.sum(jnp.exp(sm - shift[..., None]), axis=-1)
     if s_y is None:

@@ -125,3 +125,42 @@ def test_hinge_select(monkeypatch):
     kept, plain = _measure(monkeypatch, _hinge, "_relu", jax.nn.relu, loss, _spec(), _spec())
     assert kept <= ONE_BUFFER, kept
     assert kept < plain, (kept, plain)
+
+
+def _labels_spec():
+    return jax.ShapeDtypeStruct((N,), jnp.int32)
+
+
+def test_bf16_label_gather(monkeypatch):
+    """``_softmax.label_logit`` gathers bf16 logits as 16-bit patterns: a plain bf16
+    gather makes XLA:CPU write a float32 copy of the whole [N, C] logits."""
+    from jaxloss import _softmax as sm
+
+    def loss(x, y):
+        return jaxloss.softmax_cross_entropy_with_integer_labels(x, y)
+
+    kept, plain = _measure(
+        monkeypatch, sm, "label_logit", sm._take, loss, _spec(jnp.bfloat16), _labels_spec()
+    )
+    assert kept < ONE_BUFFER / 8, kept
+    assert plain >= ONE_BUFFER, (kept, plain)
+
+
+def test_bf16_row_max_from_the_raw_logits(monkeypatch):
+    """``block_stats(raw=...)``: the row maximum read from the bf16 buffer leaves the
+    widened logits one reader, fused into it; with two readers XLA:CPU writes the
+    float32 copy."""
+    from jaxloss import _softmax as sm
+
+    def loss(x, y):
+        return jaxloss.softmax_cross_entropy_with_integer_labels(x, y)
+
+    def without_raw(*args, raw=None, cap=None, **kwargs):
+        return block_stats(*args, **kwargs)
+
+    block_stats = sm.block_stats
+    kept, plain = _measure(
+        monkeypatch, sm, "block_stats", without_raw, loss, _spec(jnp.bfloat16), _labels_spec()
+    )
+    assert kept < ONE_BUFFER / 8, kept
+    assert plain >= ONE_BUFFER, (kept, plain)
