@@ -1473,6 +1473,18 @@ _distill = cm.linear_rule(
 )
 
 
+def _divergence_kind(divergence, beta, temperature) -> tuple[str, float, float]:
+    """Validated ``(kind, beta, temperature)``; the JSD's ``beta`` of 0 or 1 is the
+    forward or the reverse KL (as in TRL and :func:`jensen_shannon_divergence`)."""
+    if divergence not in _DIVERGENCES:
+        raise ValueError(f"divergence must be one of {_DIVERGENCES}; got {divergence!r}.")
+    b = cm.static_float(beta, "beta", low=0.0, high=1.0)
+    t = cm.static_float(temperature, "temperature", low=0.0, low_open=True)
+    if divergence == "jsd" and b in (0.0, 1.0):
+        return ("forward_kl" if b == 0.0 else "reverse_kl"), b, t
+    return divergence, b, t
+
+
 def fused_linear_distillation_loss(
     student_hidden: ArrayLike,
     student_kernel: ArrayLike,
@@ -1596,13 +1608,7 @@ def fused_linear_distillation_loss(
             f"{wt.shape[1]} must equal student_hidden.shape[0] = {n} and "
             f"student_kernel.shape[1] = {v}."
         )
-    if divergence not in _DIVERGENCES:
-        raise ValueError(f"divergence must be one of {_DIVERGENCES}; got {divergence!r}.")
-    b = cm.static_float(beta, "beta", low=0.0, high=1.0)
-    t = cm.static_float(temperature, "temperature", low=0.0, low_open=True)
-    kind = divergence
-    if kind == "jsd" and b in (0.0, 1.0):
-        kind = "forward_kl" if b == 0.0 else "reverse_kl"
+    kind, b, t = _divergence_kind(divergence, beta, temperature)
     red = cm.Reduction.of(reduction)
     act = jnp.ones((n,), jnp.bool_)
     if ignore_index is not None and labels is not None:
