@@ -101,6 +101,14 @@ def _bind_axis(axis_name: Any, fn: str) -> tuple[Array, int]:
     return index, int(size)
 
 
+def _shard_offset(axis_name: Any, v_local: int, fn: str):
+    """First global class of this device's slice of the vocabulary (0 unsharded)."""
+    if axis_name is None:
+        return 0
+    index, _ = _bind_axis(axis_name, fn)
+    return index * v_local
+
+
 def _varying(x: Array) -> frozenset:
     mat = getattr(jax.typeof(x), "mat", None)
     return getattr(mat, "varying", frozenset())
@@ -190,14 +198,14 @@ class _Res(NamedTuple):
     scale: Array  # the reduction's gradient scale (1 / divisor for the mean)
 
 
+_VP_FUSED = "vocab_parallel_fused_linear_softmax_cross_entropy"
+
+
 def _setup(h, w, y, sw, cw, opts: _Opts):
     n = h.shape[0]
     dtype = cm.compute_dtype(h, w)
     num_chunks = -(-n // opts.chunk)
-    offset = 0
-    if opts.axis_name is not None:
-        index, _ = _bind_axis(opts.axis_name, "vocab_parallel_fused_linear_softmax_cross_entropy")
-        offset = index * w.shape[1]
+    offset = _shard_offset(opts.axis_name, w.shape[1], _VP_FUSED)
     info = sm.labels_info(y, opts.num_classes, opts.ignore_index)
     y_local = y - jnp.asarray(offset, y.dtype)
     ch = partial(_chunk_rows, chunk=opts.chunk, num_chunks=num_chunks)
@@ -211,8 +219,8 @@ def _cols(b, cw, w, opts: _Opts) -> _Cols:
     """This device's per-class vectors: the bias (already local) and its slice of
     the class weights (given whole: every device also reads ``w[y]`` at global labels)."""
     if cw is not None and opts.axis_name is not None:
-        index, _ = _bind_axis(opts.axis_name, "vocab_parallel_fused_linear_softmax_cross_entropy")
-        cw = lax.dynamic_slice_in_dim(cw, index * w.shape[1], w.shape[1])
+        offset = _shard_offset(opts.axis_name, w.shape[1], _VP_FUSED)
+        cw = lax.dynamic_slice_in_dim(cw, offset, w.shape[1])
     return _Cols(b, cw)
 
 
@@ -590,13 +598,13 @@ class _VpOpts(NamedTuple):
 def _vp_local(x, y, weight, opts: _VpOpts):
     """This shard's logits (soft-capped, widened), its labels' local columns and its
     slice of the class weights."""
-    index, _ = _bind_axis(opts.axis_name, "vocab_parallel_softmax_cross_entropy")
     v_local = x.shape[-1]
+    offset = _shard_offset(opts.axis_name, v_local, "vocab_parallel_softmax_cross_entropy")
     s = sm.softcap(sm.upcast(x), opts.cap)
-    y_local = y - (index * v_local).astype(y.dtype)
+    y_local = y - jnp.asarray(offset, y.dtype)
     w_blk = None
     if weight is not None:
-        w_blk = lax.dynamic_slice_in_dim(weight.astype(s.dtype), index * v_local, v_local)
+        w_blk = lax.dynamic_slice_in_dim(weight.astype(s.dtype), offset, v_local)
     return s, y_local, w_blk
 
 
@@ -990,8 +998,7 @@ def vocab_parallel_fused_linear_softmax_cross_entropy(
       Use ``jax.shard_map`` with its default ``check_vma=True``: the gradient's
       freedom from communication in the backward pass relies on it.
     """
-    fn = "vocab_parallel_fused_linear_softmax_cross_entropy"
-    _, shards = _bind_axis(axis_name, fn)
+    _, shards = _bind_axis(axis_name, _VP_FUSED)
     h, w, y, b, chunk = _prepare_fused(
         hidden, kernel_shard, labels, bias_shard, chunk_size, "kernel_shard", "bias_shard"
     )
@@ -1103,24 +1110,14 @@ def _lp_scores(h_c, w, b, opts: _LogProbOpts):
 
 def _lp_label_column(y, w, opts: _LogProbOpts):
     """The label's column in this device's slice of the vocabulary."""
-    if opts.axis_name is None:
-        return y
-    index, _ = _bind_axis(opts.axis_name, "fused_linear_log_probs")
-    return y - (index * w.shape[1]).astype(y.dtype)
-
-
-def _owned_column(x, y_c):
-    """``x[i, y_i]`` where this device holds column ``y_i``, else 0: a select against
-    a ``[1, V]`` iota rather than a gather, whose transpose (a scatter into a
-    zero ``[chunk, V]`` buffer) would not fuse with the coefficient."""
-    cols = lax.broadcasted_iota(y_c.dtype, (1, x.shape[-1]), 1)
-    return jnp.sum(jnp.where(cols == y_c[:, None], x, 0.0), axis=-1)
+    offset = _shard_offset(opts.axis_name, w.shape[1], "fused_linear_log_probs")
+    return y - jnp.asarray(offset, y.dtype)
 
 
 def _lp_stats(h_c, w, b, y_c, opts: _LogProbOpts):
     """A chunk's ``(S, sum e^(s-S), s_y, sum e^(s-S) (s-S))`` over this device's columns."""
     s = _lp_scores(h_c, w, b, opts)
-    block = sm.block_stats(s, None, None, None, dense=False, gscale=1.0, s_y=_owned_column(s, y_c))
+    block = sm.block_stats(s, None, y_c, None, dense=False, gscale=1.0)
     ent = jnp.zeros_like(block.total)
     if opts.entropy:
         rel = s - block.shift[:, None]
@@ -1134,17 +1131,11 @@ def _lp_merge(stats, axis_name):
         return stats
     parts = lax.all_gather(stats, axis_name, to="invarying")  # [P, 4, N]
     shift, total, s_y, ent = (parts[:, i] for i in range(4))
-    m = jnp.max(jnp.where(total > 0, shift, sm.NEG_INF), axis=0)
-    big = jnp.where(jnp.isfinite(m), m, jnp.zeros_like(m))
-    scale = jnp.exp(shift - big[None])
-    rel = shift - big[None]
-    merged = [
-        big,
-        jnp.sum(cm.safe_mul(total, scale), axis=0),
-        jnp.sum(s_y, axis=0),
-        jnp.sum(cm.safe_mul(scale, ent + cm.safe_mul(rel, total)), axis=0),
-    ]
-    return jnp.stack(merged)
+    merged = sm.merge(sm.Block(shift, total, s_y, None, None, None), 1.0)
+    # each device's entropy sum rebased from its own maximum to the common one
+    rel = shift - merged.shift[None]
+    ent = jnp.sum(cm.safe_mul(jnp.exp(rel), ent + cm.safe_mul(rel, total)), axis=0)
+    return jnp.stack([merged.shift, merged.total, merged.s_y, ent])
 
 
 def _lp_forward(h, w, b, y, opts: _LogProbOpts):
@@ -1191,8 +1182,7 @@ def _lp_tangent(rows: _LogProbRows, args, ds):
         p = jnp.exp(log_p)
         scale = sm.softcap_slope(s, opts.cap)
         scale = 1.0 / opts.temperature if scale is None else scale / opts.temperature
-        cols = lax.broadcasted_iota(y_c.dtype, (1, s.shape[-1]), 1)
-        g_lp = (jnp.where(cols == y_c[:, None], 1.0, 0.0) - p) * scale  # e_y - p
+        g_lp = (jnp.where(sm.label_hits(s, y_c), 1.0, 0.0) - p) * scale  # e_y - p
         dx = dlogits(h_c, d_c)
         t_lp = jnp.sum(g_lp * dx, axis=-1)
         if not opts.entropy:

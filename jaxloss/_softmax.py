@@ -200,7 +200,7 @@ def block_stats(
     if s_y is None:
         s_y = jnp.zeros_like(shift)
         if y_local is not None:
-            s_y = jnp.sum(jnp.where(_hits(s, y_local), s, 0.0), axis=-1)
+            s_y = jnp.sum(jnp.where(label_hits(s, y_local), s, 0.0), axis=-1)
     count = wsum = wgap = None
     if dense:
         valid = valid_classes(s, valid)
@@ -223,8 +223,10 @@ def _widen(w: Array, s: Array) -> Array:
     return jnp.broadcast_to(w.astype(s.dtype), s.shape)
 
 
-def _hits(s: Array, y_local: Array) -> Array:
-    # [..., B] one-hot of the label's column, from a [1, B] iota (no [N, B] constant)
+def label_hits(s: Array, y_local: Array) -> Array:
+    """``[..., B]`` one-hot of the label's column in a block (all false where another
+    block holds it), from a ``[1, B]`` iota: no ``[N, B]`` constant, and a select
+    (not a gather, whose transpose scatters into a zero ``[N, B]`` buffer)."""
     shape = (1,) * (s.ndim - 1) + s.shape[-1:]
     return lax.broadcasted_iota(y_local.dtype, shape, s.ndim - 1) == y_local[..., None]
 
@@ -379,7 +381,7 @@ def coefficient(
     it is times the cap's slope: ``dloss/dx``."""
     g = probs(s, valid, rows) * rows.a[..., None]
     if y_local is not None:
-        g = g - jnp.where(_hits(s, y_local), rows.qy[..., None], 0.0)
+        g = g - jnp.where(label_hits(s, y_local), rows.qy[..., None], 0.0)
     if dense:
         wv = rows.e[..., None] if w is None else rows.e[..., None] * _widen(w, s)
         # as given: a positive target on a -inf logit of a counted row keeps its
