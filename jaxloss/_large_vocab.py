@@ -558,9 +558,9 @@ def _fused_tangent(argnum: int):
 
 
 def _chunk_d(d, argnum, opts: _Opts, n):
-    # Only hidden's tangent has rows to split into chunks.
-    if argnum != 0:
-        return jnp.zeros((-(-n // opts.chunk), opts.chunk, 0), d.dtype)
+    # Only hidden's tangent has rows to split into chunks (None: not differentiated).
+    if d is None or argnum != 0:
+        return jnp.zeros((-(-n // opts.chunk), opts.chunk, 0), jnp.float32)
     return _chunk_rows(d, opts.chunk, -(-n // opts.chunk))
 
 
@@ -1190,8 +1190,7 @@ def _lp_tangent(rows: _LogProbRows, args, ds):
         g_h = -cm.safe_mul(p, log_p + r.entropy[:, None]) * scale  # -p (log p + H)
         return None, jnp.stack([t_lp, jnp.sum(g_h * dx, axis=-1)])
 
-    d_h = _chunk_d(h, 1, opts, n) if ds[0] is None else _chunk_d(ds[0], 0, opts, n)
-    xs = (ch(h), ch(_lp_label_column(y, w, opts)), rows, d_h)
+    xs = (ch(h), ch(_lp_label_column(y, w, opts)), rows, _chunk_d(ds[0], 0, opts, n))
     t = jnp.moveaxis(lax.scan(body, None, xs)[1], 1, 0).reshape(2, -1)[:, :n]
     t = t if opts.axis_name is None else lax.psum(t, opts.axis_name)
     return t[0], t[1]
