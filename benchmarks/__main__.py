@@ -273,7 +273,7 @@ def headline_table(results: dict[str, Any]) -> list[str]:
         shape = "x".join(str(d) for d in c.get("shape", []))
         if c.get("status") != "ok":
             rows.append([name, f"{shape} {c.get('dtype', '')}", c.get("reason", c.get("status")),
-                         "", "", "", "", "", ""])  # fmt: skip
+                         "", "", "", "", "", "", ""])  # fmt: skip
             continue
         peers = c["peers"]
         ours = peers["jaxloss"]
@@ -293,6 +293,7 @@ def headline_table(results: dict[str, Any]) -> list[str]:
             fmt_bytes(ours["scratch_vag_bytes"]),
             fmt_bytes(ref.get("scratch_vag_bytes")) if ref_ok else "n/a",
             f"{ours['eff_GBps_vag']:.1f} GB/s ({100 * ours['bw_fraction_vag']:.0f}%)",
+            _floor_figure(c),
         ])  # fmt: skip
     header = [
         "case",
@@ -304,8 +305,20 @@ def headline_table(results: dict[str, Any]) -> list[str]:
         "jaxloss scratch",
         "ref scratch",
         "jaxloss eff. BW (of stream)",
+        "jaxloss ÷ (2 exp + write)",
     ]
     return _table(header, rows)  # fmt: skip
+
+
+def _floor_figure(c: dict[str, Any]) -> str:
+    """jaxloss's value_and_grad over the case's floors (two exp passes + one write)."""
+    from benchmarks._harness import floor_ratio
+
+    f = c.get("floors") or {}
+    if not {"floor_exp", "floor_write"} <= set(f):
+        return "n/a"
+    t = c["peers"]["jaxloss"]["vag"]["median_s"]
+    return f"{floor_ratio(t, f['floor_exp']['median_s'], f['floor_write']['median_s']):.2f}x"
 
 
 def targets_table(targets: list[dict[str, Any]], smoke: bool = False) -> list[str]:
@@ -356,6 +369,15 @@ def case_section(name: str, c: dict[str, Any]) -> list[str]:
             vs,
             f"{p['value']:.6g} ({p['loss_dtype']})",
         ])  # fmt: skip
+    floors = c.get("floors") or {}
+    if ours.get("status") == "ok" and {"floor_exp", "floor_write"} <= set(floors):
+        from benchmarks._harness import floor_ratio
+
+        e, w = floors["floor_exp"]["median_s"], floors["floor_write"]["median_s"]
+        ratio = floor_ratio(ours["vag"]["median_s"], e, w)
+        lines += [f"Floors, timed in the same rounds: one `sum(exp(x))` pass {fmt_time(e)}, "
+                  f"one read-and-write pass {fmt_time(w)}; jaxloss's value_and_grad is "
+                  f"{ratio:.2f}x two exp passes plus one write.", ""]  # fmt: skip
     header = [
         "peer",
         "forward",
@@ -369,31 +391,47 @@ def case_section(name: str, c: dict[str, Any]) -> list[str]:
     return [*lines, *_table(header, rows), ""]  # fmt: skip
 
 
+def _scaling_sweeps(s: dict[str, Any]) -> list[dict[str, Any]]:
+    """The sweeps of a scaling result (one per N); older files hold one, flat."""
+    return s.get("sweeps") or [s]
+
+
 def scaling_section(s: dict[str, Any], stem: str) -> list[str]:
-    from benchmarks._harness import fmt_bytes
+    from benchmarks._harness import floor_ratio, fmt_bytes
 
     lines = [f"### {s.get('title', 'scaling')}", ""]
     if s.get("status") != "ok":
         return [*lines, s.get("reason", s.get("status", "")), ""]
-    lines += [f"N = {s['N']}, ran {s['run_at']}, {s['repeats']} interleaved repeats.", "",
+    lines += [f"{s['repeats']} interleaved repeats per point; floors timed beside the peers: "
+              "`exp` = one `sum(exp(x))` pass over the same array, `write` = one "
+              "read-and-write pass (`x + 1` into a new buffer, as a gradient is written). "
+              "Target: jaxloss at most 2x (two exp passes + one write).", "",
               f"![scaling]({stem}-scaling.png)", ""]  # fmt: skip
-    names = list(s["peers"])
-    header = ["V"]
-    for n in names:
-        header += [f"{n} v&g", f"{n} scratch"]
-    header.append("jaxloss ÷ optax")
-    rows = []
-    for i, v in enumerate(s["V"]):
-        row = [str(v)]
+    for sweep in _scaling_sweeps(s):
+        peers = sweep["peers"]
+        names = [n for n in ("jaxloss", "optax") if n in peers]
+        floors = "floor_exp" in peers
+        header = ["N", "V"]
         for n in names:
-            row += [
-                _span(s["peers"][n]["vag"][i]),
-                fmt_bytes(s["peers"][n]["vag_scratch_bytes"][i]),
-            ]
-        row.append(_ratio(s["peers"]["jaxloss"]["vag"][i]["median_s"],
-                          s["peers"]["optax"]["vag"][i]["median_s"]))  # fmt: skip
-        rows.append(row)
-    return [*lines, *_table(header, rows), ""]
+            header += [f"{n} v&g", f"{n} scratch"]
+        header.append("jaxloss ÷ optax")
+        if floors:
+            header += ["exp pass", "write pass", "jaxloss ÷ (2 exp + write)"]
+        rows = []
+        for i, v in enumerate(sweep["V"]):
+            row = [str(sweep["N"]), str(v)]
+            for n in names:
+                row += [_span(peers[n]["vag"][i]), fmt_bytes(peers[n]["vag_scratch_bytes"][i])]
+            med = {n: peers[n]["vag"][i]["median_s"] for n in peers}
+            row.append(_ratio(med["jaxloss"], med["optax"]))
+            if floors:
+                ratio = floor_ratio(med["jaxloss"], med["floor_exp"], med["floor_write"])
+                row += [_span(peers["floor_exp"]["vag"][i]), _span(peers["floor_write"]["vag"][i]),
+                        f"{ratio:.2f}x"]  # fmt: skip
+            rows.append(row)
+        at = sweep.get("run_at", s.get("run_at", ""))
+        lines += [f"N = {sweep['N']}, ran {at}.", "", *_table(header, rows), ""]
+    return lines
 
 
 def extra_section(name: str, e: dict[str, Any]) -> list[str]:

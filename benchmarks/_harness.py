@@ -242,6 +242,36 @@ def torch_peer(name: str, loss_fn: Callable[..., Any], logits: Any, rest: Sequen
     return Peer(name=name, framework="torch", fwd=fwd, vag=vag, extra=extra)
 
 
+def floor_peers(shape: Sequence[int], dtype: Any) -> list[Peer]:
+    """The physical floors of a case, timed beside its peers: one ``sum(exp(x))``
+    pass over a ``shape`` array (``floor_exp``) and one read-and-write pass,
+    ``x + 1`` into a new buffer as a gradient is written (``floor_write``).
+
+    The exp pass is summed over rows of at most 32768 columns (the array's
+    reshape, free): XLA:CPU (jax 0.10.2) reduces a fused ``exp`` over longer rows
+    at an eighth of the speed, and a floor is the fastest way to do the work.
+    """
+    n = int(np.prod(shape))
+    width = shape[-1]
+    while width > 32768 and width % 2 == 0:
+        width //= 2
+    x = jnp.asarray(np.random.default_rng(0).normal(size=n).astype(np.float32)).astype(dtype)
+    x = x.reshape(n // width, width)
+    exp_c, _, _ = _compile(lambda a: jnp.sum(jnp.exp(a.astype(jnp.float32)), axis=-1), (x,))
+    write_c, _, _ = _compile(lambda a: a + jnp.ones((), a.dtype), (x,))
+    exp_pass = lambda: block(exp_c(x))
+    write_pass = lambda: block(write_c(x))
+    return [
+        Peer(name="floor_exp", framework="floor", fwd=exp_pass, vag=exp_pass),
+        Peer(name="floor_write", framework="floor", fwd=write_pass, vag=write_pass),
+    ]
+
+
+def floor_ratio(jaxloss_s: float, exp_s: float, write_s: float) -> float:
+    """jaxloss's value_and_grad time over two exp passes plus one write."""
+    return jaxloss_s / (2.0 * exp_s + write_s)
+
+
 def interleaved(
     peers: Sequence[Peer], mode: str, repeats: int, warmup: int = 1
 ) -> dict[str, Timing]:

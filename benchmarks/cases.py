@@ -429,7 +429,10 @@ def run_case(case: Case, *, repeats: int, warmup: int, stream_gbps: float) -> di
             peers.append(thunk())
         except Exception as exc:
             failed[name] = _error(exc)
-    timings = h.run_peers(peers, repeats, warmup) if peers else {"fwd": {}, "vag": {}}
+    floors = h.floor_peers(case.shape, case.dtype) if peers else []
+    timings = h.run_peers([*peers, *floors], repeats, warmup) if peers else {"fwd": {}, "vag": {}}
+    # the floors are timed in the same interleaved rounds; one pass is both modes
+    result["floors"] = {f.name: timings["vag"][f.name].to_json() for f in floors}
     out: dict[str, Any] = {}
     for p in peers:
         fwd, vag = timings["fwd"][p.name], timings["vag"][p.name]
@@ -471,59 +474,67 @@ def run_case(case: Case, *, repeats: int, warmup: int, stream_gbps: float) -> di
 # --------------------------------------------------------------------------
 
 
-def scaling_config(quick: bool) -> tuple[int, list[int]]:
+def scaling_config(quick: bool) -> list[tuple[int, list[int]]]:
+    """``(N, [V, ...])`` sweeps. N=8192 stops at V=65536: at 262144 optax's
+    value_and_grad needs more than this machine's 24 GiB."""
     if quick:
-        return 64, [256, 1024, 4096]
-    return 1024, [1024, 4096, 16384, 65536, 262144]
+        return [(64, [256, 1024, 4096])]
+    vocab = [1024, 4096, 16384, 65536, 262144]
+    return [(1024, vocab), (8192, vocab[:-1])]
+
+
+def _scaling_point(n: int, v: int, repeats: int, warmup: int) -> dict[str, Any]:
+    rng = np.random.default_rng(10 + v)
+    x = _logits(rng, (n, v), "float32")
+    y = jnp.asarray(_labels(rng, n, v))
+    peers = [
+        h.jax_peer(
+            "jaxloss",
+            lambda x, y: jaxloss.softmax_cross_entropy_with_integer_labels(x, y, reduction="mean"),
+            (x, y),
+            forward=False,
+        ),
+        h.jax_peer(
+            "optax",
+            lambda x, y: jnp.mean(optax.softmax_cross_entropy_with_integer_labels(x, y)),
+            (x, y),
+            forward=False,
+        ),
+        *h.floor_peers((n, v), "float32"),
+    ]
+    timing = h.interleaved(peers, "vag", repeats, warmup)
+    point = {
+        p.name: {"vag": timing[p.name].to_json(), "vag_scratch_bytes": p.scratch_vag_bytes,
+                 "compile_vag_s": p.compile_vag_s}
+        for p in peers
+    }  # fmt: skip
+    del x, y, peers, timing
+    h.free_memory()
+    return point
 
 
 def run_scaling(quick: bool, *, repeats: int, warmup: int) -> dict[str, Any]:
     """Softmax CE (integer labels, f32) at fixed N over V: jaxloss vs optax,
-    value-and-grad time and scratch bytes."""
-    n, vocab = scaling_config(quick)
-    names = ("jaxloss", "optax")
-    series: dict[str, dict[str, list[Any]]] = {
-        name: {k: [] for k in ("vag", "vag_scratch_bytes", "compile_vag_s")} for name in names
-    }
+    value-and-grad time and scratch bytes, with the floors of each shape (one
+    exp pass, one read-and-write pass) timed beside them."""
     t0 = time.perf_counter()
-    for v in vocab:
-        rng = np.random.default_rng(10 + v)
-        x = _logits(rng, (n, v), "float32")
-        y = jnp.asarray(_labels(rng, n, v))
-        peers = [
-            h.jax_peer(
-                "jaxloss",
-                lambda x, y: jaxloss.softmax_cross_entropy_with_integer_labels(
-                    x, y, reduction="mean"
-                ),
-                (x, y),
-                forward=False,
-            ),
-            h.jax_peer(
-                "optax",
-                lambda x, y: jnp.mean(optax.softmax_cross_entropy_with_integer_labels(x, y)),
-                (x, y),
-                forward=False,
-            ),
-        ]
-        timing = h.interleaved(peers, "vag", repeats, warmup)
-        for p in peers:
-            s = series[p.name]
-            s["vag"].append(timing[p.name].to_json())
-            s["vag_scratch_bytes"].append(p.scratch_vag_bytes)
-            s["compile_vag_s"].append(p.compile_vag_s)
-        del x, y, peers, timing
-        h.free_memory()
+    sweeps = []
+    for n, vocab in scaling_config(quick):
+        points = [_scaling_point(n, v, repeats, warmup) for v in vocab]
+        sweeps.append({
+            "N": n,
+            "V": vocab,
+            "run_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "peers": {name: {key: [pt[name][key] for pt in points] for key in points[0][name]}
+                      for name in points[0]},
+        })  # fmt: skip
     return {
         "status": "ok",
         "title": "softmax CE (integer labels, f32) value_and_grad against the vocabulary size",
-        "N": n,
-        "V": vocab,
         "dtype": "float32",
         "repeats": repeats,
         "warmup": warmup,
-        "run_at": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "peers": series,
+        "sweeps": sweeps,
         "wall_s": time.perf_counter() - t0,
     }
 
@@ -576,7 +587,39 @@ TARGETS: list[dict[str, Any]] = [
     {"name": "sigmoid BCE", "case": "bce_f32",
      "criterion": "<= 0.34x optax, scratch <= 1 MiB",
      "check": lambda r: _ratio_target(r, "bce_f32", "optax", 0.34, 1 * h.MiB)},
+    {"name": "softmax CE f32, long rows (N=1024, V=65536 and 262144)", "case": SCALING,
+     "criterion": "<= 0.9x optax at each",
+     "check": lambda r: _scaling_target(r, "optax", 0.9, lambda n, v: n == 1024 and v >= 65536)},
+    {"name": "softmax CE f32, scaling sweep (every N, V)", "case": SCALING,
+     "criterion": "<= 2x (two exp passes + one write) at each",
+     "check": lambda r: _scaling_target(r, "floor", 2.0, lambda n, v: True)},
 ]  # fmt: skip
+
+
+def _scaling_target(results, against, limit, which):
+    """The worst ratio over the sweep's points selected by ``which(N, V)``:
+    jaxloss over optax, or (``against="floor"``) over two exp passes + one write."""
+    s = results.get("scaling")
+    if not s:
+        return None, f"{SCALING} not selected"
+    if s.get("status") != "ok":
+        return None, s.get("reason", s.get("status", ""))
+    worst = None
+    for sweep in s.get("sweeps", []):
+        med = {k: [t["median_s"] for t in p["vag"]] for k, p in sweep["peers"].items()}
+        for i, v in enumerate(sweep["V"]):
+            if not which(sweep["N"], v):
+                continue
+            if against == "floor":
+                r = h.floor_ratio(med["jaxloss"][i], med["floor_exp"][i], med["floor_write"][i])
+            else:
+                r = med["jaxloss"][i] / med[against][i]
+            if worst is None or r > worst[0]:
+                worst = (r, sweep["N"], v)
+    if worst is None:
+        return None, "not run: no such point in the sweep"
+    r, n, v = worst
+    return r <= limit, f"worst {r:.3f}x at N={n}, V={v}"
 
 
 def _not_run(why: str) -> str:

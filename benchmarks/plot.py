@@ -27,6 +27,8 @@ COLORS = {
     "optax (composed)": "#d62728",
     "naive": "#7f7f7f",
     "torch": "#2ca02c",
+    "floor_exp": "#9467bd",
+    "floor_write": "#8c564b",
 }
 
 
@@ -80,32 +82,33 @@ def plot_scaling(results: dict[str, Any], path: Path) -> Path | None:
     s = results.get("scaling")
     if not s or s.get("status") != "ok":
         return None
-    vocab = s["V"]
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(8.5, 3.2))
     floor = 1024  # bytes; scratch of 0 is drawn at 1 KiB on the log axis
-    for name, series in s["peers"].items():
-        med = [t["median_s"] * 1e3 for t in series["vag"]]
-        lo = [m - t["min_s"] * 1e3 for m, t in zip(med, series["vag"], strict=True)]
-        hi = [t["max_s"] * 1e3 - m for m, t in zip(med, series["vag"], strict=True)]
-        color = COLORS.get(name)
-        ax_t.errorbar(vocab, med, yerr=[lo, hi], marker="o", ms=3, capsize=2, label=name, c=color)
-        scratch = [max(b or 0, floor) for b in series["vag_scratch_bytes"]]
-        ax_m.plot(vocab, scratch, marker="o", ms=3, label=name, c=color)
-    # linear reference through jaxloss's largest-V point
-    last = s["peers"]["jaxloss"]["vag"][-1]["median_s"] * 1e3
-    ax_t.plot(vocab, [last * v / vocab[-1] for v in vocab], ls="--", c="gray", lw=0.8,
-              label="linear in V")  # fmt: skip
-
+    sweeps = s.get("sweeps") or [s]
+    styles = ["-", ":"]
+    for k, sweep in enumerate(sweeps):
+        vocab, ls = sweep["V"], styles[k % len(styles)]
+        for name, series in sweep["peers"].items():
+            med = [t["median_s"] * 1e3 for t in series["vag"]]
+            lo = [m - t["min_s"] * 1e3 for m, t in zip(med, series["vag"], strict=True)]
+            hi = [t["max_s"] * 1e3 - m for m, t in zip(med, series["vag"], strict=True)]
+            color = COLORS.get(name, "gray")
+            label = f"{name}, N={sweep['N']}"
+            ax_t.errorbar(vocab, med, yerr=[lo, hi], marker="o", ms=3, capsize=2, label=label,
+                          c=color, ls=ls, lw=0.8 if name.startswith("floor") else 1.5)  # fmt: skip
+            if series["vag_scratch_bytes"][0] is not None:
+                scratch = [max(b or 0, floor) for b in series["vag_scratch_bytes"]]
+                ax_m.plot(vocab, scratch, marker="o", ms=3, label=label, c=color, ls=ls)
     for ax in (ax_t, ax_m):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-        ax.set_xlabel(f"vocabulary size V (N = {s['N']})", fontsize=8)
+        ax.set_xlabel("vocabulary size V", fontsize=8)
         ax.tick_params(labelsize=7)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6)
         ax.grid(True, which="major", lw=0.3)
     ax_t.set_ylabel("value_and_grad time (ms, median, min-max)", fontsize=8)
     ax_m.set_ylabel("scratch (memory_analysis temp; floor 1 KiB)", fontsize=8)
-    top = max(max(b or 0, floor) for series in s["peers"].values()
+    top = max(max(b or 0, floor) for sweep in sweeps for series in sweep["peers"].values()
               for b in series["vag_scratch_bytes"])  # fmt: skip
     ax_m.set_ylim(floor / 2, max(4 * top, 2**20))
     ax_m.yaxis.set_major_locator(LogLocator(base=4))

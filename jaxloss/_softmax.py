@@ -71,6 +71,47 @@ def softcap_slope(s: Array, cap: float | None) -> Array | None:
     return 1.0 - t * t
 
 
+# Widest row XLA:CPU (jax 0.10.2) reduces a fused `exp` at full speed: `sum(exp(x -
+# m), -1)` over [1024, 65536] float32 takes 8x the time of the same element count
+# in rows of 32768 or fewer. Pinned by tests/test_workarounds.py (the HLO's
+# reduction widths); the measured figures are in benchmarks/results/cpu.md.
+ROW_BLOCK = 32768
+
+
+def _row_blocks(c: int) -> tuple[int, int]:
+    """``(nb, k)`` with ``nb * k <= c``, ``k <= ROW_BLOCK``: the fewest equal blocks
+    that tile a row of ``c`` exactly, or, when those would be narrower than 1024
+    columns (a ``c`` with no suitable divisor), ``ceil(c / ROW_BLOCK)`` blocks and
+    a remainder of fewer than ``nb`` columns."""
+    least = -(-c // ROW_BLOCK)
+    for nb in range(least, c // 1024 + 1):
+        if c % nb == 0:
+            return nb, c // nb
+    return least, c // least
+
+
+def exp_sum(s: Array, shift: Array) -> Array:
+    """``sum(exp(s - shift[..., None]), -1)`` over rows of any length.
+
+    A row longer than :data:`ROW_BLOCK` is viewed as ``[..., nb, k]`` blocks
+    before the ``exp`` (a reshape of the caller's buffer is free; after the
+    ``exp`` it is not), each block summed, and the ``[..., nb]`` partial sums
+    added after an optimisation barrier (without it XLA merges the two
+    reductions back into one over the whole row). No ``[..., C]`` temporary;
+    elsewhere (GPU) this is a two-level row reduction of the same cost.
+    """
+    c = s.shape[-1]
+    if c <= ROW_BLOCK:
+        return jnp.sum(jnp.exp(s - shift[..., None]), axis=-1)
+    nb, k = _row_blocks(c)
+    blocks = s[..., : nb * k].reshape(*s.shape[:-1], nb, k)
+    part = jnp.sum(jnp.exp(blocks - shift[..., None, None]), axis=-1)
+    total = jnp.sum(lax.optimization_barrier(part), axis=-1)
+    if nb * k < c:
+        total = total + jnp.sum(jnp.exp(s[..., nb * k :] - shift[..., None]), axis=-1)
+    return total
+
+
 def valid_classes(s: Array, mask: Array | None) -> Array:
     """Classes allowed by ``mask`` whose logit is not ``-inf``."""
     # ``!=`` rather than ``>``: a NaN logit stays valid so that it propagates.
@@ -196,7 +237,7 @@ def block_stats(
             upcast(jnp.max(raw if valid is None else jnp.where(valid, raw, NEG_INF), -1)), cap
         )
     shift = lax.stop_gradient(jnp.where(jnp.isfinite(m), m, jnp.zeros_like(m)))
-    total = jnp.sum(jnp.exp(sm - shift[..., None]), axis=-1)
+    total = exp_sum(sm, shift)
     if s_y is None:
         s_y = jnp.zeros_like(shift)
         if y_local is not None:

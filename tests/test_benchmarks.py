@@ -80,8 +80,10 @@ def test_quick_benchmarks_write_report(quick):
 
     scaling = results["scaling"]
     assert scaling["status"] == "ok"
-    for series in scaling["peers"].values():
-        assert len(series["vag"]) == len(series["vag_scratch_bytes"]) == len(scaling["V"])
+    for sweep in scaling["sweeps"]:
+        assert {"jaxloss", "optax", "floor_exp", "floor_write"} <= set(sweep["peers"])
+        for series in sweep["peers"].values():
+            assert len(series["vag"]) == len(series["vag_scratch_bytes"]) == len(sweep["V"])
 
     for extra in ("catalogue", "large_vocab"):
         assert results["extras"][extra]["status"] in ("ok", "skipped", "failed")

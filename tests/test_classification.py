@@ -1069,3 +1069,39 @@ def test_options_case_keeps_no_row_by_class_temporary():
 
     compiled = jax.jit(jax.value_and_grad(f)).lower(x, y).compile()
     assert compiled.memory_analysis().temp_size_in_bytes <= 2**20
+
+
+# Rows longer than the core's block width (sm.ROW_BLOCK = 32768) are summed in
+# blocks: 2 equal blocks (65536), 9 blocks of 10923 found by the divisor search
+# (98307 = 9 * 10923; no 4 to 8 equal blocks tile it), and a prime width (65537:
+# 3 blocks of 21845 and a 2-column remainder).
+@pytest.mark.parametrize("c", [65536, 98307, 65537])
+def test_long_rows_match_torch(c):
+    from jaxloss import _softmax as sm
+
+    r = rng(c)
+    x = r.normal(0.0, 3.0, (3, c))
+    x[1, 7] = 40.0  # one dominant logit
+    y = np.array([0, 7, c - 1])
+    t = r.dirichlet(np.ones(c), 3)
+    nb, k = sm._row_blocks(c)
+    assert nb * k <= c < nb * k + nb and k <= sm.ROW_BLOCK
+    xj, yj, tj = jnp.asarray(x), jnp.asarray(y), jnp.asarray(t)
+    v = r.normal(size=x.shape)
+    for ours, theirs in (
+        (
+            lambda a: ce_int(a, yj, reduction="sum"),
+            lambda a: F.cross_entropy(a, tt(y), reduction="sum"),
+        ),
+        (
+            lambda a: ce_prob(a, tj, reduction="sum"),
+            lambda a: F.cross_entropy(a, tt(t), reduction="sum"),
+        ),
+    ):
+        xt = tt(x, grad=True)
+        ref = theirs(xt)
+        ref.backward()
+        val, g = jax.value_and_grad(ours)(xj)
+        close(val, ref.item())
+        close(g, xt.grad.numpy())
+        close(jax.jvp(ours, (xj,), (jnp.asarray(v),))[1], np.sum(xt.grad.numpy() * v))

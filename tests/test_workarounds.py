@@ -164,3 +164,37 @@ def test_bf16_row_max_from_the_raw_logits(monkeypatch):
     )
     assert kept < ONE_BUFFER / 8, kept
     assert plain >= ONE_BUFFER, (kept, plain)
+
+
+def _reduce_shapes(loss, spec, labels):
+    """Output shapes of the reductions in the compiled forward of ``loss``."""
+    jax.clear_caches()
+    text = jax.jit(loss).lower(spec, labels).compile().as_text()
+    return {line.split("=")[1].split()[0] for line in text.splitlines() if " reduce(" in line}
+
+
+def test_long_rows_are_summed_in_blocks(monkeypatch):
+    """``_softmax.exp_sum``: a row wider than ``ROW_BLOCK`` is summed as blocks of at
+    most 32768 columns whose partial sums are kept apart (``f32[N, nb]``), viewed
+    before the ``exp``. XLA:CPU (jax 0.10.2) reduces a fused ``exp`` over rows of
+    65536 at an eighth of its speed over rows of 32768 (the figures are in
+    benchmarks/results/cpu.md); as one plain reduction the row stays whole."""
+    from jaxloss import _softmax as sm
+
+    rows, width = 8, 2 * sm.ROW_BLOCK
+    spec = jax.ShapeDtypeStruct((rows, width), jnp.float32)
+    labels = jax.ShapeDtypeStruct((rows,), jnp.int32)
+
+    def loss(x, y):
+        return jaxloss.softmax_cross_entropy_with_integer_labels(x, y)
+
+    def plain(s, shift):
+        return jnp.sum(jnp.exp(s - shift[..., None]), axis=-1)
+
+    kept = _reduce_shapes(loss, spec, labels)
+    with monkeypatch.context() as m:
+        m.setattr(sm, "exp_sum", plain)
+        whole = _reduce_shapes(loss, spec, labels)
+    jax.clear_caches()
+    assert f"f32[{rows},2]{{1,0}}" in kept, kept
+    assert not any(s.startswith(f"f32[{rows},2]") for s in whole), whole
