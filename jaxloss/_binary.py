@@ -24,7 +24,7 @@ Array = jax.Array
 
 def _smooth(y, eps):
     # Keras: labels squeezed towards 1/2.
-    return y if eps == 0.0 else y * (1.0 - eps) + 0.5 * eps
+    return y if not cm.maybe_nonzero(eps) else y * (1.0 - eps) + 0.5 * eps
 
 
 def _widen(v, like):
@@ -80,7 +80,7 @@ def _bce_tangent_x(_, args, dx):
 _sigmoid_bce = cm.linear_rule(
     lambda x, y, pw, w, eps: (_bce_forward(x, y, pw, w, eps), None),
     {0: _bce_tangent_x},
-    static_argnums=(4,),
+    traceable_argnums=(4,),
 )
 
 
@@ -121,7 +121,8 @@ def sigmoid_binary_cross_entropy(
       weight: elementwise rescaling, broadcastable to ``logits`` (PyTorch ``weight``).
       pos_weight: weight of the positive term, broadcastable to ``logits``
         (PyTorch ``pos_weight``: one per class on the last axis).
-      label_smoothing: :math:`\varepsilon \in [0, 1]`, labels squeezed toward 1/2 (Keras).
+      label_smoothing: :math:`\varepsilon \in [0, 1]`, labels squeezed toward 1/2 (Keras);
+        a Python number, or a traced scalar (``jit``, ``vmap``, differentiable).
       reduction: ``"none"``, ``"sum"`` or ``"mean"`` (over all elements, as
         PyTorch divides: ``weight`` rescales, it does not renormalise).
 
@@ -146,7 +147,9 @@ def sigmoid_binary_cross_entropy(
     """
     x, y, w = _prepare_binary(logits, labels, weight, "logits")
     red = cm.Reduction.of(reduction)
-    eps = cm.static_float(label_smoothing, "label_smoothing", low=0.0, high=1.0)
+    eps = cm.number_option(
+        label_smoothing, "label_smoothing", low=0.0, high=1.0, traced_dtype=cm.compute_dtype(x)
+    )
     pw = None
     if pos_weight is not None:
         pw = cm.as_float_array(pos_weight, "pos_weight")

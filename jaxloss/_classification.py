@@ -10,7 +10,6 @@ recomputes ``softmax * A - q`` in one fused elementwise pass.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -27,41 +26,37 @@ Array = jax.Array
 # --------------------------------------------------------------------------
 
 
-class _IntOpts(NamedTuple):
-    ignore_index: int | None
-    eps: float
-    z: float
-    cap: float | None
-
-
-def _int_forward(x, labels, weight, mask, opts: _IntOpts):
+def _int_forward(x, labels, weight, mask, eps, z, cap, ignore_index):
     """``((loss, share), (rows, safe))``: per-row loss, its share of the mean's
     divisor (``w[y]``, 0 when ignored or without a valid class) and the rule's
-    residuals."""
+    residuals. ``eps``, ``z`` and ``cap`` are Python numbers (static) or traced
+    scalars (differentiable by autodiff of this forward)."""
     num_classes = x.shape[-1]
-    s = sm.softcap(sm.upcast(x), opts.cap)
-    info = sm.labels_info(labels, num_classes, opts.ignore_index)
+    s = sm.softcap(sm.upcast(x), cap)
+    info = sm.labels_info(labels, num_classes, ignore_index)
     w_y = sm.label_weight(info, weight, s.dtype)
-    s_y = sm.softcap(sm.upcast(sm.label_logit(x, info.safe)), opts.cap)
+    s_y = sm.softcap(sm.upcast(sm.label_logit(x, info.safe)), cap)
     gscale = sm.gap_scale(num_classes)
-    dense = opts.eps > 0.0
+    dense = cm.maybe_nonzero(eps)
     raw = x if x.dtype != s.dtype else None
     block = sm.block_stats(
-        s, mask, None, weight, dense=dense, gscale=gscale, s_y=s_y, raw=raw, cap=opts.cap
+        s, mask, None, weight, dense=dense, gscale=gscale, s_y=s_y, raw=raw, cap=cap
     )
-    loss, share, rows = sm.finish_labels(block, info, w_y, eps=opts.eps, z=opts.z, gscale=gscale)
+    loss, share, rows = sm.finish_labels(block, info, w_y, eps=eps, z=z, gscale=gscale)
     return (loss, share), (rows, info.safe)
 
 
 def _int_tangent_x(res, args, dx):
     rows, safe = res
-    x, _, weight, mask, opts = args
-    s = sm.softcap(sm.upcast(x), opts.cap)
-    g = sm.coefficient(s, mask, safe, weight, rows, dense=opts.eps > 0.0, cap=opts.cap)
+    x, _, weight, mask, eps, _, cap, _ = args
+    s = sm.softcap(sm.upcast(x), cap)
+    g = sm.coefficient(s, mask, safe, weight, rows, dense=cm.maybe_nonzero(eps), cap=cap)
     return sm.row_tangent(g, dx)
 
 
-_ce_int = cm.linear_rule(_int_forward, {0: _int_tangent_x}, static_argnums=(4,))
+_ce_int = cm.linear_rule(
+    _int_forward, {0: _int_tangent_x}, static_argnums=(7,), traceable_argnums=(4, 5, 6)
+)
 
 
 # --------------------------------------------------------------------------
@@ -69,17 +64,12 @@ _ce_int = cm.linear_rule(_int_forward, {0: _int_tangent_x}, static_argnums=(4,))
 # --------------------------------------------------------------------------
 
 
-class _ProbOpts(NamedTuple):
-    eps: float
-    z: float
-
-
 def _smoothed_targets(s, labels, mask, eps):
     """Targets zeroed on masked classes, with ``eps / K`` spread over the valid ones."""
     t = labels.astype(s.dtype)
     if mask is not None:
         t = jnp.where(mask, t, jnp.zeros_like(t))
-    if eps > 0.0:
+    if cm.maybe_nonzero(eps):
         valid = sm.valid_classes(s, mask)
         k = jnp.maximum(jnp.sum(valid, axis=-1).astype(s.dtype), 1.0)
         t = (1.0 - eps) * t + jnp.where(valid, eps / k[..., None], 0.0)
@@ -92,22 +82,22 @@ def _weighted_targets(s, labels, weight, mask, eps):
     return t if weight is None else t * jnp.broadcast_to(weight.astype(s.dtype), s.shape)
 
 
-def _prob_forward(x, labels, weight, mask, opts: _ProbOpts):
+def _prob_forward(x, labels, weight, mask, eps, z):
     """``((loss, share), rows)``; ``share`` is 1 on rows with a valid class."""
     s = sm.upcast(x)
-    t = _weighted_targets(s, labels, weight, mask, opts.eps)
+    t = _weighted_targets(s, labels, weight, mask, eps)
     gscale = sm.gap_scale(s.shape[-1])
     block = sm.block_stats(s, mask, None, t, dense=True, gscale=gscale, w_as_given=True)
     zw = (block.wsum != 0).astype(s.dtype)
     one = jnp.ones_like(zw)
-    loss, rows = sm.finish(block, qy=None, e=one, zw=zw, z=opts.z, gscale=gscale)
+    loss, rows = sm.finish(block, qy=None, e=one, zw=zw, z=z, gscale=gscale)
     return (loss, (block.total > 0).astype(s.dtype)), rows
 
 
 def _prob_tangent_x(rows, args, dx):
-    x, labels, weight, mask, opts = args
+    x, labels, weight, mask, eps, _ = args
     s = sm.upcast(x)
-    t = _weighted_targets(s, labels, weight, mask, opts.eps)
+    t = _weighted_targets(s, labels, weight, mask, eps)
     # p A - e t, e = 1 on counted rows and 0 elsewhere (no allowed class: no gradient)
     g = sm.coefficient(s, mask, None, t, rows, dense=True, w_as_given=True)
     return sm.row_tangent(g, dx)
@@ -120,18 +110,18 @@ def _prob_tangent_labels(rows, args, dlabels):
     drop the classes whose target is 0, whose slope is ``lse - x_c`` like any
     other's. The z-loss term does not depend on the targets.
     """
-    x, _, weight, mask, opts = args
+    x, _, weight, mask, eps, _ = args
     s = sm.upcast(x)
     gap = rows.log_sum[..., None] + (rows.shift[..., None] - s)
     gap = jnp.where(sm.valid_classes(s, mask), gap, jnp.zeros_like(gap))
     if weight is not None:
         gap = gap * jnp.broadcast_to(weight.astype(s.dtype), s.shape)
-    dloss = (1.0 - opts.eps) * jnp.sum(gap * dlabels.astype(s.dtype), axis=-1)
+    dloss = (1.0 - eps) * jnp.sum(gap * dlabels.astype(s.dtype), axis=-1)
     return dloss, jnp.zeros_like(dloss)
 
 
 _ce_prob = cm.linear_rule(
-    _prob_forward, {0: _prob_tangent_x, 1: _prob_tangent_labels}, static_argnums=(4,)
+    _prob_forward, {0: _prob_tangent_x, 1: _prob_tangent_labels}, traceable_argnums=(4, 5)
 )
 
 
@@ -177,6 +167,9 @@ def softmax_cross_entropy_with_integer_labels(
       label_smoothing: :math:`\varepsilon \in [0, 1]`, PyTorch semantics.
       z_loss: coefficient of PaLM's auxiliary :math:`\mathrm{lse}^2` term.
       logit_softcap: Gemma 2 soft cap applied to the logits first.
+        ``label_smoothing``, ``z_loss`` and ``logit_softcap`` may be traced
+        scalars (scheduled under ``jit``, swept with ``vmap``, learned with
+        ``grad``); a Python number selects a specialised path.
       reduction: ``"none"`` (per example), ``"sum"`` or ``"mean"`` (PyTorch's
         weighted mean :math:`\sum \ell / \sum w_{y_i}`; 0 when nothing counts).
 
@@ -207,8 +200,9 @@ def softmax_cross_entropy_with_integer_labels(
       ``optax.softmax_cross_entropy_with_integer_labels``.
     """
     options = (ignore_index, label_smoothing, z_loss, logit_softcap)
-    p = cm.int_label_inputs(logits, labels, axis, where, weight, reduction, options)
-    loss, share = _ce_int(p.x, p.labels, p.weight, p.mask, _IntOpts(*p.options))
+    p = cm.int_label_inputs(logits, labels, axis, where, weight, reduction, options, traced=True)
+    o = p.options
+    loss, share = _ce_int(p.x, p.labels, p.weight, p.mask, o.eps, o.z, o.cap, o.ignore_index)
     return p.reduction(loss, share)
 
 
@@ -243,7 +237,8 @@ def softmax_cross_entropy(
         the number of rows, as PyTorch does for probability targets).
       label_smoothing: :math:`\varepsilon \in [0, 1]` spread over the ``K``
         allowed classes.
-      z_loss: coefficient of the :math:`\mathrm{lse}^2` term.
+      z_loss: coefficient of the :math:`\mathrm{lse}^2` term. Both may be
+        traced scalars (``jit``, ``vmap``, differentiable).
       reduction: ``"none"``, ``"sum"`` or ``"mean"`` (over rows; rows with no
         allowed class do not count).
 
@@ -277,11 +272,11 @@ def softmax_cross_entropy(
         ) from None
     t = cm.classes_last(t, axes)
     red = cm.Reduction.of(reduction)
-    o = cm.ce_options(None, label_smoothing, z_loss, None)
+    o = cm.ce_options(None, label_smoothing, z_loss, None, traced_dtype=cm.compute_dtype(x))
     # The labels keep their dtype: the rule widens them with the logits, so a
     # float32 target is never rounded to bf16 and no converted copy is saved.
     w = cm.prepare_class_weight(weight, x.shape[-1])
-    loss, share = _ce_prob(x, t, w, mask, _ProbOpts(o.eps, o.z))
+    loss, share = _ce_prob(x, t, w, mask, o.eps, o.z)
     return red(loss, share)
 
 

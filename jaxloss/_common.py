@@ -7,6 +7,7 @@ the README (reduction, weights, masks, dtypes, errors) live in one place.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import numbers
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -272,24 +273,53 @@ def prepare_class_weight(weight: ArrayLike | None, num_classes: int) -> Array | 
 
 
 class CEOptions(NamedTuple):
-    """Validated cross-entropy options (static: they select the computation)."""
+    """Validated cross-entropy options. ``ignore_index`` is static; the others are
+    Python floats (a specialised path) or, where the loss allows it, traced
+    scalars (the general path)."""
 
     ignore_index: int | None
-    eps: float
-    z: float
-    cap: float | None
+    eps: float | Array
+    z: float | Array
+    cap: float | Array | None
 
 
 def ce_options(
-    ignore_index: Any, label_smoothing: Any, z_loss: Any, logit_softcap: Any
+    ignore_index: Any,
+    label_smoothing: Any,
+    z_loss: Any,
+    logit_softcap: Any,
+    *,
+    traced_dtype: Any = None,
 ) -> CEOptions:
-    """Validates ``ignore_index``, ``label_smoothing``, ``z_loss`` and ``logit_softcap``."""
+    """Validates ``ignore_index``, ``label_smoothing``, ``z_loss`` and ``logit_softcap``.
+
+    With ``traced_dtype`` (the computation dtype) ``label_smoothing``, ``z_loss``
+    and ``logit_softcap`` may be traced (:func:`number_option`); without, each
+    must be a concrete number."""
+    number = functools.partial(number_option, traced_dtype=traced_dtype)
     return CEOptions(
         static_int(ignore_index, "ignore_index"),
-        static_float(label_smoothing, "label_smoothing", low=0.0, high=1.0),
-        static_float(z_loss, "z_loss", low=0.0),
-        static_float(logit_softcap, "logit_softcap", low=0.0, low_open=True, allow_none=True),
+        number(label_smoothing, "label_smoothing", low=0.0, high=1.0),
+        number(z_loss, "z_loss", low=0.0),
+        number(logit_softcap, "logit_softcap", low=0.0, low_open=True, allow_none=True),
     )
+
+
+def number_option(
+    value: Any, name: str, *, traced_dtype: Any = None, allow_none: bool = False, **bounds: Any
+) -> float | Array | None:
+    """A concrete hyperparameter as a validated Python float (:func:`static_float`,
+    ``bounds`` its range); with ``traced_dtype``, a traced one as a scalar of that
+    dtype (the general path; its range cannot be checked), else an error."""
+    if traced_dtype is None or (value is None and allow_none) or is_concrete(value):
+        return static_float(value, name, allow_none=allow_none, **bounds)
+    return hyperparameter(value, name, dtype=traced_dtype)
+
+
+def maybe_nonzero(v: float | Array | None) -> bool:
+    """False only for a hyperparameter known to be 0 (or ``None``): a traced value
+    takes the general path."""
+    return v is not None and not (isinstance(v, (int, float)) and v == 0.0)
 
 
 def check_labels_in_range(
@@ -338,6 +368,8 @@ def int_label_inputs(
     reduction: Any,
     options: tuple[Any, Any, Any, Any],
     shards: int = 1,
+    *,
+    traced: bool = False,
 ) -> IntLabelInputs:
     """Validates an integer-label cross-entropy's arguments, in one order for every
     such loss; ``options`` is ``(ignore_index, label_smoothing, z_loss,
@@ -347,7 +379,7 @@ def int_label_inputs(
     x, mask, _ = prepare_logits(logits, axis, where)
     y = prepare_int_labels(labels, x, axis, jnp.shape(logits))
     red = Reduction.of(reduction)
-    o = ce_options(*options)
+    o = ce_options(*options, traced_dtype=compute_dtype(x) if traced else None)
     num_classes = x.shape[-1] * shards
     w = prepare_class_weight(weight, num_classes)
     check_labels_in_range(y, num_classes, o.ignore_index)

@@ -336,7 +336,7 @@ def finish(
     qy: Array | None,
     e: Array | None,
     zw: Array | None,
-    z: float,
+    z: float | Array,
     gscale: float,
     active: Array | None = None,
     bad: Array | None = None,
@@ -364,7 +364,7 @@ def finish(
         wgap = jnp.where(counted, block.wgap, zero)
         loss = loss + cm.safe_mul(e, log_sum * block.wsum) + cm.safe_mul(e / gscale, wgap)
         a = a + e * block.wsum
-    if z > 0.0 and zw is not None:
+    if zw is not None and cm.maybe_nonzero(z):
         zw = jnp.where(counted, zw, zero)
         loss = loss + z * zw * lse * lse  # PaLM z-loss
         a = a + 2.0 * z * zw * lse
@@ -376,7 +376,7 @@ def finish(
 
 
 def finish_labels(
-    block: Block, info: Labels, w_y: Array, *, eps: float, z: float, gscale: float
+    block: Block, info: Labels, w_y: Array, *, eps: float | Array, z: float | Array, gscale: float
 ) -> tuple[Array, Array, Rows]:
     """:func:`finish` for integer labels: ``qy = (1 - eps) w_y``, ``e = eps / K``,
     ``zw = w_y``. Returns the loss, each row's share of the mean's divisor (``w_y``

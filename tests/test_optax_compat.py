@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _helpers import close as close64
 
 import jaxloss
 
@@ -186,3 +187,46 @@ def test_multiclass_hinge_is_crammer_singer_and_multi_margin_is_pytorch_s():
         torch.tensor(np.asarray(s)), torch.tensor(np.asarray(y)), reduction="none"
     )
     close(jaxloss.multi_margin_loss(s, y), want.numpy())
+
+
+def test_traced_cross_entropy_options_equal_the_static_path_and_are_differentiable():
+    """label_smoothing, z_loss and logit_softcap traced (jit, vmap, grad) give the
+    numbers of the Python-number path; their derivatives match central
+    differences of that path in float64."""
+    r = np.random.default_rng(7)
+    x = jnp.asarray(r.normal(0.0, 3.0, (5, 6)))
+    y = jnp.asarray(r.integers(0, 6, 5))
+    t = jnp.asarray(r.dirichlet(np.ones(6), 5))
+    b = jnp.asarray(r.uniform(size=(5, 6)))
+    losses = {
+        "int": lambda e, z, c: jaxloss.softmax_cross_entropy_with_integer_labels(
+            x, y, label_smoothing=e, z_loss=z, logit_softcap=c, reduction="sum"
+        ),
+        "prob": lambda e, z, c: jaxloss.softmax_cross_entropy(
+            x, t, label_smoothing=e, z_loss=z, reduction="sum"
+        ),
+        "bce": lambda e, z, c: jaxloss.sigmoid_binary_cross_entropy(
+            x, b, label_smoothing=e, reduction="sum"
+        ),
+    }
+    point = (0.15, 0.02, 4.0)
+    h = 1e-6
+    for name, f in losses.items():
+        static = f(*point)
+        close64(jax.jit(f)(*point), static, err_msg=name)
+        close64(jax.vmap(f, (0, None, None))(jnp.array([0.0, point[0]]), *point[1:]),
+              jnp.stack([f(0.0, *point[1:]), static]), err_msg=name)  # fmt: skip
+        grads = jax.grad(f, argnums=(0, 1, 2))(*point)
+        for i, g in enumerate(grads):
+            up, down = list(point), list(point)
+            up[i] += h
+            down[i] -= h
+            close64(g, (f(*up) - f(*down)) / (2 * h), rtol=1e-6, atol=1e-8, err_msg=f"{name} {i}")
+
+    # the logits' gradient is the same closed form on both paths
+    def ce(x, e):
+        return jaxloss.softmax_cross_entropy_with_integer_labels(
+            x, y, label_smoothing=e, z_loss=0.02, logit_softcap=4.0
+        ).sum()
+
+    close64(jax.grad(ce)(x, 0.15), jax.grad(ce)(x, jnp.float64(0.15)))
