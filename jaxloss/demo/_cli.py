@@ -60,7 +60,9 @@ def _add_run_flags(p: argparse.ArgumentParser, loss_names: Sequence[str]) -> Non
         action="append",
         choices=list(loss_names),
         metavar="NAME",
-        help="run only this loss (repeatable; default: every loss). Choices: "
+        help="run only this loss's run (repeatable; default: every run); NAME[setting] "
+        "picks another setting of a loss, e.g. "
+        "fused_linear_distillation_loss[forward_kl]. Choices: "
         + ", ".join(loss_names),
     )
     p.add_argument(
@@ -192,7 +194,10 @@ def _select_specs(args: argparse.Namespace) -> list[Any]:
     specs = _runs.available_specs()
     if args.loss:
         chosen = set(args.loss)
-        return [s for s in specs if chosen & set(s.losses)]
+        # a run's own name picks that run; a loss no run is named after picks every
+        # run that uses it
+        by_use = chosen - {s.name for s in specs}
+        return [s for s in specs if s.name in chosen or by_use & set(s.losses)]
     covered = {n for s in specs for n in s.losses}
     for name in sorted(set(_runs.public_losses()) - covered):
         print(f"warning: no demo run uses jaxloss.{name}", file=sys.stderr)

@@ -893,14 +893,30 @@ def _lm_log_probs(h, b, p, e):
 _TEXT_T = 2.0  # temperature of the text distillation
 
 
-def _text_distillation(h, b, p, e):
-    """The generalised JSD between the student's and the teacher's next-character
-    distributions, from both models' hidden states and output kernels."""
-    return _lib("fused_linear_distillation_loss")(
-        h, p[0], b["teacher_h"], jnp.asarray(e.info["teacher_kernel"]),
-        student_bias=p[1], teacher_bias=jnp.asarray(e.info["teacher_bias"]),
-        divergence="jsd", beta=0.5, temperature=_TEXT_T,
-    )  # fmt: skip
+def _text_distillation_spec(divergence: str) -> Spec:
+    """The student's and the teacher's next-character distributions compared by
+    ``divergence``, from both models' hidden states and output kernels. The JSD
+    run carries the loss's name; the two KL directions are named after it with
+    the divergence in brackets."""
+
+    def loss(h, b, p, e):
+        return _lib("fused_linear_distillation_loss")(
+            h, p[0], b["teacher_h"], jnp.asarray(e.info["teacher_kernel"]),
+            student_bias=p[1], teacher_bias=jnp.asarray(e.info["teacher_bias"]),
+            divergence=divergence, beta=0.5, temperature=_TEXT_T,  # beta: the JSD's only
+        )  # fmt: skip
+
+    name = "fused_linear_distillation_loss"
+    setting = f"smaller student, {divergence}" + (" beta=0.5" if divergence == "jsd" else "")
+    return Spec(
+        name if divergence == "jsd" else f"{name}[{divergence}]",
+        "text_distillation",
+        f"{setting}, T={_TEXT_T:g}",
+        loss,
+        params=_lm_params,
+        lm={"tied": True},
+        uses=(name,),
+    )
 
 
 SPECS: tuple[Spec, ...] = (
@@ -1099,22 +1115,17 @@ SPECS: tuple[Spec, ...] = (
         params=_lm_params,
         lm={"tied": True},
     ),
-    Spec(
-        "fused_linear_distillation_loss",
-        "text_distillation",
-        f"smaller student, jsd beta=0.5, T={_TEXT_T:g}",
-        _text_distillation,
-        params=_lm_params,
-        lm={"tied": True},
-    ),
+    *(_text_distillation_spec(d) for d in ("jsd", "forward_kl", "reverse_kl")),
     # --- box regression: the ink of a digit on a canvas ----------------------
     _box_spec("generalized_box_iou_loss", "sigmoid centre + size"),
     _box_spec("distance_box_iou_loss", "sigmoid centre + size"),
     _box_spec("complete_box_iou_loss", "sigmoid centre + size, alpha differentiated", _ciou),
 )
 
-# Runs keyed by the registry name of the loss they train with (tests/test_registry.py
-# checks that every key is a registry row and every row has a run).
+# Runs keyed by their name: the registry name of the loss they train with, or for
+# a second setting of the same loss that name with the setting in brackets
+# (tests/test_registry.py checks that every run's losses are registry rows and
+# every row has a run).
 SPECS_BY_NAME: dict[str, Spec] = {s.name: s for s in SPECS}
 
 
