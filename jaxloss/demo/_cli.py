@@ -62,8 +62,7 @@ def _add_run_flags(p: argparse.ArgumentParser, loss_names: Sequence[str]) -> Non
         metavar="NAME",
         help="run only this loss's run (repeatable; default: every run); NAME[setting] "
         "picks another setting of a loss, e.g. "
-        "fused_linear_distillation_loss[forward_kl]. Choices: "
-        + ", ".join(loss_names),
+        "fused_linear_distillation_loss[forward_kl]. Choices: " + ", ".join(loss_names),
     )
     p.add_argument(
         "--steps",
