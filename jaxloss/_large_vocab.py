@@ -986,10 +986,11 @@ def vocab_parallel_fused_linear_softmax_cross_entropy(
       weight: optional class weights for the whole vocabulary ``[V]``
         (replicated, not sharded), as in
         :func:`fused_linear_softmax_cross_entropy`.
-      sample_weight, normalizer, temperature, ignore_index, label_smoothing,
-        z_loss, logit_softcap, reduction, chunk_size: as in
+      sample_weight, normalizer, temperature, ignore_index: as in
         :func:`fused_linear_softmax_cross_entropy` (``sample_weight`` replicated
         like ``labels``).
+      label_smoothing, z_loss, logit_softcap, reduction, chunk_size: as in
+        :func:`fused_linear_softmax_cross_entropy`.
 
     Returns:
       The loss, replicated over ``axis_name``.
