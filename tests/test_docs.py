@@ -167,14 +167,16 @@ def test_broken_links_are_detected(tmp_path):
     assert broken_links(tmp_path) == ["b.html -> a.html#nope (no anchor)"]
 
 
-def test_a_warning_fails_the_build(tmp_path, monkeypatch):
+def test_a_warning_fails_the_build(tmp_path, monkeypatch, capfd):
     """Warnings are errors: a page whose autodoc target does not exist (Sphinx
     warns and would otherwise write the page without it) stops the build."""
     real = build.api_page
 
-    def broken(name, fn):
-        return real(name, fn).replace(f"jaxloss.{name}\n```", f"jaxloss.no_such_{name}\n```")
+    def broken(name, fn):  # one page documents a function that does not exist
+        page = real(name, fn)
+        return page.replace("jaxloss.huber_loss\n```", "jaxloss.no_such_loss\n```")
 
     monkeypatch.setattr(build, "api_page", broken)
     with pytest.raises(RuntimeError, match="sphinx-build failed"):
         build.build(tmp_path / "site")
+    assert "no_such_loss" in capfd.readouterr().err
