@@ -794,7 +794,7 @@ def fused_linear_softmax_cross_entropy(
         reduced like the loss), ``argmax`` ``[N]`` (int32) and ``accuracy``
         (over the counted tokens: not ignored, a valid label, a nonzero
         ``sample_weight``). They are constants for differentiation. Not
-        available with rows sharded over an explicit mesh.
+        available with inputs sharded over an explicit mesh.
 
     Returns:
       The loss: float32 for bf16/f16 inputs, a scalar unless
@@ -809,6 +809,16 @@ def fused_linear_softmax_cross_entropy(
       0.3606...
 
     Note:
+      Under ``jit`` with explicitly sharded inputs (a mesh of
+      ``AxisType.Explicit`` axes, ``jax.make_mesh``'s default): ``hidden``'s
+      rows sharded over data axes run data-parallel (each device on its own
+      tokens), and ``kernel``'s columns sharded over model axes run the
+      vocabulary-parallel loss on each device's slice
+      (:func:`vocab_parallel_fused_linear_softmax_cross_entropy`), with no
+      ``jax.shard_map`` written by the caller: nothing ``[D, V]`` or ``[N, V]``
+      is gathered, only a few numbers per token, and ``d hidden`` is summed
+      over the vocabulary's devices. ``bias`` is sharded like the kernel's
+      columns, ``labels`` and ``sample_weight`` like the rows.
       bf16/f16 inputs are multiplied with float32 accumulation
       (``preferred_element_type``) and the softmax runs in float32; the
       gradients come back in the inputs' dtypes. The coefficient ``g`` stays
@@ -831,13 +841,12 @@ def fused_linear_softmax_cross_entropy(
     cw = cm.optional_vector(weight, "weight", v, "one weight per class (column of kernel)")
     if not isinstance(return_aux, bool):
         raise TypeError(f"return_aux must be a bool; got {return_aux!r}.")
-    row_axes = _explicit_row_axes(h)
-    if row_axes is not None:
+    row_axes, vocab_axes = _explicit_row_axes(h), _explicit_axes(w, 1)
+    if row_axes is not None or vocab_axes is not None:
         if return_aux:
-            raise ValueError("return_aux=True is not supported with rows sharded over a mesh.")
-        return _normalized(
-            _data_parallel(h, w, b, y, sw, cw, row_axes, options, reduction, chunk), norm
-        )
+            raise ValueError("return_aux=True is not supported with inputs sharded over a mesh.")
+        out = _sharded(h, w, b, y, sw, cw, row_axes, vocab_axes, options, reduction, chunk)
+        return _normalized(out, norm)
     opts = _fused_opts(options, reduction, n, v, v, chunk)._replace(aux=return_aux)
     cm.check_labels_in_range(y, v, opts.ignore_index)
     out = _fused(h, w, b, y, sw, cw, opts)
@@ -878,70 +887,108 @@ def _aux(y, sw, cw, opts: _Opts, out, norm) -> FusedAux:
     return FusedAux(lse, z, arg, accuracy)
 
 
-def _explicit_row_axes(h):
-    """Mesh axes that ``hidden``'s rows are explicitly sharded over (jit with
+def _explicit_axes(x, dim: int):
+    """Mesh axes that dimension ``dim`` of ``x`` is explicitly sharded over (jit with
     ``AxisType.Explicit`` meshes, the ``jax.make_mesh`` default), else ``None``."""
-    sharding = getattr(jax.typeof(h), "sharding", None)
+    sharding = getattr(jax.typeof(x), "sharding", None)
     spec = getattr(sharding, "spec", None)
-    if not spec or spec[0] is None:
+    if not spec or len(spec) <= dim or spec[dim] is None:
         return None
-    return spec[0]
+    return spec[dim]
+
+
+def _explicit_row_axes(h):
+    """Mesh axes ``hidden``'s rows are explicitly sharded over, else ``None``."""
+    return _explicit_axes(h, 0)
+
+
+def _axes_size(mesh, axes) -> int:
+    """How many devices ``axes`` (a mesh axis, a tuple of them, or ``None``) span."""
+    if axes is None:
+        return 1
+    return math.prod(mesh.shape[a] for a in (axes if isinstance(axes, tuple) else (axes,)))
 
 
 def _row_shards(h, row_axes) -> int:
     """How many devices ``hidden``'s rows are split over."""
-    mesh = jax.typeof(h).sharding.mesh
-    axes = row_axes if isinstance(row_axes, tuple) else (row_axes,)
-    return math.prod(mesh.shape[a] for a in axes)
+    return _axes_size(jax.typeof(h).sharding.mesh, row_axes)
 
 
-def _map_rows(fn, h, row_axes, rows, whole, reduction: str):
+def _map_rows(fn, h, row_axes, rows, whole, reduction: str, whole_specs=None, mesh=None):
     """``fn(*rows, *whole)`` on each device's rows, under ``jax.shard_map``: ``rows``
-    (``[N, ...]`` arrays or ``None``) sharded over ``row_axes``, ``whole`` (the kernel,
-    biases, class weights) replicated. ``fn`` returns a pair: per-device sums
-    (added with one ``psum``; the kernel's gradient is summed once by its
-    transpose) or, with ``reduction="none"``, per-row outputs. With ``"mean"``
-    the pair is ``(sum, divisor)`` and the result their quotient; otherwise the
-    pair itself."""
+    (``[N, ...]`` arrays or ``None``) sharded over ``row_axes`` (replicated when it
+    is ``None``), ``whole`` (the kernel, biases, class weights) laid out by
+    ``whole_specs`` (default: replicated). ``fn`` returns a pair: per-device sums
+    (added with one ``psum`` over the row axes; the kernel's gradient is summed
+    once by its transpose) or, with ``reduction="none"``, per-row outputs. With
+    ``"mean"`` the pair is ``(sum, divisor)`` and the result their quotient;
+    otherwise the pair itself."""
     from jax.sharding import PartitionSpec as P
 
-    mesh = jax.typeof(h).sharding.mesh
-    axes = row_axes if isinstance(row_axes, tuple) else (row_axes,)
+    mesh = jax.typeof(h).sharding.mesh if mesh is None else mesh
+    row_spec = P(row_axes) if row_axes is not None else P()
+    whole_specs = (P(),) * len(whole) if whole_specs is None else tuple(whole_specs)
 
     def put(x, spec):
         return None if x is None else jax.sharding.reshard(x, jax.NamedSharding(mesh, spec))
 
-    rows = [put(x, P(row_axes)) for x in rows]
-    whole = [put(x, P()) for x in whole]
+    rows = [put(x, row_spec) for x in rows]
+    whole = [put(x, spec) for x, spec in zip(whole, whole_specs, strict=True)]
+
+    axes = row_axes if isinstance(row_axes, tuple) else (row_axes,)
 
     def local(*args):
+        if row_axes is not None:
+            # The kernel and biases made varying over the row axes here, at the top:
+            # their gradients are then summed over the rows' devices once, whole,
+            # by this cast's transpose, instead of wherever JAX would broadcast
+            # them against the rows (a [chunk, V] sum per chunk in a tangent).
+            cut = len(rows)
+            args = (*args[:cut], *(_vary(a, axes) for a in args[cut:]))
         out = fn(*args)
-        return out if reduction == "none" else lax.psum(out, axes)
+        return out if reduction == "none" or row_axes is None else lax.psum(out, axes)
 
-    spec = P(row_axes) if reduction == "none" else P()
+    spec = row_spec if reduction == "none" else P()
     value, divisor = jax.shard_map(
         local,
         mesh=mesh,
-        in_specs=(P(row_axes),) * len(rows) + (P(),) * len(whole),
+        in_specs=(row_spec,) * len(rows) + whole_specs,
         out_specs=(spec, spec),
     )(*rows, *whole)
     return cm.safe_divide(value, divisor) if reduction == "mean" else (value, divisor)
 
 
-def _data_parallel(h, w, b, y, sw, cw, row_axes, options, reduction, chunk):
-    """The fused CE with rows sharded over a data-parallel mesh (:func:`_map_rows`)."""
+def _vary(x, axes):
+    """``x`` (invariant over ``axes``: its spec does not name them) cast to varying."""
+    return None if x is None else lax.pcast(x, axes, to="varying")
+
+
+def _sharded(h, w, b, y, sw, cw, row_axes, vocab_axes, options, reduction, chunk):
+    """The fused CE with explicitly sharded inputs (:func:`_map_rows`): rows over
+    ``row_axes`` (data parallel), the kernel's vocabulary over ``vocab_axes``
+    (each device runs the vocabulary-parallel loss on its slice; nothing
+    ``[N, V]`` or ``[D, V]`` is gathered)."""
+    from jax.sharding import PartitionSpec as P
+
     red = cm.Reduction.of(reduction)
     local_reduction = "none" if red.kind == "none" else "sum"
     v = w.shape[1]
-    opts = _fused_opts(
-        options, local_reduction, h.shape[0] // _row_shards(h, row_axes), v, v, chunk
-    )
+    mesh = jax.typeof(w if vocab_axes is not None else h).sharding.mesh
+    shards = _axes_size(mesh, vocab_axes)
+    if v % shards:
+        raise ValueError(
+            f"kernel's vocabulary ({v} columns) is sharded over {vocab_axes!r} ({shards} "
+            "devices): it must divide evenly."
+        )
+    rows_local = h.shape[0] // _axes_size(mesh, row_axes)
+    opts = _fused_opts(options, local_reduction, rows_local, v // shards, v, chunk, vocab_axes)
     cm.check_labels_in_range(y, v, opts.ignore_index)
 
     def local(h, y, sw, w, b, cw):
         return _fused(h, w, b, y, sw, cw, opts)
 
-    out = _map_rows(local, h, row_axes, (h, y, sw), (w, b, cw), red.kind)
+    specs = (P(None, vocab_axes), P(vocab_axes), P())  # kernel, bias, class weights
+    out = _map_rows(local, h, row_axes, (h, y, sw), (w, b, cw), red.kind, specs, mesh)
     return out if red.kind == "mean" else out[0]
 
 

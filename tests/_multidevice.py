@@ -565,6 +565,65 @@ def check_data_parallel_llm_functions():
             assert ops <= {"all-reduce"}, (name, ops)
 
 
+def check_explicit_vocab_sharding_under_jit():
+    """fused_linear_softmax_cross_entropy under plain jit with the kernel's vocabulary
+    explicitly sharded over a "model" axis (and the tokens over "data", or not):
+    values and gradients (hidden, kernel, bias) equal the unsharded call; the
+    compiled program gathers nothing but the per-row statistics (no [D, V] kernel
+    and no [N, V] array): its all-gathers hold at most 6 numbers per token and
+    device (shift, total, label logit; with smoothing the count, weight and gap
+    sums), and
+    every all-reduce is at most [N_local, D] (d hidden) or the kernel shard's own
+    gradient summed over "data" (data parallelism's usual gradient sum)."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    import jaxloss
+
+    n, d, v = 32, 6, 64
+    h, w, b, y = _fused_case(np.float64, n=n, d=d, v=v)
+    cw = np.random.default_rng(5).uniform(0.5, 2.0, v)
+    sw = np.random.default_rng(6).uniform(0.0, 2.0, n)
+
+    def case(y, cw, sw, reduction):
+        def f(h, w, b):
+            out = jaxloss.fused_linear_softmax_cross_entropy(
+                h, w, y, bias=b, weight=cw, sample_weight=sw, ignore_index=-100,
+                label_smoothing=0.1, z_loss=1e-3, logit_softcap=8.0, temperature=1.5,
+                reduction=reduction, chunk_size=8,
+            )  # fmt: skip
+            return jnp.sum(out * jnp.arange(1.0, n + 1.0)) if reduction == "none" else out
+
+        return f
+
+    for shape, row in (((2, 4), "data"), ((1, 8), None)):
+        mesh = jax.make_mesh(shape, ("data", "model"))
+        local_rows = n // shape[0]
+        for reduction in ("mean", "none"):
+            want = jax.jit(jax.value_and_grad(case(y, cw, sw, reduction), (0, 1, 2)))(h, w, b)
+            with jax.set_mesh(mesh):
+                put = lambda a, *spec: jax.device_put(a, NamedSharding(mesh, P(*spec)))
+                hs, ys, sws = put(h, row, None), put(y, row), put(sw, row)
+                ws, bs, cws = put(w, None, "model"), put(b, "model"), put(cw)
+                g = jax.jit(jax.value_and_grad(case(ys, cws, sws, reduction), (0, 1, 2)))
+                got = g(hs, ws, bs)
+                what = f"mesh {shape} {reduction}"
+                _close(got[0], want[0], 1e-10, f"{what} value")
+                for name, a, e in zip(("hidden", "kernel", "bias"), got[1], want[1], strict=True):
+                    _close(a, e, 1e-10, f"{what} d {name}")
+                for op, shp in collectives(g.lower(hs, ws, bs).compile().as_text()):
+                    # the largest array of the collective (a tuple for a combined one)
+                    arrays = re.findall(r"[a-z]+\d+\[([\d,]*)\]", shp)
+                    size = max(int(np.prod([int(x) for x in a.split(",") if x])) for a in arrays)
+                    if op == "all-gather":
+                        assert size <= 8 * 6 * local_rows, (what, op, shp)  # [P, k, N_local]
+                    else:
+                        assert op == "all-reduce", (what, op, shp)
+                        assert size <= max(local_rows * d, d * v // 4), (what, op, shp)
+
+
 # --------------------------------------------------------------------------
 # Every exported loss under data parallelism
 # --------------------------------------------------------------------------
