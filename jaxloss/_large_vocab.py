@@ -841,12 +841,11 @@ def fused_linear_softmax_cross_entropy(
     cw = cm.optional_vector(weight, "weight", v, "one weight per class (column of kernel)")
     if not isinstance(return_aux, bool):
         raise TypeError(f"return_aux must be a bool; got {return_aux!r}.")
-    row_axes, vocab_axes = _explicit_row_axes(h), _explicit_axes(w, 1)
-    if row_axes is not None or vocab_axes is not None:
+    layout = _layout(h, w)
+    if layout is not None:
         if return_aux:
             raise ValueError("return_aux=True is not supported with inputs sharded over a mesh.")
-        out = _sharded(h, w, b, y, sw, cw, row_axes, vocab_axes, options, reduction, chunk)
-        return _normalized(out, norm)
+        return _normalized(_sharded(h, w, b, y, sw, cw, layout, options, reduction, chunk), norm)
     opts = _fused_opts(options, reduction, n, v, v, chunk)._replace(aux=return_aux)
     cm.check_labels_in_range(y, v, opts.ignore_index)
     out = _fused(h, w, b, y, sw, cw, opts)
@@ -909,11 +908,6 @@ def _axes_size(mesh, axes) -> int:
     return math.prod(mesh.shape[a] for a in (axes if isinstance(axes, tuple) else (axes,)))
 
 
-def _row_shards(h, row_axes) -> int:
-    """How many devices ``hidden``'s rows are split over."""
-    return _axes_size(jax.typeof(h).sharding.mesh, row_axes)
-
-
 def _map_rows(fn, h, row_axes, rows, whole, reduction: str, whole_specs=None, mesh=None):
     """``fn(*rows, *whole)`` on each device's rows, under ``jax.shard_map``: ``rows``
     (``[N, ...]`` arrays or ``None``) sharded over ``row_axes`` (replicated when it
@@ -963,32 +957,62 @@ def _vary(x, axes):
     return None if x is None else lax.pcast(x, axes, to="varying")
 
 
-def _sharded(h, w, b, y, sw, cw, row_axes, vocab_axes, options, reduction, chunk):
-    """The fused CE with explicitly sharded inputs (:func:`_map_rows`): rows over
-    ``row_axes`` (data parallel), the kernel's vocabulary over ``vocab_axes``
-    (each device runs the vocabulary-parallel loss on its slice; nothing
+class _Layout(NamedTuple):
+    """How explicitly sharded fused inputs lie on their mesh."""
+
+    mesh: Any
+    rows: Any  # mesh axes of hidden's rows (data parallel), or None
+    vocab: Any  # mesh axes of the kernel's columns (vocabulary parallel), or None
+    n_local: int  # rows per device
+    v_local: int  # vocabulary columns per device
+
+
+def _layout(h, w, axis_name=None) -> _Layout | None:
+    """The :class:`_Layout` of ``hidden`` and ``kernel`` under ``jit`` with explicit
+    sharding (``None`` when neither is sharded, or inside ``shard_map`` with
+    ``axis_name``). The vocabulary must split evenly over its devices."""
+    if axis_name is not None:
+        return None
+    rows, vocab = _explicit_row_axes(h), _explicit_axes(w, 1)
+    if rows is None and vocab is None:
+        return None
+    mesh = jax.typeof(w if vocab is not None else h).sharding.mesh
+    v, shards = w.shape[1], _axes_size(mesh, vocab)
+    if v % shards:
+        raise ValueError(
+            f"kernel's vocabulary ({v} columns) is sharded over {vocab!r} ({shards} "
+            "devices): it must divide evenly."
+        )
+    return _Layout(mesh, rows, vocab, h.shape[0] // _axes_size(mesh, rows), v // shards)
+
+
+def _kernel_specs(layout: _Layout, count: int) -> tuple:
+    """``count`` specs of (kernel, bias) pairs: columns over the vocabulary axes."""
+    from jax.sharding import PartitionSpec as P
+
+    return (P(None, layout.vocab), P(layout.vocab)) * count
+
+
+def _sharded(h, w, b, y, sw, cw, layout: _Layout, options, reduction, chunk):
+    """The fused CE with explicitly sharded inputs (:func:`_map_rows`): rows over the
+    layout's row axes (data parallel), the kernel's vocabulary over its vocabulary
+    axes (each device runs the vocabulary-parallel loss on its slice; nothing
     ``[N, V]`` or ``[D, V]`` is gathered)."""
     from jax.sharding import PartitionSpec as P
 
     red = cm.Reduction.of(reduction)
     local_reduction = "none" if red.kind == "none" else "sum"
     v = w.shape[1]
-    mesh = jax.typeof(w if vocab_axes is not None else h).sharding.mesh
-    shards = _axes_size(mesh, vocab_axes)
-    if v % shards:
-        raise ValueError(
-            f"kernel's vocabulary ({v} columns) is sharded over {vocab_axes!r} ({shards} "
-            "devices): it must divide evenly."
-        )
-    rows_local = h.shape[0] // _axes_size(mesh, row_axes)
-    opts = _fused_opts(options, local_reduction, rows_local, v // shards, v, chunk, vocab_axes)
+    opts = _fused_opts(
+        options, local_reduction, layout.n_local, layout.v_local, v, chunk, layout.vocab
+    )
     cm.check_labels_in_range(y, v, opts.ignore_index)
 
     def local(h, y, sw, w, b, cw):
         return _fused(h, w, b, y, sw, cw, opts)
 
-    specs = (P(None, vocab_axes), P(vocab_axes), P())  # kernel, bias, class weights
-    out = _map_rows(local, h, row_axes, (h, y, sw), (w, b, cw), red.kind, specs, mesh)
+    specs = (*_kernel_specs(layout, 1), P())  # kernel, bias, class weights (whole)
+    out = _map_rows(local, h, layout.rows, (h, y, sw), (w, b, cw), red.kind, specs, layout.mesh)
     return out if red.kind == "mean" else out[0]
 
 
@@ -1307,9 +1331,11 @@ def fused_linear_log_probs(
 
     Note:
       ``fused_linear_log_probs(h, W, y) == -fused_linear_softmax_cross_entropy(h, W, y,
-      reduction="none")``. Under ``jit`` with ``hidden``'s rows explicitly
-      sharded over a mesh (data parallelism), each device runs on its own rows
-      with the kernel whole: nothing is gathered. Labels are not masked: give
+      reduction="none")``. Under ``jit`` with explicitly sharded inputs,
+      ``hidden``'s rows over data axes run data-parallel and ``kernel``'s
+      columns over model axes run vocabulary-parallel (as with ``axis_name``),
+      without a ``shard_map`` in the caller's code: only per-token statistics
+      are gathered. Labels are not masked: give
       padded tokens any valid id and mask the result. Out-of-range labels raise
       ``ValueError`` when concrete.
 
@@ -1329,13 +1355,15 @@ def fused_linear_log_probs(
     # cross-entropy's chunk keeps them within N*V*4/8 bytes in all
     chunk = max(_default_chunk(n, v_local) // 4, 1) if chunk is None else min(chunk, max(n, 1))
     y = jnp.clip(y, 0, v - 1)
-    row_axes = _explicit_row_axes(h) if axis_name is None else None
-    if row_axes is not None:  # rows sharded over a data-parallel mesh
-        shards = _row_shards(h, row_axes)
-        chunk = min(chunk, max(n // shards, 1))
-        opts = _LogProbOpts(t, cap, chunk, return_entropy, None, v)
+    layout = _layout(h, w, axis_name)
+    if layout is not None:  # explicitly sharded rows and/or vocabulary
+        chunk = min(chunk, max(layout.n_local, 1))
+        opts = _LogProbOpts(t, cap, chunk, return_entropy, layout.vocab, v)
         local = lambda h, y, w, b: _lp(h, w, b, y, opts)
-        log_p, entropy = _map_rows(local, h, row_axes, (h, y), (w, b), "none")
+        specs = _kernel_specs(layout, 1)
+        log_p, entropy = _map_rows(
+            local, h, layout.rows, (h, y), (w, b), "none", specs, layout.mesh
+        )
     else:
         opts = _LogProbOpts(t, cap, chunk, return_entropy, axis_name, v)
         log_p, entropy = _lp(h, w, b, y, opts)
@@ -1614,9 +1642,11 @@ def fused_linear_distillation_loss(
       ``log_softmax(logits / T)`` of both models. ``-inf`` bias columns are
       allowed (``0 log 0 = 0``); a class that only one side can produce gives
       ``inf`` for the KL direction that needs it, the true value. Under ``jit``
-      with ``student_hidden``'s rows explicitly sharded over a mesh (data
-      parallelism), each device runs on its own tokens and the sums are added
-      with one ``psum``: nothing is gathered.
+      with explicitly sharded inputs, ``student_hidden``'s rows over data axes
+      run data-parallel (the sums added with one ``psum``) and the student
+      kernel's columns over model axes run vocabulary-parallel, the teacher's
+      kernel laid out the same way (as with ``axis_name``): only per-token
+      statistics are gathered.
 
     References:
       Hinton et al., "Distilling the Knowledge in a Neural Network" (2015);
@@ -1651,17 +1681,19 @@ def fused_linear_distillation_loss(
     if ignore_index is not None and labels is not None:
         act = y != cm.static_int(ignore_index, "ignore_index")
     ht, wt, bt = (None if a is None else lax.stop_gradient(a) for a in (ht, wt, bt))
-    row_axes = _explicit_row_axes(hs) if axis_name is None else None
-    n_local = n if row_axes is None else n // _row_shards(hs, row_axes)
+    layout = _layout(hs, ws, axis_name)
+    n_local = n if layout is None else layout.n_local
     chunk = max(_default_chunk(n_local, v) // 4, 1) if chunk is None else chunk
-    if row_axes is None:
+    if layout is None:
         opts = _DistillOpts(kind, b, t, red.kind, min(chunk, max(n, 1)), axis_name)
         return _distill(hs, ws, bs, ht, wt, bt, act, opts)[0]
     local_reduction = "none" if red.kind == "none" else "sum"
-    opts = _DistillOpts(kind, b, t, local_reduction, min(chunk, max(n_local, 1)))
+    opts = _DistillOpts(kind, b, t, local_reduction, min(chunk, max(n_local, 1)), layout.vocab)
 
     def local(hs, ht, act, ws, bs, wt, bt):
         return _distill(hs, ws, bs, ht, wt, bt, act, opts)
 
-    out = _map_rows(local, hs, row_axes, (hs, ht, act), (ws, bs, wt, bt), red.kind)
+    rows, whole = (hs, ht, act), (ws, bs, wt, bt)
+    specs = _kernel_specs(layout, 2)  # both kernels' columns over the vocabulary axes
+    out = _map_rows(local, hs, layout.rows, rows, whole, red.kind, specs, layout.mesh)
     return out if red.kind == "mean" else out[0]

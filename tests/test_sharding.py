@@ -62,6 +62,7 @@ def _check(results, name):
         "vocab_parallel_log_probs",
         "data_parallel_llm_functions",
         "explicit_vocab_sharding_under_jit",
+        "explicit_vocab_sharding_llm_functions",
         "vocab_parallel_distillation",
         "data_parallel_every_loss",
     ],
