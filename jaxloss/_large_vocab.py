@@ -612,7 +612,16 @@ def _vp_forward(x, y, weight, mask, opts: _VpOpts):
     """Local block statistics, one all-gather, the global rows."""
     s, y_local, w_blk = _vp_local(x, y, weight, opts)
     gscale, dense = sm.gap_scale(opts.num_classes), opts.eps > 0.0
-    local = sm.block_stats(s, mask, y_local, w_blk, dense=dense, gscale=gscale)
+    # the label's logit gathered where this shard owns it (as the unsharded loss
+    # gathers it), not picked by a select over the whole [N, V/P] block
+    v_local = x.shape[-1]
+    owned = (y_local >= 0) & (y_local < v_local)
+    picked = sm.label_logit(x, jnp.clip(y_local, 0, v_local - 1))
+    s_y = jnp.where(owned, sm.softcap(sm.upcast(picked), opts.cap), 0.0)
+    raw = x if x.dtype != s.dtype else None
+    local = sm.block_stats(
+        s, mask, None, w_blk, dense=dense, gscale=gscale, s_y=s_y, raw=raw, cap=opts.cap
+    )
     block = sm.merge(sm.gather_blocks(local, opts.axis_name), gscale)
     info = sm.labels_info(y, opts.num_classes, opts.ignore_index)
     w_y = sm.label_weight(info, weight, s.dtype)
