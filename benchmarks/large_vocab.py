@@ -153,8 +153,8 @@ def bench_fused(n: int, d: int, v: int, repeats: int) -> dict[str, Any]:
     default_chunk = lv._default_chunk(n, v)
     recompute = lv._Opts(None, 0.0, 0.0, None, "mean", default_chunk, v, None, "recompute")
 
-    def ours_recompute(h, w):
-        return lv._fused(h, w, None, y, recompute)
+    def ours_recompute(h, w):  # (h, w, bias, labels, sample_weight, class weight, opts)
+        return lv._fused(h, w, None, y, None, None, recompute)[0]
 
     peers: dict[str, dict[str, Any]] = {
         "naive (h @ W + optax)": {"fn": naive, "args": (h, w)},

@@ -85,8 +85,9 @@ def test_quick_benchmarks_write_report(quick):
         for series in sweep["peers"].values():
             assert len(series["vag"]) == len(series["vag_scratch_bytes"]) == len(sweep["V"])
 
-    for extra in ("catalogue", "large_vocab"):
-        assert results["extras"][extra]["status"] in ("ok", "skipped", "failed")
+    # every benchmark script must run: the smoke run is what keeps them from rotting
+    assert results["extras"]["large_vocab"]["status"] == "ok", results["extras"]["large_vocab"]
+    assert results["extras"]["catalogue"]["status"] in ("ok", "skipped")  # no quick mode
     verdicts = {t["name"]: t["verdict"] for t in results["targets"]}
     assert len(verdicts) >= 6
     assert all(v.startswith(("met", "not met", "not run")) for v in verdicts.values())
