@@ -495,6 +495,41 @@ def test_chunk_barrier_keeps_no_tiled_copy_of_the_kernel(monkeypatch):
     assert unpinned - pinned >= kernel, (pinned, unpinned, kernel)
 
 
+def test_tiles_that_divide_the_vocabulary_keep_no_mask(monkeypatch):
+    """``_tile_owned`` returns no column mask when the tiles divide V: with one, the
+    select's predicate is kept for the tangent and XLA (jax 0.10.2) stacks every
+    tile's [chunk, tile] mask into one boolean buffer (tiles * chunk * tile bytes;
+    16 MiB of 115 MiB at N=4096, D=512, V=32768)."""
+    from jaxloss import _large_vocab
+
+    n, d, v = 1024, 256, 16384
+    h = jax.ShapeDtypeStruct((n, d), jnp.float32)
+    w = jax.ShapeDtypeStruct((d, v), jnp.float32)
+    y = jnp.zeros((n,), jnp.int32)
+    chunk = 256
+    tile, tiles = _large_vocab._vocab_tiles(v, max(chunk, d))
+    assert v % tile == 0 and tiles > 1
+
+    def temp():
+        jax.clear_caches()  # the rule is jitted once: the patched helper needs a new trace
+        f = lambda h, w: jaxloss.fused_linear_softmax_cross_entropy(h, w, y, chunk_size=chunk)
+        compiled = jax.jit(jax.value_and_grad(f, argnums=(0, 1))).lower(h, w).compile()
+        return compiled.memory_analysis().temp_size_in_bytes
+
+    def always_masked(start, first, tile, v, y_c):  # the mask even without an overlap
+        cols = start + jax.lax.broadcasted_iota(jnp.asarray(start).dtype, (1, tile), 1)
+        y_loc = y_c - jnp.asarray(start, y_c.dtype)
+        return cols >= first, jnp.where(y_c >= first, y_loc, -jnp.ones_like(y_loc))
+
+    kept = temp()
+    monkeypatch.setattr(_large_vocab, "_tile_owned", always_masked)
+    masked = temp()
+    monkeypatch.undo()
+    jax.clear_caches()  # no trace of the patched helper outlives the patch
+    # most of one stacked boolean buffer (buffer assignment moves a few others)
+    assert masked - kept >= 3 * tiles * chunk * tile // 4, (kept, masked)
+
+
 # --------------------------------------------------------------------------
 # Per-token weights and a global normaliser
 # --------------------------------------------------------------------------
