@@ -35,12 +35,9 @@ def _int_forward(x, labels, weight, mask, eps, z, cap, ignore_index):
     s = sm.softcap(sm.upcast(x), cap)
     info = sm.labels_info(labels, num_classes, ignore_index)
     w_y = sm.label_weight(info, weight, s.dtype)
-    s_y = sm.softcap(sm.upcast(sm.label_logit(x, info.safe)), cap)
     gscale = sm.gap_scale(num_classes)
-    dense = cm.maybe_nonzero(eps)
-    raw = x if x.dtype != s.dtype else None
-    block = sm.block_stats(
-        s, mask, None, weight, dense=dense, gscale=gscale, s_y=s_y, raw=raw, cap=cap
+    block = sm.labelled_stats(
+        x, s, mask, weight, info.safe, cap=cap, dense=cm.maybe_nonzero(eps), gscale=gscale
     )
     loss, share, rows = sm.finish_labels(block, info, w_y, eps=eps, z=z, gscale=gscale)
     return (loss, share), (rows, info.safe)

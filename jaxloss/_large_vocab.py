@@ -619,16 +619,7 @@ def _vp_forward(x, y, weight, mask, opts: _VpOpts):
     """Local block statistics, one all-gather, the global rows."""
     s, y_local, w_blk = _vp_local(x, y, weight, opts)
     gscale, dense = sm.gap_scale(opts.num_classes), opts.eps > 0.0
-    # the label's logit gathered where this shard owns it (as the unsharded loss
-    # gathers it), not picked by a select over the whole [N, V/P] block
-    v_local = x.shape[-1]
-    owned = (y_local >= 0) & (y_local < v_local)
-    picked = sm.label_logit(x, jnp.clip(y_local, 0, v_local - 1))
-    s_y = jnp.where(owned, sm.softcap(sm.upcast(picked), opts.cap), 0.0)
-    raw = x if x.dtype != s.dtype else None
-    local = sm.block_stats(
-        s, mask, None, w_blk, dense=dense, gscale=gscale, s_y=s_y, raw=raw, cap=opts.cap
-    )
+    local = sm.labelled_stats(x, s, mask, w_blk, y_local, cap=opts.cap, dense=dense, gscale=gscale)
     block = sm.merge(sm.gather_blocks(local, opts.axis_name), gscale)
     info = sm.labels_info(y, opts.num_classes, opts.ignore_index)
     w_y = sm.label_weight(info, weight, s.dtype)
@@ -912,11 +903,6 @@ def _explicit_axes(x, dim: int):
     return spec[dim]
 
 
-def _explicit_row_axes(h):
-    """Mesh axes ``hidden``'s rows are explicitly sharded over, else ``None``."""
-    return _explicit_axes(h, 0)
-
-
 def _axes_size(mesh, axes) -> int:
     """How many devices ``axes`` (a mesh axis, a tuple of them, or ``None``) span."""
     if axes is None:
@@ -989,7 +975,7 @@ def _layout(h, w, axis_name=None) -> _Layout | None:
     ``axis_name``). The vocabulary must split evenly over its devices."""
     if axis_name is not None:
         return None
-    rows, vocab = _explicit_row_axes(h), _explicit_axes(w, 1)
+    rows, vocab = _explicit_axes(h, 0), _explicit_axes(w, 1)  # hidden's rows, W's columns
     if rows is None and vocab is None:
         return None
     mesh = jax.typeof(w if vocab is not None else h).sharding.mesh

@@ -259,6 +259,30 @@ def block_stats(
     return Block(shift, total, s_y, count, wsum, wgap)
 
 
+def labelled_stats(
+    x: Array,
+    s: Array,
+    mask: Array | None,
+    w: Array | None,
+    y_local: Array,
+    *,
+    cap: float | Array | None,
+    dense: bool,
+    gscale: float,
+) -> Block:
+    """:func:`block_stats` of a block read from the caller's logits ``x`` (``s`` being
+    ``softcap(upcast(x), cap)``): the label's logit gathered from ``x`` at
+    ``y_local`` where this block holds it (0 where another block does; see
+    :func:`label_logit`), not picked by a select over the whole block, and the
+    row maximum read from ``x`` when it is low precision (``raw``)."""
+    width = x.shape[-1]
+    picked = softcap(upcast(label_logit(x, jnp.clip(y_local, 0, max(width - 1, 0)))), cap)
+    owned = (y_local >= 0) & (y_local < width)
+    s_y = jnp.where(owned, picked, jnp.zeros_like(picked))
+    raw = x if x.dtype != s.dtype else None
+    return block_stats(s, mask, None, w, dense=dense, gscale=gscale, s_y=s_y, raw=raw, cap=cap)
+
+
 def _widen(w: Array, s: Array) -> Array:
     # explicit broadcast: the package works under jax_numpy_rank_promotion="raise"
     return jnp.broadcast_to(w.astype(s.dtype), s.shape)
