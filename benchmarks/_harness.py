@@ -247,14 +247,17 @@ def floor_peers(shape: Sequence[int], dtype: Any) -> list[Peer]:
     pass over a ``shape`` array (``floor_exp``) and one read-and-write pass,
     ``x + 1`` into a new buffer as a gradient is written (``floor_write``).
 
-    The exp pass is summed over rows of at most 32768 columns (the array's
-    reshape, free): XLA:CPU (jax 0.10.2) reduces a fused ``exp`` over longer rows
-    at an eighth of the speed, and a floor is the fastest way to do the work.
+    The exp pass is summed over rows of the softmax core's block width (a free
+    reshape of the array, as ``jaxloss._softmax.exp_sum`` views long rows):
+    XLA:CPU (jax 0.10.2) reduces a fused ``exp`` over longer rows at an eighth of
+    the speed, and a floor is the fastest way to do the work.
     """
+    from jaxloss._softmax import _row_blocks
+
     n = int(np.prod(shape))
-    width = shape[-1]
-    while width > 32768 and width % 2 == 0:
-        width //= 2
+    nb, width = _row_blocks(shape[-1])
+    if nb * width != shape[-1]:  # no equal blocks: the whole row
+        width = shape[-1]
     x = jnp.asarray(np.random.default_rng(0).normal(size=n).astype(np.float32)).astype(dtype)
     x = x.reshape(n // width, width)
     exp_c, _, _ = _compile(lambda a: jnp.sum(jnp.exp(a.astype(jnp.float32)), axis=-1), (x,))
