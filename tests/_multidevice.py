@@ -565,6 +565,19 @@ def check_data_parallel_llm_functions():
             assert ops <= {"all-reduce"}, (name, ops)
 
 
+def _check_collective_sizes(hlo_text: str, *, gather: int, reduce: int, what: str) -> None:
+    """Every collective is an all-gather of at most ``gather`` elements or an
+    all-reduce of at most ``reduce`` (the largest array of a combined one)."""
+    for op, shp in collectives(hlo_text):
+        arrays = re.findall(r"[a-z]+\d+\[([\d,]*)\]", shp)
+        size = max(int(np.prod([int(x) for x in a.split(",") if x])) for a in arrays)
+        if op == "all-gather":
+            assert size <= gather, (what, op, shp)
+        else:
+            assert op == "all-reduce", (what, op, shp)
+            assert size <= reduce, (what, op, shp)
+
+
 def check_explicit_vocab_sharding_under_jit():
     """fused_linear_softmax_cross_entropy under plain jit with the kernel's vocabulary
     explicitly sharded over a "model" axis (and the tokens over "data", or not):
@@ -613,15 +626,12 @@ def check_explicit_vocab_sharding_under_jit():
                 _close(got[0], want[0], 1e-10, f"{what} value")
                 for name, a, e in zip(("hidden", "kernel", "bias"), got[1], want[1], strict=True):
                     _close(a, e, 1e-10, f"{what} d {name}")
-                for op, shp in collectives(g.lower(hs, ws, bs).compile().as_text()):
-                    # the largest array of the collective (a tuple for a combined one)
-                    arrays = re.findall(r"[a-z]+\d+\[([\d,]*)\]", shp)
-                    size = max(int(np.prod([int(x) for x in a.split(",") if x])) for a in arrays)
-                    if op == "all-gather":
-                        assert size <= shape[1] * 6 * local_rows, (what, op, shp)  # [P, k, N_local]
-                    else:
-                        assert op == "all-reduce", (what, op, shp)
-                        assert size <= max(local_rows * d, d * v // 4), (what, op, shp)
+                _check_collective_sizes(
+                    g.lower(hs, ws, bs).compile().as_text(),
+                    gather=shape[1] * 6 * local_rows,  # [P, k <= 6, N_local]
+                    reduce=max(local_rows * d, d * v // 4),
+                    what=what,
+                )
 
 
 def check_explicit_vocab_sharding_llm_functions():
@@ -670,14 +680,12 @@ def check_explicit_vocab_sharding_llm_functions():
             _close(got[0], want[name][0], 1e-10, f"{name} value")
             for what, a, e in zip(("d hidden", "d kernel"), got[1], want[name][1], strict=True):
                 _close(a, e, 1e-10, f"{name} {what}")
-            for op, shp in collectives(g.lower(hs, ws).compile().as_text()):
-                arrays = re.findall(r"[a-z]+\d+\[([\d,]*)\]", shp)
-                size = max(int(np.prod([int(x) for x in a.split(",") if x])) for a in arrays)
-                if op == "all-gather":
-                    assert size <= 4 * 4 * (n // 2), (name, op, shp)  # [P, k <= 4, N_local]
-                else:
-                    assert op == "all-reduce", (name, op, shp)
-                    assert size <= max((n // 2) * d, d * v // 4), (name, op, shp)
+            _check_collective_sizes(
+                g.lower(hs, ws).compile().as_text(),
+                gather=4 * 4 * (n // 2),  # [P, k <= 4, N_local]
+                reduce=max((n // 2) * d, d * v // 4),
+                what=name,
+            )
 
 
 # --------------------------------------------------------------------------
