@@ -52,6 +52,20 @@ The vocabulary-parallel fused loss uses the same machinery with two passes
 each tile's logits: four matmuls) and one ``[N, D]`` all-reduce that sums each
 shard's ``g @ kernel_shard.T``.
 
+Sharding under plain ``jit``
+---------------------------
+Explicitly sharded inputs (``AxisType.Explicit`` meshes) carry their layout in
+their types: the public functions read it and run the per-device code under
+``jax.shard_map`` (``_layout``, ``_map_rows``). On an ``AxisType.Auto`` mesh
+(``jax.set_mesh``) the layout is XLA's choice, made after tracing: the rule's
+forward (value and, with the ``"fused"`` strategy, the gradients) is then one
+``custom_partitioning`` op (``_auto_call``) whose partition callback reads the
+chosen shardings of ``hidden``'s rows and ``kernel``'s columns and lowers the
+same per-device code, collectives included. The op has no batching or
+differentiation rule of its own: under ``vmap`` or for a tangent of the
+forward itself it runs the code on whole arrays, which XLA partitions as any
+other code (correct; without the vocabulary-parallel layout).
+
 Measured alternative: forming only the per-row ``lse`` in the forward pass and
 recomputing logits in the backward (the ``"recompute"`` strategy for every
 reduction, as jax-cce and Apple's CCE do) costs a fourth matmul; on CPU it was
@@ -60,6 +74,7 @@ slower than the default (benchmarks/results/large_vocab_cpu.md).
 
 from __future__ import annotations
 
+import itertools
 import math
 from functools import partial
 from typing import Any, NamedTuple
@@ -67,6 +82,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.experimental.custom_partitioning import custom_partitioning
 
 from jaxloss import _common as cm
 from jaxloss import _softmax as sm
@@ -109,11 +125,6 @@ def _shard_offset(axis_name: Any, v_local: int, fn: str):
     return index * v_local
 
 
-def _varying(x: Array) -> frozenset:
-    mat = getattr(jax.typeof(x), "mat", None)
-    return getattr(mat, "varying", frozenset())
-
-
 def _match_varying(x: Array, *refs: Array | None) -> Array:
     """Marks a fresh loop carry as varying over the manual mesh axes its updates vary over.
 
@@ -121,8 +132,8 @@ def _match_varying(x: Array, *refs: Array | None) -> Array:
     one type; a ``zeros`` initialiser is device-invariant while the values added
     to it vary with the sharded inputs.
     """
-    want = frozenset().union(*(_varying(r) for r in refs if r is not None))
-    missing = tuple(sorted(want - _varying(x), key=str))
+    want = frozenset().union(*(sm.varying(r) for r in refs if r is not None))
+    missing = tuple(sorted(want - sm.varying(x), key=str))
     return lax.pcast(x, missing, to="varying") if missing else x
 
 
@@ -171,6 +182,7 @@ class _Opts(NamedTuple):
     strategy: str  # "fused" or "recompute"
     temperature: float = 1.0
     aux: bool = False  # also each row's logsumexp and argmax (return_aux)
+    auto: bool = False  # under an Auto-axis mesh: partitioned by _auto_call
 
 
 class _Cols(NamedTuple):
@@ -512,6 +524,9 @@ def _fused_forward(want, h, w, b, y, sw, cw, opts: _Opts):
     want3 = (0 in want, 1 in want, 2 in want and b is not None)
     fused = opts.strategy == "fused" and (opts.reduction != "none" or not any(want3[1:]))
     grads = want3 if fused else (False,) * 3
+    if opts.auto and (fused or not any(want3)):
+        roles = ("rows", "cols", "vec", "rows", "rows", "whole")
+        return _auto_forward(_fused_forward, grads, (h, w, b, y, sw, cw), roles, opts, opts.aux)
     if opts.axis_name is None and (fused or not any(want3)):
         loss, share, g, aux = _grad_pass(h_chunks, w, cols, toks, dtype, n, opts, grads)
         rows = None
@@ -826,6 +841,16 @@ def fused_linear_softmax_cross_entropy(
       is gathered, only a few numbers per token, and ``d hidden`` is summed
       over the vocabulary's devices. ``bias`` is sharded like the kernel's
       columns, ``labels`` and ``sample_weight`` like the rows.
+      The same holds on a mesh of ``AxisType.Auto`` axes set with
+      ``jax.set_mesh`` (inputs placed with ``NamedSharding``, shardings left to
+      XLA): a partitioning rule (``jax.experimental.custom_partitioning``) reads
+      the layout XLA chose for ``hidden``'s rows and ``kernel``'s columns and
+      runs the same per-device computation, for ``reduction="mean"``/``"sum"``
+      (and ``"none"`` when only ``hidden`` is differentiated). In the other
+      cases (``"none"`` with the kernel differentiated, a gradient with respect
+      to ``weight`` or ``sample_weight``, second derivatives, ``vmap``) and
+      with ``return_aux=True`` the vocabulary is not split by the rule: XLA
+      partitions the plain computation itself.
       bf16/f16 inputs are multiplied with float32 accumulation
       (``preferred_element_type``) and the softmax runs in float32; the
       gradients come back in the inputs' dtypes. The coefficient ``g`` stays
@@ -853,7 +878,8 @@ def fused_linear_softmax_cross_entropy(
         if return_aux:
             raise ValueError("return_aux=True is not supported with inputs sharded over a mesh.")
         return _normalized(_sharded(h, w, b, y, sw, cw, layout, options, reduction, chunk), norm)
-    opts = _fused_opts(options, reduction, n, v, v, chunk)._replace(aux=return_aux)
+    opts = _fused_opts(options, reduction, n, v, v, chunk)
+    opts = opts._replace(aux=return_aux, auto=_auto_mesh() is not None)
     cm.check_labels_in_range(y, v, opts.ignore_index)
     out = _fused(h, w, b, y, sw, cw, opts)
     loss = _normalized(out[0], norm)
@@ -907,7 +933,7 @@ def _axes_size(mesh, axes) -> int:
     """How many devices ``axes`` (a mesh axis, a tuple of them, or ``None``) span."""
     if axes is None:
         return 1
-    return math.prod(mesh.shape[a] for a in (axes if isinstance(axes, tuple) else (axes,)))
+    return math.prod(mesh.shape[a] for a in _axis_tuple(axes))
 
 
 def _map_rows(fn, h, row_axes, rows, whole, reduction: str, whole_specs=None, mesh=None):
@@ -1016,6 +1042,186 @@ def _sharded(h, w, b, y, sw, cw, layout: _Layout, options, reduction, chunk):
     specs = (*_kernel_specs(layout, 1), P())  # kernel, bias, class weights (whole)
     out = _map_rows(local, h, layout.rows, (h, y, sw), (w, b, cw), red.kind, specs, layout.mesh)
     return out if red.kind == "mean" else out[0]
+
+
+# --------------------------------------------------------------------------
+# Auto-sharded inputs: a partitioning rule (jax.experimental.custom_partitioning)
+# --------------------------------------------------------------------------
+
+
+def _auto_mesh():
+    """The context mesh (``jax.set_mesh``) when it spans several devices on
+    ``AxisType.Auto`` axes outside ``shard_map``, else ``None``: the fused functions
+    then leave the inputs' layout to XLA and give it a partitioning rule."""
+    from jax.sharding import AxisType
+
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1 or mesh.manual_axes:
+        return None
+    return mesh if all(t == AxisType.Auto for t in mesh.axis_types) else None
+
+
+class _Auto(NamedTuple):
+    """What :func:`_auto_call` partitions.
+
+    ``body(rows, vocab, *args)`` computes the outputs of one device's tokens
+    (``rows``: the mesh axes they are split over, or ``None``) and vocabulary
+    slice (``vocab``; the body combines the slices itself, as with
+    ``axis_name``). ``args`` and ``outs`` give each operand's and output's
+    role: ``"rows"`` (``[N, ...]``, split by token), ``"cols"`` (``[D, V]``, by
+    column), ``"vec"`` (``[V]``, by class), ``"whole"`` (replicated) or, for
+    outputs, ``"sum"`` (a scalar). Every output but ``"rows"`` is summed over the
+    row axes. ``split_vocab=False`` keeps every device's vocabulary whole.
+    """
+
+    body: Any
+    args: tuple
+    outs: tuple
+    split_vocab: bool = True
+
+
+def _auto_axes(spec: _Auto, mesh, shapes) -> tuple[Any, Any]:
+    """``(rows, vocab)``: the mesh axes the first ``"rows"`` operand's rows and the
+    first ``"cols"`` operand's columns are sharded over, where they divide evenly
+    (an uneven or clashing split is gathered instead)."""
+
+    def axes(role, dim):
+        x = next(a for a, r in zip(shapes, spec.args, strict=True) if r == role)
+        dim %= len(x.shape)
+        part = x.sharding.spec[dim] if dim < len(x.sharding.spec) else None
+        if part is None or x.shape[dim] % _axes_size(mesh, part):
+            return None
+        return part
+
+    rows = axes("rows", 0)
+    vocab = axes("cols", -1) if spec.split_vocab else None
+    if rows is not None and vocab is not None and set(_axis_tuple(rows)) & set(_axis_tuple(vocab)):
+        vocab = None
+    return rows, vocab
+
+
+def _axis_tuple(axes) -> tuple:
+    return axes if isinstance(axes, tuple) else (axes,)
+
+
+def _auto_specs(roles, rows, vocab, ndims) -> tuple:
+    from jax.sharding import PartitionSpec as P
+
+    layout = {
+        "rows": lambda nd: P(rows, *(None,) * (nd - 1)),
+        "cols": lambda nd: P(*(None,) * (nd - 1), vocab),
+        "vec": lambda nd: P(vocab),
+        "whole": lambda nd: P(),
+        "sum": lambda nd: P(),
+    }
+    return tuple(layout[r](nd) for r, nd in zip(roles, ndims, strict=True))
+
+
+def _auto_partition(spec: _Auto, mesh, arg_shapes, result_shape):
+    from jax.sharding import NamedSharding
+
+    rows, vocab = _auto_axes(spec, mesh, arg_shapes)
+    results = jax.tree.leaves(result_shape)
+
+    def lower(*args):  # traced per device without varying-axis types
+        outs = spec.body(rows, vocab, *args)
+        summed = [rows is not None and r != "rows" for r in spec.outs]
+        return tuple(lax.psum(o, rows) if s else o for o, s in zip(outs, summed, strict=True))
+
+    def named(roles, shapes):
+        specs = _auto_specs(roles, rows, vocab, [len(x.shape) for x in shapes])
+        return tuple(NamedSharding(mesh, p) for p in specs)
+
+    return mesh, lower, named(spec.outs, results), named(spec.args, arg_shapes)
+
+
+def _auto_rule(spec: _Auto, mesh, operand_types, result_types) -> str:
+    """Shardy's rule: ``n`` the tokens, ``v`` the vocabulary, other dims their own."""
+    fresh = (f"f{i}" for i in itertools.count())
+
+    def dims(role, nd):
+        if nd == 0:
+            return ""
+        if role == "rows":
+            return " ".join(["n", *(next(fresh) for _ in range(nd - 1))])
+        if role in ("cols", "vec"):
+            return " ".join([*(next(fresh) for _ in range(nd - 1)), "v"])
+        return " ".join(next(fresh) for _ in range(nd))
+
+    def side(roles, types):
+        return ", ".join(dims(r, len(t.shape)) for r, t in zip(roles, types, strict=True))
+
+    return f"{side(spec.args, operand_types)} -> {side(spec.outs, result_types)}"
+
+
+def _auto_global(spec: _Auto, *args):
+    return spec.body(None, None, *args)
+
+
+_auto_op = custom_partitioning(_auto_global, static_argnums=(0,))
+_auto_op.def_partition(_auto_partition, sharding_rule=_auto_rule)
+
+
+def _auto_call(spec: _Auto, *args):
+    """``spec.body`` over the whole inputs, partitioned by XLA's SPMD partitioner
+    with :func:`_auto_partition` (each device runs its rows and vocabulary slice).
+    ``None`` operands are left out (their role too).
+
+    The partitioned op has no batching or differentiation rule of its own:
+    under ``vmap``, and for a tangent of the body itself (an operand without a
+    closed-form rule, or a second derivative), the body runs on the whole
+    arrays and XLA partitions it as any other code.
+    """
+    present = tuple(a is not None for a in args)
+    roles = tuple(r for r, p in zip(spec.args, present, strict=True) if p)
+    body = spec.body
+
+    def dense_body(rows, vocab, *given):
+        it = iter(given)
+        return body(rows, vocab, *(next(it) if p else None for p in present))
+
+    spec = spec._replace(body=dense_body, args=roles)
+    plain = partial(_auto_global, spec)
+    batched = jax.custom_batching.custom_vmap(partial(_auto_op, spec))
+
+    @batched.def_vmap
+    def _(axis_size, in_batched, *given):
+        out = jax.vmap(plain, in_axes=[0 if b else None for b in in_batched])(*given)
+        return out, jax.tree.map(lambda _: True, out)
+
+    call = jax.custom_jvp(batched)
+    call.defjvp(lambda primals, tangents: jax.jvp(plain, primals, tangents))
+    return call(*(a for a in args if a is not None))
+
+
+def _auto_forward(forward, grads, args, roles, opts, aux=False):
+    """``forward(want, *args, opts)`` (the rule's forward, ``grads`` the student's or
+    model's ``(hidden, kernel, bias)`` gradients it forms) under an Auto-axis mesh:
+    each device runs its tokens and vocabulary slice (:func:`_auto_call`) with the
+    reduction's sum, then the mean divides once. ``aux``: two more per-row outputs
+    (the vocabulary is then kept whole: the argmax is not combined over slices)."""
+    local = "none" if opts.reduction == "none" else "sum"
+    want = frozenset(i for i, g in enumerate(grads) if g)
+
+    def body(rows, vocab, *args):
+        o = opts._replace(reduction=local, chunk=min(opts.chunk, args[0].shape[0]))
+        out, res = forward(want, *args, o._replace(axis_name=vocab, auto=False))
+        return (*out, *(g for g in (res.grads or ()) if g is not None))
+
+    per = "rows" if local == "none" else "sum"
+    outs = (per, per, *(("rows", "rows") if aux else ()))
+    outs += tuple(r for r, g in zip(("rows", "cols", "vec"), grads, strict=True) if g)
+    res = _auto_call(_Auto(body, roles, outs, not aux), *args)
+    k = len(outs) - sum(grads)
+    out, it = res[:k], iter(res[k:])
+    g = tuple(next(it) if want_i else None for want_i in grads)
+    scale = jnp.ones((), out[0].dtype)
+    if opts.reduction == "mean":
+        scale = cm.safe_divide(scale, out[1])
+        out = (jnp.where(scale == 0, jnp.zeros_like(out[0]), out[0] * scale), *out[1:])
+    if any(grads):
+        return out, _Res(tuple(None if x is None else x * scale for x in g), None, scale)
+    return out, _Res(None, None, scale)
 
 
 def vocab_parallel_fused_linear_softmax_cross_entropy(
@@ -1203,7 +1409,7 @@ def _lp_merge(stats, axis_name):
     """Statistics of every device's columns combined (one all-gather)."""
     if axis_name is None:
         return stats
-    parts = lax.all_gather(stats, axis_name, to="invarying")  # [P, 4, N]
+    parts = sm.gather_shards(stats, axis_name)  # [P, 4, N]
     shift, total, s_y, ent = (parts[:, i] for i in range(4))
     merged = sm.merge(sm.Block(shift, total, s_y, None, None, None), 1.0)
     # each device's entropy sum rebased from its own maximum to the common one
@@ -1386,6 +1592,7 @@ class _DistillOpts(NamedTuple):
     reduction: str
     chunk: int
     axis_name: Any = None  # the vocabulary sharded over this mesh axis (shard_map)
+    auto: bool = False  # under an Auto-axis mesh: partitioned by _auto_call
 
 
 def _log_softmax_rows(x: Array, axis_name=None) -> Array:
@@ -1467,6 +1674,9 @@ def _distill_forward(want, hs, ws, bs, ht, wt, bt, act, opts: _DistillOpts):
     red = cm.Reduction(opts.reduction)
     grads = (0 in want, 1 in want, 2 in want and bs is not None)
     grads = grads if opts.reduction != "none" else (False,) * 3
+    if opts.auto:
+        roles = ("rows", "cols", "vec", "rows", "cols", "vec", "rows")
+        return _auto_forward(_distill_forward, grads, (hs, ws, bs, ht, wt, bt, act), roles, opts)
     refs = (hs, ws, bs, ht, wt, bt, act)  # a carry varies as they do inside shard_map
     g_w0 = _match_varying(jnp.zeros(ws.shape, dtype), *refs) if grads[1] else None
     g_b0 = _match_varying(jnp.zeros(ws.shape[1:], dtype), *refs) if grads[2] else None
@@ -1648,7 +1858,10 @@ def fused_linear_distillation_loss(
       run data-parallel (the sums added with one ``psum``) and the student
       kernel's columns over model axes run vocabulary-parallel, the teacher's
       kernel laid out the same way (as with ``axis_name``): only per-token
-      statistics are gathered.
+      statistics are gathered. On a mesh of ``AxisType.Auto`` axes set with
+      ``jax.set_mesh``, a partitioning rule does the same from the layout XLA
+      chose (the loss and its gradients with ``reduction="mean"``/``"sum"``; the
+      gradient pass of ``"none"`` is left to XLA).
 
     References:
       Hinton et al., "Distilling the Knowledge in a Neural Network" (2015);
@@ -1687,7 +1900,8 @@ def fused_linear_distillation_loss(
     n_local = n if layout is None else layout.n_local
     chunk = max(_default_chunk(n_local, v) // 4, 1) if chunk is None else chunk
     if layout is None:
-        opts = _DistillOpts(kind, b, t, red.kind, min(chunk, max(n, 1)), axis_name)
+        auto = axis_name is None and _auto_mesh() is not None
+        opts = _DistillOpts(kind, b, t, red.kind, min(chunk, max(n, 1)), axis_name, auto)
         return _distill(hs, ws, bs, ht, wt, bt, act, opts)[0]
     local_reduction = "none" if red.kind == "none" else "sum"
     opts = _DistillOpts(kind, b, t, local_reduction, min(chunk, max(n_local, 1)), layout.vocab)

@@ -326,13 +326,31 @@ def empty_block(like: Array, dense: bool) -> Block:
     return Block(zero, zero, zero, *extra)
 
 
+def varying(x: Array) -> frozenset:
+    """The manual mesh axes ``x`` varies over (empty outside typed ``shard_map``)."""
+    mat = getattr(jax.typeof(x), "mat", None)
+    return getattr(mat, "varying", frozenset())
+
+
+def gather_shards(x: Array, axis_name) -> Array:
+    """``x`` of every shard stacked on a new leading axis, the same on every device.
+
+    Inside ``shard_map`` ``x`` is typed as varying over ``axis_name`` and the
+    result as invariant; traced per device without those types (the
+    partitioning rule of the fused functions) it is a plain all-gather.
+    """
+    axes = set(axis_name) if isinstance(axis_name, tuple) else {axis_name}
+    typed = axes <= varying(x)
+    return jax.lax.all_gather(x, axis_name, **({"to": "invarying"} if typed else {}))
+
+
 def gather_blocks(block: Block, axis_name) -> Block:
     """Every shard's block statistics in one all-gather, stacked on a leading axis."""
     # Without class weights the weight sum is the count: gathered once.
     alias = block.wsum is block.count and block.count is not None
     parts = block._replace(wsum=None) if alias else block
     fields = [f for f in parts if f is not None]
-    stacked = jax.lax.all_gather(jnp.stack(fields), axis_name, to="invarying")  # [P, k, ...]
+    stacked = gather_shards(jnp.stack(fields), axis_name)  # [P, k, ...]
     it = iter(range(len(fields)))
     out = Block(*(None if f is None else stacked[:, next(it)] for f in parts))
     return out._replace(wsum=out.count) if alias else out

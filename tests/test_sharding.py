@@ -63,6 +63,7 @@ def _check(results, name):
         "data_parallel_llm_functions",
         "explicit_vocab_sharding_under_jit",
         "explicit_vocab_sharding_llm_functions",
+        "auto_vocab_sharding_under_jit",
         "vocab_parallel_distillation",
         "data_parallel_every_loss",
     ],
