@@ -451,6 +451,7 @@ def linear_rule(
     static_argnums: Sequence[int] = (),
     traceable_argnums: Sequence[int] = (),
     pass_want: bool = False,
+    traceable_fields: Sequence[str] = (),
 ) -> Callable[..., Any]:
     """A ``jax.custom_jvp`` whose tangent is linear in the input tangents.
 
@@ -476,8 +477,14 @@ def linear_rule(
     values: the general path, differentiable by autodiff of the forward). With
     ``pass_want`` the forward is called as ``forward(want, *args)``, ``want``
     the frozenset of argnums with a nonzero tangent (empty in the primal
-    call), so it can form what those need.
+    call), so it can form what those need. ``traceable_fields`` names fields of
+    the options ``NamedTuple`` (the one static argument, the last one) that are
+    hyperparameters: each travels as a ``traceable_argnums`` operand after it.
     """
+    if traceable_fields:
+        return _traceable_fields_rule(
+            forward, tangents, static_argnums, traceable_argnums, pass_want, traceable_fields
+        )
     cache: dict[tuple[int, ...], Callable[..., Any]] = {}
 
     def dispatch(*args):
@@ -491,6 +498,44 @@ def linear_rule(
         if traceable_argnums
         else _custom_jvp(forward, tangents, tuple(static_argnums), pass_want)
     )
+
+
+def _traceable_fields_rule(forward, tangents, static_argnums, traceable_argnums, pass_want, fields):
+    """:func:`linear_rule` whose options tuple (argument ``n``, the last) may hold
+    traced hyperparameters in ``fields``: they are passed as operands ``n + 1, ...``
+    (static when Python numbers) and put back into the options for ``forward``
+    and the tangent functions."""
+    (n,) = static_argnums
+    k = len(fields)
+
+    def split(a):
+        return (*a[:n], a[n]._replace(**dict(zip(fields, a[n + 1 :], strict=True))))
+
+    def fwd(*a):
+        return forward(a[0], *split(a[1:])) if pass_want else forward(*split(a))
+
+    def wrap(entry):
+        fn, after = entry if isinstance(entry, tuple) else (entry, None)
+
+        def tangent(res, a, d):
+            return fn(res, split(a), d)
+
+        return tangent if after is None else (tangent, lambda a, t: after(split(a), t))
+
+    inner = linear_rule(
+        fwd,
+        {key: wrap(entry) for key, entry in tangents.items()},
+        static_argnums=(n,),
+        traceable_argnums=(*traceable_argnums, *range(n + 1, n + 1 + k)),
+        pass_want=pass_want,
+    )
+
+    def call(*args):
+        opts = args[n]
+        hyper = tuple(getattr(opts, f) for f in fields)
+        return inner(*args[:n], opts._replace(**dict.fromkeys(fields)), *hyper)
+
+    return call
 
 
 def _custom_jvp(forward, tangents, static_argnums, pass_want):

@@ -211,6 +211,13 @@ class _Res(NamedTuple):
 
 
 _VP_FUSED = "vocab_parallel_fused_linear_softmax_cross_entropy"
+# The hyperparameters of _Opts that may be traced (operands of the rule).
+_HYPER = ("eps", "z", "cap", "temperature")
+
+
+def _is_one(t) -> bool:
+    """True for a temperature known to be 1 (a traced one takes the general path)."""
+    return isinstance(t, (int, float)) and t == 1.0
 
 
 def _setup(h, w, y, sw, cw, opts: _Opts):
@@ -327,7 +334,7 @@ class _TileView(NamedTuple):
 
 def _scores(x: Array, opts) -> Array:
     """Logits divided by the temperature, then soft-capped."""
-    return sm.softcap(x / opts.temperature if opts.temperature != 1.0 else x, opts.cap)
+    return sm.softcap(x if _is_one(opts.temperature) else x / opts.temperature, opts.cap)
 
 
 def _tile(h_c, w, cols: _Cols, y_c, i, tile, dtype, opts: _Opts) -> _TileView:
@@ -353,7 +360,7 @@ def _chunk_stats(h_c, w, cols: _Cols, y_c, dtype, opts: _Opts, store: bool):
     """
     c, v = h_c.shape[0], w.shape[1]
     tile, tiles = _vocab_tiles(v, max(c, h_c.shape[1]))
-    dense, gscale = opts.eps > 0.0, sm.gap_scale(opts.num_classes)
+    dense, gscale = cm.maybe_nonzero(opts.eps), sm.gap_scale(opts.num_classes)
     like = _match_varying(jnp.zeros((c,), dtype), h_c, w, *cols, y_c)
     init = (sm.empty_block(like, dense), None, None)
     if store:
@@ -428,8 +435,8 @@ def _chunk_grads(h_c, w, cols: _Cols, y_c, rows_c, s_all, dtype, opts: _Opts, wa
 def _tile_coefficient(s, valid, y_loc, cw, rows_c, opts: _Opts):
     """dL/dlogits of one tile: ``softmax * A - q`` times the soft cap's slope, over
     the temperature."""
-    g = sm.coefficient(s, valid, y_loc, cw, rows_c, dense=opts.eps > 0.0, cap=opts.cap)
-    return g if opts.temperature == 1.0 else g * (1.0 / opts.temperature)
+    g = sm.coefficient(s, valid, y_loc, cw, rows_c, dense=cm.maybe_nonzero(opts.eps), cap=opts.cap)
+    return g if _is_one(opts.temperature) else g * (1.0 / opts.temperature)
 
 
 def _stats_pass(h_chunks, w, cols: _Cols, toks: _Tokens, dtype, n, opts: _Opts):
@@ -600,6 +607,7 @@ _fused = cm.linear_rule(
     {i: _fused_tangent(i) for i in range(3)},
     static_argnums=(6,),
     pass_want=True,
+    traceable_fields=_HYPER,
 )
 
 
@@ -633,7 +641,7 @@ def _vp_local(x, y, weight, opts: _VpOpts):
 def _vp_forward(x, y, weight, mask, opts: _VpOpts):
     """Local block statistics, one all-gather, the global rows."""
     s, y_local, w_blk = _vp_local(x, y, weight, opts)
-    gscale, dense = sm.gap_scale(opts.num_classes), opts.eps > 0.0
+    gscale, dense = sm.gap_scale(opts.num_classes), cm.maybe_nonzero(opts.eps)
     local = sm.labelled_stats(x, s, mask, w_blk, y_local, cap=opts.cap, dense=dense, gscale=gscale)
     block = sm.merge(sm.gather_blocks(local, opts.axis_name), gscale)
     info = sm.labels_info(y, opts.num_classes, opts.ignore_index)
@@ -646,7 +654,8 @@ def _vp_tangent_x(rows, args, dx):
     """``sum_c g_c dx_c`` summed over the shards; the local part needs no communication."""
     x, y, weight, mask, opts = args
     s, y_local, w_blk = _vp_local(x, y, weight, opts)
-    g = sm.coefficient(s, mask, y_local, w_blk, rows, dense=opts.eps > 0.0, cap=opts.cap)
+    dense = cm.maybe_nonzero(opts.eps)
+    g = sm.coefficient(s, mask, y_local, w_blk, rows, dense=dense, cap=opts.cap)
     return sm.row_tangent(g, dx)
 
 
@@ -657,7 +666,12 @@ def _vp_sum_shards(args, t):
     return total, jnp.zeros_like(total)
 
 
-_vp_ce = cm.linear_rule(_vp_forward, {0: (_vp_tangent_x, _vp_sum_shards)}, static_argnums=(4,))
+_vp_ce = cm.linear_rule(
+    _vp_forward,
+    {0: (_vp_tangent_x, _vp_sum_shards)},
+    static_argnums=(4,),
+    traceable_fields=("eps", "z", "cap"),
+)
 
 
 # --------------------------------------------------------------------------
@@ -732,14 +746,15 @@ def _normalized(loss: Array, norm) -> Array:
     return loss if norm is None else cm.safe_divide(loss, jnp.asarray(norm, loss.dtype))
 
 
-def _fused_opts(options, reduction, n, v_local, v, chunk, axis_name=None):
+def _fused_opts(options, reduction, n, v_local, v, chunk, axis_name=None, dtype=None):
     """:class:`_Opts` of a call (``chunk=None`` picks one from the shapes);
     ``options`` is ``(ignore_index, label_smoothing, z_loss, logit_softcap)``,
-    optionally followed by the temperature."""
-    o = cm.ce_options(*options[:4])
+    optionally followed by the temperature; with ``dtype`` (the computation
+    dtype) the hyperparameters may be traced scalars."""
+    o = cm.ce_options(*options[:4], traced_dtype=dtype)
     t = 1.0
     if len(options) > 4:
-        t = cm.static_float(options[4], "temperature", low=0.0, low_open=True)
+        t = cm.number_option(options[4], "temperature", traced_dtype=dtype, low=0.0, low_open=True)
     red = cm.Reduction.of(reduction)
     chunk = _default_chunk(n, v_local) if chunk is None else min(chunk, max(n, 1))
     return _Opts(o.ignore_index, o.eps, o.z, o.cap, red.kind, chunk, v, axis_name, "fused", t)
@@ -801,7 +816,8 @@ def fused_linear_softmax_cross_entropy(
         summed micro-batch gradients equal the full batch's. May be traced;
         0 gives 0.
       temperature: :math:`T > 0` dividing the logits before the soft cap and
-        the softmax (a Python number).
+        the softmax. This and the three options below may be traced scalars
+        (``jit``, ``vmap``, differentiable by autodiff of the tile loop).
       ignore_index: label value whose rows contribute 0 and do not count.
       label_smoothing: :math:`\varepsilon \in [0, 1]`, PyTorch semantics.
       z_loss: coefficient of PaLM's :math:`\mathrm{lse}^2` term.
@@ -878,7 +894,7 @@ def fused_linear_softmax_cross_entropy(
         if return_aux:
             raise ValueError("return_aux=True is not supported with inputs sharded over a mesh.")
         return _normalized(_sharded(h, w, b, y, sw, cw, layout, options, reduction, chunk), norm)
-    opts = _fused_opts(options, reduction, n, v, v, chunk)
+    opts = _fused_opts(options, reduction, n, v, v, chunk, dtype=cm.compute_dtype(h, w))
     opts = opts._replace(aux=return_aux, auto=_auto_mesh() is not None)
     cm.check_labels_in_range(y, v, opts.ignore_index)
     out = _fused(h, w, b, y, sw, cw, opts)
@@ -1032,11 +1048,12 @@ def _sharded(h, w, b, y, sw, cw, layout: _Layout, options, reduction, chunk):
     local_reduction = "none" if red.kind == "none" else "sum"
     v = w.shape[1]
     opts = _fused_opts(
-        options, local_reduction, layout.n_local, layout.v_local, v, chunk, layout.vocab
-    )
+        options, local_reduction, layout.n_local, layout.v_local, v, chunk, layout.vocab,
+        dtype=cm.compute_dtype(h, w),
+    )  # fmt: skip
     cm.check_labels_in_range(y, v, opts.ignore_index)
 
-    def local(h, y, sw, w, b, cw):
+    def local(h, y, sw, w, b, cw):  # traced hyperparameters in opts: replicated
         return _fused(h, w, b, y, sw, cw, opts)
 
     specs = (*_kernel_specs(layout, 1), P())  # kernel, bias, class weights (whole)
@@ -1202,16 +1219,22 @@ def _auto_forward(forward, grads, args, roles, opts, aux=False):
     (the vocabulary is then kept whole: the argmax is not combined over slices)."""
     local = "none" if opts.reduction == "none" else "sum"
     want = frozenset(i for i, g in enumerate(grads) if g)
+    # traced hyperparameters enter the partitioned op as (replicated) operands
+    traced = {k: v for k, v in opts._asdict().items() if isinstance(v, jax.Array)}
+    opts = opts._replace(**dict.fromkeys(traced))
 
     def body(rows, vocab, *args):
+        args, hyper = args[: len(args) - len(traced)], args[len(args) - len(traced) :]
         o = opts._replace(reduction=local, chunk=min(opts.chunk, args[0].shape[0]))
-        out, res = forward(want, *args, o._replace(axis_name=vocab, auto=False))
+        o = o._replace(axis_name=vocab, auto=False, **dict(zip(traced, hyper, strict=True)))
+        out, res = forward(want, *args, o)
         return (*out, *(g for g in (res.grads or ()) if g is not None))
 
     per = "rows" if local == "none" else "sum"
     outs = (per, per, *(("rows", "rows") if aux else ()))
     outs += tuple(r for r, g in zip(("rows", "cols", "vec"), grads, strict=True) if g)
-    res = _auto_call(_Auto(body, roles, outs, not aux), *args)
+    roles += ("whole",) * len(traced)
+    res = _auto_call(_Auto(body, roles, outs, not aux), *args, *traced.values())
     k = len(outs) - sum(grads)
     out, it = res[:k], iter(res[k:])
     g = tuple(next(it) if want_i else None for want_i in grads)
@@ -1286,7 +1309,8 @@ def vocab_parallel_fused_linear_softmax_cross_entropy(
     n, v = h.shape[0], w.shape[1] * shards
     sw, norm, reduction = _token_weights(sample_weight, normalizer, reduction, n)
     cw = cm.optional_vector(weight, "weight", v, "one weight per class of the whole vocabulary")
-    opts = _fused_opts(options, reduction, n, w.shape[1], v, chunk, axis_name)
+    dtype = cm.compute_dtype(h, w)
+    opts = _fused_opts(options, reduction, n, w.shape[1], v, chunk, axis_name, dtype)
     cm.check_labels_in_range(y, v, opts.ignore_index)
     return _normalized(_fused(h, w, b, y, sw, cw, opts)[0], norm)
 
@@ -1355,7 +1379,9 @@ def vocab_parallel_softmax_cross_entropy(
     """
     _, shards = _bind_axis(axis_name, "vocab_parallel_softmax_cross_entropy")
     options = (ignore_index, label_smoothing, z_loss, logit_softcap)
-    p = cm.int_label_inputs(logits, labels, axis, where, weight, reduction, options, shards)
+    p = cm.int_label_inputs(
+        logits, labels, axis, where, weight, reduction, options, shards, traced=True
+    )
     opts = _VpOpts(axis_name, *p.options, p.num_classes)
     loss, share = _vp_ce(p.x, p.labels, p.weight, p.mask, opts)
     return p.reduction(loss, share)
@@ -1476,7 +1502,12 @@ def _lp_tangent(rows: _LogProbRows, args, ds):
     return t[0], t[1]
 
 
-_lp = cm.linear_rule(_lp_forward, {(0, 1, 2): _lp_tangent}, static_argnums=(4,))
+_lp = cm.linear_rule(
+    _lp_forward,
+    {(0, 1, 2): _lp_tangent},
+    static_argnums=(4,),
+    traceable_fields=("temperature", "cap"),
+)
 
 
 def fused_linear_log_probs(
@@ -1513,7 +1544,8 @@ def fused_linear_log_probs(
         embedding passes ``embedding.T``).
       labels: ``[N]`` integer token ids in ``[0, V)``.
       bias: optional ``[V]`` bias.
-      temperature: :math:`T > 0`, dividing the logits (a Python number).
+      temperature: :math:`T > 0`, dividing the logits (may be traced, as may
+        ``logit_softcap``).
       logit_softcap: Gemma 2's soft cap, applied after the temperature.
       return_entropy: also return the softmax entropy ``[N]``.
       chunk_size: rows per chunk; ``None`` picks one whose float32 logits take
@@ -1551,8 +1583,9 @@ def fused_linear_log_probs(
       TRL's ``selective_log_softmax``; Liger-Kernel's fused linear losses.
     """
     h, w, y, b, chunk = _prepare_fused(hidden, kernel, labels, bias, chunk_size, "kernel", "bias")
-    t = cm.static_float(temperature, "temperature", low=0.0, low_open=True)
-    cap = cm.static_float(logit_softcap, "logit_softcap", low=0.0, low_open=True, allow_none=True)
+    number = partial(cm.number_option, traced_dtype=cm.compute_dtype(h, w), low=0.0, low_open=True)
+    t = number(temperature, "temperature")
+    cap = number(logit_softcap, "logit_softcap", allow_none=True)
     if not isinstance(return_entropy, bool):
         raise TypeError(f"return_entropy must be a bool; got {return_entropy!r}.")
     n, v_local = h.shape[0], w.shape[1]
@@ -1615,6 +1648,14 @@ def _plogq(lp: Array, diff: Array, axis_name=None) -> Array:
     return out if axis_name is None else lax.psum(out, axis_name)
 
 
+def _log_weights(b) -> tuple:
+    """``(log b, log(1 - b))`` of the JSD's ``beta``: in double precision when it
+    is a Python number, else traced."""
+    if isinstance(b, (int, float)):
+        return math.log(b), math.log1p(-b)
+    return jnp.log(b), jnp.log1p(-b)
+
+
 def _divergence_rows(ls: Array, lt: Array, opts: _DistillOpts) -> tuple[Array, Array]:
     """Per-row divergence between the student's (``ls``) and the teacher's (``lt``)
     log-probabilities, and its derivative w.r.t. the student's tempered logits.
@@ -1634,11 +1675,22 @@ def _divergence_rows(ls: Array, lt: Array, opts: _DistillOpts) -> tuple[Array, A
         loss = _plogq(ls, d, ax)
         return loss, p * (d - loss[:, None])
     b = opts.beta
+    if isinstance(b, (int, float)):
+        return _jsd_rows(ls, lt, p, b, ax)
+    # traced: 0 and 1 are the two KLs (as for a concrete beta), chosen at run time
+    lo, hi = b == 0.0, b == 1.0
+    parts = [_divergence_rows(ls, lt, opts._replace(kind=k)) for k in ("forward_kl", "reverse_kl")]
+    parts.append(_jsd_rows(ls, lt, p, jnp.where(lo | hi, jnp.asarray(0.5, b.dtype), b), ax))
+    (f_l, f_g), (r_l, r_g), (j_l, j_g) = parts
+    return jnp.where(lo, f_l, jnp.where(hi, r_l, j_l)), jnp.where(lo, f_g, jnp.where(hi, r_g, j_g))
+
+
+def _jsd_rows(ls, lt, p, b, ax):
+    """The generalised JSD of :func:`_divergence_rows` for ``0 < b < 1``."""
     # log m as a logaddexp of log-probabilities (no probability formed from a tiny one)
     some = (lt != sm.NEG_INF) | (ls != sm.NEG_INF)
-    lm = jnp.logaddexp(
-        jnp.where(some, lt, 0.0) + math.log(b), jnp.where(some, ls, 0.0) + math.log1p(-b)
-    )
+    log_b, log_1mb = _log_weights(b)
+    lm = jnp.logaddexp(jnp.where(some, lt, 0.0) + log_b, jnp.where(some, ls, 0.0) + log_1mb)
     ds = jnp.where(ls != sm.NEG_INF, ls - lm, 0.0)
     dt = jnp.where(lt != sm.NEG_INF, lt - lm, 0.0)
     ks = _plogq(ls, ds, ax)
@@ -1747,17 +1799,19 @@ _distill = cm.linear_rule(
     {i: _distill_tangent(i) for i in range(3)},
     static_argnums=(7,),
     pass_want=True,
+    traceable_fields=("beta", "temperature"),
 )
 
 
-def _divergence_kind(divergence, beta, temperature) -> tuple[str, float, float]:
+def _divergence_kind(divergence, beta, temperature, dtype) -> tuple[str, Any, Any]:
     """Validated ``(kind, beta, temperature)``; the JSD's ``beta`` of 0 or 1 is the
-    forward or the reverse KL (as in TRL and :func:`jensen_shannon_divergence`)."""
+    forward or the reverse KL (as in TRL and :func:`jensen_shannon_divergence`).
+    ``beta`` and ``temperature`` may be traced (scalars of ``dtype``)."""
     if divergence not in _DIVERGENCES:
         raise ValueError(f"divergence must be one of {_DIVERGENCES}; got {divergence!r}.")
-    b = cm.static_float(beta, "beta", low=0.0, high=1.0)
-    t = cm.static_float(temperature, "temperature", low=0.0, low_open=True)
-    if divergence == "jsd" and b in (0.0, 1.0):
+    b = cm.number_option(beta, "beta", traced_dtype=dtype, low=0.0, high=1.0)
+    t = cm.number_option(temperature, "temperature", traced_dtype=dtype, low=0.0, low_open=True)
+    if divergence == "jsd" and isinstance(b, float) and b in (0.0, 1.0):
         return ("forward_kl" if b == 0.0 else "reverse_kl"), b, t
     return divergence, b, t
 
@@ -1815,9 +1869,10 @@ def fused_linear_distillation_loss(
         whose label equals ``ignore_index`` give 0 and do not count.
       ignore_index: the label value of masked tokens (e.g. ``-100``).
       divergence: ``"forward_kl"`` (default), ``"reverse_kl"`` or ``"jsd"``.
-      beta: :math:`\beta \in [0, 1]` of the generalised JSD (a Python number;
-        ignored by the two KL divergences).
-      temperature: :math:`T > 0` dividing both logits (a Python number). As in
+      beta: :math:`\beta \in [0, 1]` of the generalised JSD (ignored by the
+        two KL divergences); may be traced, and a traced 0 or 1 gives the KL
+        direction a Python 0 or 1 gives.
+      temperature: :math:`T > 0` dividing both logits (may be traced). As in
         TRL and Liger-Kernel, the divergence is not multiplied by :math:`T^2`.
       student_bias: optional ``[V]`` bias of the student.
       teacher_bias: optional ``[V]`` bias of the teacher.
@@ -1890,7 +1945,7 @@ def fused_linear_distillation_loss(
             f"{wt.shape[1]} must equal student_hidden.shape[0] = {n} and "
             f"student_kernel.shape[1] = {v}."
         )
-    kind, b, t = _divergence_kind(divergence, beta, temperature)
+    kind, b, t = _divergence_kind(divergence, beta, temperature, cm.compute_dtype(hs, ws))
     red = cm.Reduction.of(reduction)
     act = jnp.ones((n,), jnp.bool_)
     if ignore_index is not None and labels is not None:

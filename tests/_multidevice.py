@@ -698,7 +698,8 @@ def check_auto_vocab_sharding_under_jit():
     achieve (checked with the rule switched off: jax 0.10.2 gathers every
     token's hidden state and reduces per chunk inside the loop). Under
     vmap and for a gradient with respect to ``sample_weight`` (no rule of its
-    own) the numbers still match."""
+    own) the numbers still match; so do traced hyperparameters (with their
+    derivatives), on Auto and on explicit axes."""
     from unittest import mock
 
     import jax
@@ -771,6 +772,29 @@ def check_auto_vocab_sharding_under_jit():
         got = jax.jit(jax.grad(sharded_sw))(sws)
     plain_sw = lambda s: cases(y, cw, s, ht, wt)["ce mean"](h, w, b)
     _close(got, jax.jit(jax.grad(plain_sw))(sw), 1e-10, "d sample_weight")
+
+    # traced label_smoothing and temperature: operands of the partitioned op (Auto
+    # axes) and replicated closures of the shard_map (explicit axes)
+    def traced(y):
+        def f(h, w, b, e, t):
+            return jaxloss.fused_linear_softmax_cross_entropy(
+                h, w, y, bias=b, ignore_index=-100, label_smoothing=e, temperature=t,
+                chunk_size=8,
+            )  # fmt: skip
+
+        return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2, 3, 4)))
+
+    want = traced(y)(h, w, b, 0.1, 1.5)
+    explicit = jax.make_mesh((2, 4), ("data", "model"))
+    for m in (mesh, explicit):
+        with jax.set_mesh(m):
+            put = lambda a, *spec, m=m: jax.device_put(a, NamedSharding(m, P(*spec)))
+            got = traced(put(y, "data"))(put(h, "data"), put(w, None, "model"),
+                                         put(b, "model"), 0.1, 1.5)  # fmt: skip
+        what = f"traced, {m.axis_types[0]} axes"
+        _close(got[0], want[0], 1e-10, what)
+        for i, (a, e) in enumerate(zip(got[1], want[1], strict=True)):
+            _close(a, e, 1e-10, f"{what}, d argument {i}")
 
 
 # --------------------------------------------------------------------------

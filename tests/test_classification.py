@@ -922,16 +922,18 @@ def test_bad_input_raises_naming_the_argument(call, error, match):
         call()
 
 
-def test_traced_hyperparameters_must_be_scalars_and_fused_ones_concrete():
-    # traced values are allowed (tests/test_optax_compat.py), as scalars only
+def test_traced_hyperparameters_must_be_scalars():
+    # traced values are allowed (tests/test_optax_compat.py, tests/test_fused_options.py),
+    # as scalars only
     with pytest.raises(ValueError, match="label_smoothing must be a scalar"):
         jax.jit(lambda e: ce_int(X, Y, label_smoothing=e))(jnp.array([0.1, 0.2]))
     with pytest.raises(ValueError, match="z_loss must be a scalar"):
         jax.jit(lambda z: ce_prob(X, X, z_loss=z))(jnp.array([0.1, 0.2]))
-    # the fused loss compiles them into its tile loop: concrete numbers only
     h, k = jnp.ones((2, 3)), jnp.ones((3, 4))
-    with pytest.raises(TypeError, match="label_smoothing must be a concrete Python number"):
-        jax.jit(lambda e: jl.fused_linear_softmax_cross_entropy(h, k, Y, label_smoothing=e))(0.1)
+    with pytest.raises(ValueError, match="temperature must be a scalar"):
+        jax.jit(lambda t: jl.fused_linear_softmax_cross_entropy(h, k, Y, temperature=t))(
+            jnp.array([1.0, 2.0])
+        )
 
 
 def test_ignore_index_label_is_not_out_of_range():

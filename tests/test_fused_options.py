@@ -120,3 +120,85 @@ def test_bf16_weighted_loss_is_float32_and_bad_options_name_the_argument():
         f(H, W, Y, temperature=0.0, ignore_index=-100)
     with pytest.raises(TypeError, match="return_aux must be a bool"):
         f(H, W, Y, return_aux=1, ignore_index=-100)
+
+
+def test_traced_hyperparameters_of_the_fused_losses():
+    """The fused losses' hyperparameters as traced scalars (cross-entropy:
+    label_smoothing, z_loss, logit_softcap, temperature; log-probs: temperature,
+    logit_softcap; distillation: temperature, beta): one compiled program gives
+    the numbers of the Python-number path, under vmap too, and its derivative with
+    respect to each matches central differences of that program in float64. A
+    traced beta of 0 or 1 gives the two KL directions, as a Python number does."""
+    ht, wt, yl = R.normal(size=(N, D)), R.normal(size=(D, V)), np.maximum(Y, 0)
+    kd = jaxloss.fused_linear_distillation_loss
+
+    def ce(e, z, c, t):
+        return jaxloss.fused_linear_softmax_cross_entropy(
+            H, W, Y, bias=B, ignore_index=-100, label_smoothing=e, z_loss=z, logit_softcap=c,
+            temperature=t, chunk_size=4,
+        )  # fmt: skip
+
+    def log_probs(t, c):
+        out = jaxloss.fused_linear_log_probs(
+            H, W, yl, logit_softcap=c, temperature=t, return_entropy=True, chunk_size=4
+        )
+        return jnp.sum(COT * out[0]) + jnp.sum(COT * out[1])
+
+    def distill(t, b):
+        return kd(H, W, ht, wt, divergence="jsd", beta=b, temperature=t, chunk_size=4)
+
+    step = 1e-6
+    for f, point in ((ce, (0.15, 0.02, 4.0, 0.8)), (log_probs, (1.3, 5.0)), (distill, (2.0, 0.3))):
+        static, traced = f(*point), jax.jit(f)
+        close(traced(*point), static, err_msg=f.__name__)
+        batched = jax.vmap(f, (0,) + (None,) * (len(point) - 1))
+        close(batched(jnp.array([point[0]] * 2), *point[1:]), [static] * 2, err_msg=f.__name__)
+        grads = jax.jit(jax.grad(f, argnums=tuple(range(len(point)))))(*point)
+        for i, g in enumerate(grads):
+            up, down = list(point), list(point)
+            up[i] += step
+            down[i] -= step
+            fd = (traced(*up) - traced(*down)) / (2 * step)
+            close(g, fd, rtol=1e-6, atol=1e-8, err_msg=f"{f.__name__} argument {i}")
+    at = jax.jit(lambda b: kd(H, W, ht, wt, divergence="jsd", beta=b, chunk_size=4))
+    for b, kind in ((0.0, "forward_kl"), (1.0, "reverse_kl")):
+        close(at(b), kd(H, W, ht, wt, divergence=kind, chunk_size=4), err_msg=kind)
+
+
+def test_traced_options_of_the_vocabulary_parallel_losses():
+    """Inside shard_map (one device), label_smoothing, z_loss and logit_softcap
+    traced give the loss and the hyperparameter derivatives of the unsharded
+    cross-entropy on the same logits (itself checked against PyTorch)."""
+    from jax.sharding import AxisType
+    from jax.sharding import PartitionSpec as P
+
+    mesh = jax.make_mesh((1,), ("v",), axis_types=(AxisType.Auto,))
+    x = H @ W + B
+
+    def vp(e, z, c):
+        def local(x_, k_, b_):
+            return (
+                jaxloss.vocab_parallel_softmax_cross_entropy(
+                    x_, Y, axis_name="v", ignore_index=-100, label_smoothing=e, z_loss=z,
+                    logit_softcap=c, reduction="sum",
+                ),
+                jaxloss.vocab_parallel_fused_linear_softmax_cross_entropy(
+                    H, k_, Y, axis_name="v", bias_shard=b_, ignore_index=-100,
+                    label_smoothing=e, z_loss=z, logit_softcap=c, reduction="sum",
+                ),
+            )  # fmt: skip
+
+        specs = (P(None, "v"), P(None, "v"), P("v"))
+        return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=(P(), P()))(x, W, B)
+
+    def ref(e, z, c):
+        return jaxloss.softmax_cross_entropy_with_integer_labels(
+            x, Y, ignore_index=-100, label_smoothing=e, z_loss=z, logit_softcap=c, reduction="sum"
+        )
+
+    point = (0.15, 0.02, 4.0)
+    want = jax.value_and_grad(ref, argnums=(0, 1, 2))(*point)
+    for k in range(2):
+        got = jax.jit(jax.value_and_grad(lambda *a, k=k: vp(*a)[k], argnums=(0, 1, 2)))(*point)
+        close(got[0], want[0], err_msg=f"output {k}")
+        close(jnp.stack(got[1]), jnp.stack(want[1]), rtol=1e-9, err_msg=f"output {k}")
