@@ -61,7 +61,8 @@ their types: the public functions read it and run the per-device code under
 forward (value and, with the ``"fused"`` strategy, the gradients) is then one
 ``custom_partitioning`` op (``_auto_call``) whose partition callback reads the
 chosen shardings of ``hidden``'s rows and ``kernel``'s columns and lowers the
-same per-device code, collectives included. The op has no batching or
+same per-device code, collectives included (for the log-probabilities, whose
+tangent recomputes the logits, only the forward pass). The op has no batching or
 differentiation rule of its own: under ``vmap`` or for a tangent of the
 forward itself it runs the code on whole arrays, which XLA partitions as any
 other code (correct; without the vocabulary-parallel layout).
@@ -1081,13 +1082,14 @@ def _auto_mesh():
 class _Auto(NamedTuple):
     """What :func:`_auto_call` partitions.
 
-    ``body(rows, vocab, *args)`` computes the outputs of one device's tokens
-    (``rows``: the mesh axes they are split over, or ``None``) and vocabulary
-    slice (``vocab``; the body combines the slices itself, as with
-    ``axis_name``). ``args`` and ``outs`` give each operand's and output's
-    role: ``"rows"`` (``[N, ...]``, split by token), ``"cols"`` (``[D, V]``, by
-    column), ``"vec"`` (``[V]``, by class), ``"whole"`` (replicated) or, for
-    outputs, ``"sum"`` (a scalar). Every output but ``"rows"`` is summed over the
+    ``body(rows, vocab, opts, *args)`` computes the outputs of one device's
+    tokens (``rows``: the mesh axes they are split over, or ``None``) and
+    vocabulary slice (``vocab``; the body combines the slices itself, as with
+    ``axis_name``); ``opts`` is the options tuple given to :func:`_auto_call`.
+    ``args`` and ``outs`` give each operand's and output's role: ``"rows"``
+    (``[N, ...]``, split by token), ``"cols"`` (``[D, V]``, by column),
+    ``"vec"`` (``[V]``, by class), ``"whole"`` (replicated) or, for outputs,
+    ``"sum"`` (a scalar). Every output but ``"rows"`` is summed over the
     row axes. ``split_vocab=False`` keeps every device's vocabulary whole.
     """
 
@@ -1141,7 +1143,7 @@ def _auto_partition(spec: _Auto, mesh, arg_shapes, result_shape):
     results = jax.tree.leaves(result_shape)
 
     def lower(*args):  # traced per device without varying-axis types
-        outs = spec.body(rows, vocab, *args)
+        outs = spec.body(rows, vocab, *args)  # the body of _auto_call: opts bound
         summed = [rows is not None and r != "rows" for r in spec.outs]
         return tuple(lax.psum(o, rows) if s else o for o, s in zip(outs, summed, strict=True))
 
@@ -1179,23 +1181,31 @@ _auto_op = custom_partitioning(_auto_global, static_argnums=(0,))
 _auto_op.def_partition(_auto_partition, sharding_rule=_auto_rule)
 
 
-def _auto_call(spec: _Auto, *args):
+def _auto_call(spec: _Auto, opts, *args):
     """``spec.body`` over the whole inputs, partitioned by XLA's SPMD partitioner
     with :func:`_auto_partition` (each device runs its rows and vocabulary slice).
-    ``None`` operands are left out (their role too).
+    ``None`` operands are left out (their role too); the traced hyperparameters
+    of ``opts`` enter as replicated operands (the op's static arguments must
+    hold no tracer).
 
     The partitioned op has no batching or differentiation rule of its own:
     under ``vmap``, and for a tangent of the body itself (an operand without a
     closed-form rule, or a second derivative), the body runs on the whole
     arrays and XLA partitions it as any other code.
     """
+    traced = {k: v for k, v in opts._asdict().items() if isinstance(v, jax.Array)}
+    opts = opts._replace(**dict.fromkeys(traced))
+    args = (*args, *traced.values())
     present = tuple(a is not None for a in args)
-    roles = tuple(r for r, p in zip(spec.args, present, strict=True) if p)
+    roles = (*spec.args, *("whole" for _ in traced))
+    roles = tuple(r for r, p in zip(roles, present, strict=True) if p)
     body = spec.body
 
     def dense_body(rows, vocab, *given):
         it = iter(given)
-        return body(rows, vocab, *(next(it) if p else None for p in present))
+        full = [next(it) if p else None for p in present]
+        hyper = dict(zip(traced, full[len(full) - len(traced) :], strict=True))
+        return body(rows, vocab, opts._replace(**hyper), *full[: len(full) - len(traced)])
 
     spec = spec._replace(body=dense_body, args=roles)
     plain = partial(_auto_global, spec)
@@ -1219,22 +1229,16 @@ def _auto_forward(forward, grads, args, roles, opts, aux=False):
     (the vocabulary is then kept whole: the argmax is not combined over slices)."""
     local = "none" if opts.reduction == "none" else "sum"
     want = frozenset(i for i, g in enumerate(grads) if g)
-    # traced hyperparameters enter the partitioned op as (replicated) operands
-    traced = {k: v for k, v in opts._asdict().items() if isinstance(v, jax.Array)}
-    opts = opts._replace(**dict.fromkeys(traced))
 
-    def body(rows, vocab, *args):
-        args, hyper = args[: len(args) - len(traced)], args[len(args) - len(traced) :]
+    def body(rows, vocab, opts, *args):
         o = opts._replace(reduction=local, chunk=min(opts.chunk, args[0].shape[0]))
-        o = o._replace(axis_name=vocab, auto=False, **dict(zip(traced, hyper, strict=True)))
-        out, res = forward(want, *args, o)
+        out, res = forward(want, *args, o._replace(axis_name=vocab, auto=False))
         return (*out, *(g for g in (res.grads or ()) if g is not None))
 
     per = "rows" if local == "none" else "sum"
     outs = (per, per, *(("rows", "rows") if aux else ()))
     outs += tuple(r for r, g in zip(("rows", "cols", "vec"), grads, strict=True) if g)
-    roles += ("whole",) * len(traced)
-    res = _auto_call(_Auto(body, roles, outs, not aux), *args, *traced.values())
+    res = _auto_call(_Auto(body, roles, outs, not aux), opts, *args)
     k = len(outs) - sum(grads)
     out, it = res[:k], iter(res[k:])
     g = tuple(next(it) if want_i else None for want_i in grads)
@@ -1399,6 +1403,7 @@ class _LogProbOpts(NamedTuple):
     entropy: bool
     axis_name: Any = None  # None: the whole vocabulary on every device
     num_classes: int = 0  # global V
+    auto: bool = False  # under an Auto-axis mesh: the forward partitioned by _auto_call
 
 
 class _LogProbRows(NamedTuple):
@@ -1449,6 +1454,16 @@ def _lp_forward(h, w, b, y, opts: _LogProbOpts):
     n = h.shape[0]
     num_chunks = -(-n // opts.chunk)
     ch = partial(_chunk_rows, chunk=opts.chunk, num_chunks=num_chunks)
+    if opts.auto:  # each device's tokens and vocabulary slice; the rows come back whole
+
+        def body(rows, vocab, o, h, w, b, y):
+            o = o._replace(chunk=min(o.chunk, h.shape[0]), axis_name=vocab, auto=False)
+            out, r = _lp_forward(h, w, b, y, o)
+            return (*out, *(_unchunk(a, h.shape[0]) for a in r))
+
+        spec = _Auto(body, ("rows", "cols", "vec", "rows"), ("rows",) * 5)
+        log_p, entropy, *rows = _auto_call(spec, opts, h, w, b, y)
+        return (log_p, entropy), _LogProbRows(*(ch(a) for a in rows))
     y_loc = _lp_label_column(y, w, opts)
 
     def body(_, xs):
@@ -1575,7 +1590,10 @@ def fused_linear_log_probs(
       ``hidden``'s rows over data axes run data-parallel and ``kernel``'s
       columns over model axes run vocabulary-parallel (as with ``axis_name``),
       without a ``shard_map`` in the caller's code: only per-token statistics
-      are gathered. Labels are not masked: give
+      are gathered. On a mesh of ``AxisType.Auto`` axes set with
+      ``jax.set_mesh`` the forward pass does the same from the layout XLA
+      chose (a partitioning rule); the gradient pass is XLA's partitioning of
+      the plain computation. Labels are not masked: give
       padded tokens any valid id and mask the result. Out-of-range labels raise
       ``ValueError`` when concrete.
 
@@ -1606,7 +1624,8 @@ def fused_linear_log_probs(
             local, h, layout.rows, (h, y), (w, b), "none", specs, layout.mesh
         )
     else:
-        opts = _LogProbOpts(t, cap, chunk, return_entropy, axis_name, v)
+        auto = axis_name is None and _auto_mesh() is not None
+        opts = _LogProbOpts(t, cap, chunk, return_entropy, axis_name, v, auto)
         log_p, entropy = _lp(h, w, b, y, opts)
     return (log_p, entropy) if return_entropy else log_p
 

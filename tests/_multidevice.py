@@ -691,7 +691,8 @@ def check_explicit_vocab_sharding_llm_functions():
 def check_auto_vocab_sharding_under_jit():
     """The fused cross-entropy and distillation under plain jit on an Auto-axis
     mesh (``jax.set_mesh``, inputs placed with NamedSharding, no sharding in the
-    types): the partitioning rule runs each device's tokens and vocabulary slice.
+    types): the partitioning rule runs each device's tokens and vocabulary slice
+    (and the log-probabilities' forward pass; their gradient pass is XLA's).
     Values and gradients equal the unsharded call; the compiled program gathers
     only per-token statistics and reduces at most [N_local, D] or the kernel
     shard's gradient, which XLA's own partitioning of the same code does not
@@ -772,6 +773,28 @@ def check_auto_vocab_sharding_under_jit():
         got = jax.jit(jax.grad(sharded_sw))(sws)
     plain_sw = lambda s: cases(y, cw, s, ht, wt)["ce mean"](h, w, b)
     _close(got, jax.jit(jax.grad(plain_sw))(sw), 1e-10, "d sample_weight")
+
+    # fused_linear_log_probs: the forward partitioned (old-policy or reference
+    # log-probabilities, no gradient), and value and gradients equal to the unsharded
+    def log_probs(y):
+        def f(h, w, b):
+            lp, ent = jaxloss.fused_linear_log_probs(
+                h, w, jnp.maximum(y, 0), bias=b, return_entropy=True, temperature=1.5,
+                chunk_size=8,
+            )  # fmt: skip
+            return jnp.sum(lp * jnp.arange(1.0, n + 1.0)) + jnp.sum(ent)
+
+        return f
+
+    want_lp = jax.jit(vg(log_probs(y)))(h, w, b)
+    with jax.set_mesh(mesh):
+        f = log_probs(ys)
+        forward = jax.jit(f).lower(hs, ws, bs).compile().as_text()
+        _check_collective_sizes(forward, **bounds, what="log-probs forward")
+        got = jax.jit(vg(f))(hs, ws, bs)
+    _close(got[0], want_lp[0], 1e-10, "log-probs value")
+    for what, a, e in zip(("hidden", "kernel", "bias"), got[1], want_lp[1], strict=True):
+        _close(a, e, 1e-10, f"log-probs d {what}")
 
     # traced label_smoothing and temperature: operands of the partitioned op (Auto
     # axes) and replicated closures of the shard_map (explicit axes)
