@@ -63,6 +63,32 @@ def test_bce_clamp(monkeypatch, dtype):
     assert kept < plain, (kept, plain)
 
 
+def _scaled_sum_elementwise(loss, scale):
+    return jnp.sum(loss * scale)
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [
+        lambda x, y: jaxloss.sigmoid_binary_cross_entropy(x, y, reduction="mean"),
+        lambda x, y: jaxloss.sigmoid_focal_loss(x, y, reduction="mean"),
+    ],
+    ids=["bce", "sigmoid_focal"],
+)
+def test_mean_scales_row_sums(monkeypatch, loss):
+    def temp_bytes():
+        jax.clear_caches()
+        f = jax.jit(jax.value_and_grad(loss)).lower(_spec(), _spec()).compile()
+        return f.memory_analysis().temp_size_in_bytes
+
+    kept = temp_bytes()
+    with monkeypatch.context() as m:
+        m.setattr(cm, "scaled_sum", _scaled_sum_elementwise)
+        plain = temp_bytes()
+    jax.clear_caches()
+    assert plain - kept > ONE_BUFFER // 2, (kept, plain)  # an [N, C] buffer, less [N] row sums
+
+
 def _kl_elements_inner(lp, t, mask, log_target):
     # Operands guarded by their own selects instead of one select at the end.
     lp, t = _divergence._upcast(lp, t)
