@@ -125,6 +125,10 @@ def run_case(case, rows, cols, repeats, seed=0):
     )
 
 
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
 def _mib(n):
     return "n/a" if n is None else f"{n / 2**20:.1f} MiB"
 
@@ -161,6 +165,9 @@ def to_markdown(results, rows, cols, repeats):
         "|---|---|---:|---:|---:|---:|---:|---:|---|---|---:|",
     ]
     for r in results:
+        if "error" in r:
+            lines.append(f"| `{r['loss']}` | {r['peer']} | failed: {r['error']} |" + " |" * 8)
+            continue
         lines.append(
             f"| `{r['loss']}` | {r['peer']} | {r['ratio']:.2f}x | {r['min_ratio']:.2f}x | "
             f"{r['ours_ms']:.1f} | "
@@ -184,7 +191,13 @@ def main(argv=None):
     cases = [c for c in CASES if not args.only or c.name in args.only]
     results = []
     for case in cases:
-        r = run_case(case, args.rows, args.cols, args.repeats)
+        try:
+            r = run_case(case, args.rows, args.cols, args.repeats)
+        except Exception as exc:  # one case's failure (e.g. a peer out of memory) is a row
+            r = dict(loss=case.name, peer=case.peer_name, error=_first_line(exc), met=False)
+            print(f"{case.name:24s} failed: {r['error']}", flush=True)
+            results.append(r)
+            continue
         results.append(r)
         print(
             f"{r['loss']:24s} {r['ratio']:5.2f}x  ours {r['ours_ms']:8.1f} ms  "

@@ -1100,7 +1100,10 @@ def _bench_triplet(rows, cols, rng, dtype):
 
 
 def _bench_ntxent(rows, cols, rng, dtype):
-    return _normal(rng, rows, cols, dtype), (np.arange(rows) // 2).astype(np.int32)
+    """``rows`` embeddings of at most 128 features (a projection head's width): optax
+    forms the ``[rows, rows, features]`` products, 32 GiB at 1024 x 8192."""
+    dim = min(cols, 128)
+    return _normal(rng, rows, dim, dtype), (np.arange(rows) // 2).astype(np.int32)
 
 
 def _bench_dice(rows, cols, rng, dtype):
