@@ -262,7 +262,9 @@ def triplet_margin_loss(
 def _ntxent_pairs(x: Array, labels: Array, tau: Array, eps: float) -> tuple[Array, Array]:
     """Per-pair losses ``[B, B]`` (0 off the positive pairs) and the positive-pair mask."""
     n = x.shape[0]
-    logits = _cosine(x[None, :, :], x[:, None, :], eps, -1, None) / tau
+    # every pair's cosine from the unit vectors in one product: [B, B], never [B, B, D]
+    u = _unit(x, (1,), None, eps)
+    logits = jnp.matmul(u, u.T, precision=jax.lax.Precision.HIGHEST) / tau
     same = labels[:, None] == labels[None, :]
     pos = same & ~jnp.eye(n, dtype=bool)
     neg = ~same
