@@ -12,8 +12,9 @@ of each compiled program, ``compile().memory_analysis().temp_size_in_bytes``.
 Target per loss: median ratio <= 1.0 and our scratch no larger than the peer's.
 
 Run: ``python -m benchmarks.catalogue [--repeats 7] [--rows 1024] [--cols 8192]
-[--only NAME ...] [--out benchmarks/results/catalogue_cpu.md]``. Self-contained
-(it does not use the shared harness) so it can be folded in later.
+[--only NAME ...] [--out FILE]``; ``python -m benchmarks --cases catalogue`` puts
+its table in ``benchmarks/results/<device-kind>.md``. Self-contained (it does not
+use the shared harness).
 """
 
 from __future__ import annotations
