@@ -14,7 +14,6 @@ autodiff of the two log-sigmoid terms has to step around ``0 * inf``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -356,9 +355,27 @@ def _multilabel_targets(y, num_classes):
                 f"found {vals[bad].flat[0]}."
             )
     safe = jnp.clip(y, 0, num_classes - 1)
-    rows = jnp.arange(y.shape[0])[:, None]  # y is [N, C]: one scatter per row, never [N, C, C]
-    is_target = jnp.zeros(y.shape, bool).at[rows, safe].max(valid)
+    # y is [N, C]: a scatter per row (never [N, C, C] pairs)
+    is_target = jax.vmap(lambda s, v: jnp.zeros(s.shape, bool).at[s].max(v))(safe, valid)
     return valid, safe, is_target
+
+
+def _count_at_most(rows: Array, q: Array) -> Array:
+    """For each query ``q[n, j]``, how many entries of the sorted row ``rows[n]`` are
+    ``<= q[n, j]`` (``searchsorted(side="right")``): a binary search of ``log2(C)``
+    steps on all queries at once (a vmapped ``jnp.searchsorted`` fails under
+    explicit sharding without a context mesh in jax 0.10.2)."""
+    c = rows.shape[-1]
+
+    def step(_, bounds):
+        lo, hi = bounds
+        mid = (lo + hi) // 2
+        v = jnp.take_along_axis(rows, jnp.minimum(mid, c - 1), axis=-1)
+        right = (mid < hi) & (v <= q)
+        return jnp.where(right, mid + 1, lo), jnp.where(right, hi, mid)
+
+    bounds = (jnp.zeros(q.shape, jnp.int32), jnp.full(q.shape, c, jnp.int32))
+    return jax.lax.fori_loop(0, c.bit_length(), step, bounds)[0]
 
 
 def _multilabel_hinge(x, safe, valid, is_target):
@@ -374,7 +391,7 @@ def _multilabel_hinge(x, safe, valid, is_target):
     zero = jnp.zeros_like(finite[:, :1])
     suffix = jnp.concatenate([jnp.cumsum(finite[:, ::-1], axis=-1)[:, ::-1], zero], axis=-1)
     x_t = jnp.take_along_axis(x, safe, axis=-1)  # [N, J]
-    first = jax.vmap(partial(jnp.searchsorted, side="right"))(others, x_t - 1.0)
+    first = _count_at_most(others, x_t - 1.0)
     k = (c - first).astype(x.dtype)
     pairs = cm.safe_mul(k, 1.0 - x_t) + jnp.take_along_axis(suffix, first, axis=-1)
     return jnp.sum(jnp.where(valid, pairs, 0.0), axis=-1)
