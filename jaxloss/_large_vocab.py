@@ -526,15 +526,15 @@ def _bias(b, dtype):
 
 def _fused_forward(want, h, w, b, y, sw, cw, opts: _Opts):
     """``((value, divisor), residuals)``; see the module docstring for the strategies."""
-    n, dtype, toks, h_chunks = _setup(h, w, y, sw, cw, opts)
-    cols = _cols(b, cw, w, opts)
-    red = cm.Reduction(opts.reduction)
     want3 = (0 in want, 1 in want, 2 in want and b is not None)
     fused = opts.strategy == "fused" and (opts.reduction != "none" or not any(want3[1:]))
     grads = want3 if fused else (False,) * 3
     if opts.auto and (fused or not any(want3)):
         roles = ("rows", "cols", "vec", "rows", "rows", "whole")
         return _auto_forward(_fused_forward, grads, (h, w, b, y, sw, cw), roles, opts, opts.aux)
+    n, dtype, toks, h_chunks = _setup(h, w, y, sw, cw, opts)
+    cols = _cols(b, cw, w, opts)
+    red = cm.Reduction(opts.reduction)
     if opts.axis_name is None and (fused or not any(want3)):
         loss, share, g, aux = _grad_pass(h_chunks, w, cols, toks, dtype, n, opts, grads)
         rows = None
@@ -1242,10 +1242,10 @@ def _auto_forward(forward, grads, args, roles, opts, aux=False):
     k = len(outs) - sum(grads)
     out, it = res[:k], iter(res[k:])
     g = tuple(next(it) if want_i else None for want_i in grads)
-    scale = jnp.ones((), out[0].dtype)
-    if opts.reduction == "mean":
-        scale = cm.safe_divide(scale, out[1])
-        out = (jnp.where(scale == 0, jnp.zeros_like(out[0]), out[0] * scale), *out[1:])
+    red = cm.Reduction(opts.reduction)  # the mean divides the summed value once
+    scale = red.scale(out[1], 1, out[0].dtype)
+    if red.kind == "mean":
+        out = (red(out[0], out[1]), *out[1:])
     if any(grads):
         return out, _Res(tuple(None if x is None else x * scale for x in g), None, scale)
     return out, _Res(None, None, scale)
