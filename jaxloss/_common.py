@@ -598,6 +598,91 @@ def _custom_jvp(forward, tangents, static_argnums, pass_want):
 
 
 # --------------------------------------------------------------------------
+# Cosine similarity
+# --------------------------------------------------------------------------
+
+
+def _row_scale(x: Array, axes: tuple[int, ...], only_overflow: bool) -> Array:
+    """``max|x|`` over ``axes`` (kept), 1 where that is 0 or not finite, or (with
+    ``only_overflow``) where the row's squares sum without overflow."""
+    top = jnp.max(jnp.abs(x), axis=axes, keepdims=True)
+    usable = jnp.isfinite(top) & (top > 0)
+    if only_overflow:
+        usable &= ~jnp.isfinite(jnp.sum(x * x, axis=axes, keepdims=True))
+    return jnp.where(usable, top, jnp.ones_like(top))
+
+
+def _root(q: Array) -> Array:
+    """``sqrt(q)``, and 0 at 0 without the root's infinite derivative in any path."""
+    pos = q > 0
+    return jnp.where(pos, jnp.sqrt(jnp.where(pos, q, jnp.ones_like(q))), jnp.zeros_like(q))
+
+
+def _cosine_stats(a, b, eps, axes, pytorch):
+    """Per-row ``(sa, sb, den, wa, wb, cos)``: ``cos = <a/sa, b/sb> / den``, and
+    ``wa`` = d log(den) / d|a/sa|^2 / 2 (likewise ``wb``), so that
+    d cos / d(a/sa) = (b/sb) / den - cos * wa * (a/sa)."""
+    sa, sb = _row_scale(a, axes, pytorch), _row_scale(b, axes, pytorch)
+    ua, ub = a / sa, b / sb
+    dot = jnp.sum(ua * ub, axis=axes, keepdims=True)
+    qa = jnp.sum(ua * ua, axis=axes, keepdims=True)
+    qb = jnp.sum(ub * ub, axis=axes, keepdims=True)
+    if pytorch:  # sqrt((|a|^2 + eps) (|b|^2 + eps)), each root apart where the product overflows
+        ma, mb = qa + eps, qb + eps
+        prod = ma * mb
+        finite = jnp.isfinite(prod)
+        den = jnp.where(finite, jnp.sqrt(jnp.where(finite, prod, 1.0)), _root(ma) * _root(mb))
+        return sa, sb, den, 1.0 / ma, 1.0 / mb, dot / den
+    floor = jnp.sqrt(jnp.maximum(eps, 0.0))  # optax: max(|a|, sqrt(eps)) * max(|b|, sqrt(eps))
+    ra, rb = _root(qa), _root(qb)
+    na, nb = jnp.maximum(ra, floor / sa), jnp.maximum(rb, floor / sb)
+    # the norm has a derivative where it (not the floor) is the divisor; a zero
+    # vector divides by 1: its unit vector is itself, 0
+    wa = jnp.where((ra > 0) & (ra >= floor / sa), 1.0 / jnp.where(na > 0, na * na, 1.0), 0.0)
+    wb = jnp.where((rb > 0) & (rb >= floor / sb), 1.0 / jnp.where(nb > 0, nb * nb, 1.0), 0.0)
+    den = jnp.where(na > 0, na, 1.0) * jnp.where(nb > 0, nb, 1.0)
+    return sa, sb, den, wa, wb, dot / den
+
+
+def _cosine_forward(a, b, eps, axes, pytorch):
+    stats = _cosine_stats(a, b, eps, axes, pytorch)
+    return jnp.squeeze(stats[-1], axes), stats
+
+
+def _cosine_tangent(res, args, d):
+    a, b, _, axes, _ = args
+    sa, sb, den, wa, wb, cos = res
+    ua, ub = a / sa, b / sb
+    terms = [
+        jnp.sum((u_other / den - cos * w * u) / s * du, axis=axes)
+        for u, u_other, s, w, du in ((ua, ub, sa, wa, d[0]), (ub, ua, sb, wb, d[1]))
+        if du is not None
+    ]
+    return functools.reduce(jnp.add, terms)
+
+
+_cosine = linear_rule(_cosine_forward, {(0, 1): _cosine_tangent}, static_argnums=(3, 4))
+
+
+def cosine_rows(
+    a: Array, b: Array, eps: Array, axes: tuple[int, ...], *, pytorch: bool = False
+) -> Array:
+    """Cosine similarity of ``a`` and ``b`` (same shape and float dtype) over ``axes``.
+
+    optax's (default): ``<a, b> / (max(|a|, sqrt(eps)) max(|b|, sqrt(eps)))``, 0
+    for a zero vector, every row scaled by its largest magnitude first (exact:
+    the cosine is scale-free), so no sum of squares overflows or underflows.
+    ``pytorch=True``: ``<a, b> / sqrt((|a|^2 + eps) (|b|^2 + eps))``
+    (``F.cosine_embedding_loss``), scaled only where a row's squares overflow.
+
+    A linear-tangent rule: the derivative ``(b / den - cos w a) / s`` is formed
+    elementwise from per-row statistics, so reverse mode keeps no ``[N, C]``
+    intermediate, and forward mode and second derivatives are exact.
+    """
+    return _cosine(a, b, eps, tuple(axes), pytorch)
+
+
+# --------------------------------------------------------------------------
 # Reduction
 # --------------------------------------------------------------------------
 

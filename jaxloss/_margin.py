@@ -5,10 +5,13 @@ and numbers, and jaxloss's conventions: the class (feature) axis last,
 ``reduction="none"`` by default, bf16/f16 computed in float32, a traceable
 ``margin``. All are piecewise smooth: the plain formula under autodiff is
 exact, with ``where(z > 0, z, 0)`` giving a kink the derivative 0 (PyTorch's
-``clamp_min`` convention). The multilabel soft-margin loss alone gets a
-linear-tangent rule (:func:`jaxloss._common.linear_rule`): its derivative is
-``w (sigmoid(x) - y) / C``, exact and finite at infinite logits, where the
-autodiff of the two log-sigmoid terms has to step around ``0 * inf``.
+``clamp_min`` convention). Two get linear-tangent rules
+(:func:`jaxloss._common.linear_rule`): the multilabel soft-margin loss, whose
+derivative ``w (sigmoid(x) - y) / C`` is exact and finite at infinite logits,
+where the autodiff of the two log-sigmoid terms has to step around
+``0 * inf``; and the cosine embedding loss's cosine
+(:func:`jaxloss._common.cosine_rows`), whose derivative is formed elementwise
+from per-row statistics (no stored ``[N, C]`` intermediate).
 """
 
 from __future__ import annotations
@@ -100,24 +103,12 @@ def margin_ranking_loss(
     return red(_relu(m - y * (x1.astype(dtype) - x2.astype(dtype))))
 
 
-def _unoverflow(x):
-    big = ~jnp.isfinite(jnp.sum(x * x, axis=-1, keepdims=True))
-    scale = jnp.max(jnp.abs(x), axis=-1, keepdims=True)
-    return x / jnp.where(big, scale, jnp.ones_like(scale))
-
-
 def _cosine(x1, x2):
     # PyTorch: sum(x1 x2) / sqrt((|x1|^2 + eps) (|x2|^2 + eps)); a row whose squared
     # norm overflows is first divided by its largest entry (cosine is scale-free),
     # and where the product overflows the root of each factor is taken separately
-    x1, x2 = _unoverflow(x1), _unoverflow(x2)
-    dot = jnp.sum(x1 * x2, axis=-1)
-    m1 = jnp.sum(x1 * x1, axis=-1) + _COSINE_EPS
-    m2 = jnp.sum(x2 * x2, axis=-1) + _COSINE_EPS
-    prod = m1 * m2
-    finite = jnp.isfinite(prod)
-    split = jnp.sqrt(m1) * jnp.sqrt(m2)
-    return dot / jnp.where(finite, jnp.sqrt(jnp.where(finite, prod, 1.0)), split)
+    eps = jnp.asarray(_COSINE_EPS, x1.dtype)
+    return cm.cosine_rows(x1, x2, eps, (x1.ndim - 1,), pytorch=True)
 
 
 def cosine_embedding_loss(

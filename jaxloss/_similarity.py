@@ -1,12 +1,14 @@
 """Similarity and metric-learning losses: cosine similarity and distance,
 the triplet margin loss and NT-Xent (optax's definitions).
 
-Norms are computed on inputs scaled by their largest magnitude (a
-stop-gradient constant, exact since a norm is homogeneous), so neither huge
-nor tiny vectors overflow or underflow the sum of squares. A zero vector has
-cosine similarity 0 with everything (its unit vector is taken as 0), with
-finite derivatives. Plain ``jnp`` formulas throughout: every transform
-(``jit``, ``vmap``, ``grad``, ``jvp``, ``jacfwd``, ``hessian``) applies.
+Norms are computed on inputs scaled by their largest magnitude (exact,
+since a norm is homogeneous), so neither huge nor tiny vectors overflow or
+underflow the sum of squares. A zero vector has cosine similarity 0 with
+everything (its unit vector is taken as 0), with finite derivatives. The
+cosine has a linear-tangent rule (:func:`jaxloss._common.cosine_rows`, shared
+with PyTorch's cosine embedding loss); the rest are plain ``jnp`` formulas.
+Every transform (``jit``, ``vmap``, ``grad``, ``jvp``, ``jacfwd``,
+``hessian``) applies.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def _cosine(a: Array, b: Array, epsilon: Any, axis: Any, where: Any) -> Array:
     if mask is not None:  # masked entries (even inf or NaN) take no part, in any derivative
         a = jnp.where(mask, a, 0.0)
         b = jnp.where(mask, b, 0.0)
-    return jnp.sum(_unit(a, axes, mask, eps) * _unit(b, axes, mask, eps), axis=axes, where=mask)
+    return cm.cosine_rows(a, b, eps, axes)
 
 
 def cosine_similarity(

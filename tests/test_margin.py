@@ -298,3 +298,16 @@ def test_jit_out_of_range_multilabel_target_is_nan():
 def test_bad_input(call, err, match):
     with pytest.raises(err, match=match):
         call()
+
+
+def test_cosine_embedding_gradient_keeps_no_row_sized_buffer():
+    """The cosine's rule forms its derivative elementwise from per-row statistics:
+    value_and_grad w.r.t. both inputs keeps no [N, C] intermediate."""
+    n, c = 256, 2048
+    spec = jax.ShapeDtypeStruct((n, c), jnp.float32)
+    y = jnp.where(jnp.arange(n) % 2 == 0, 1, -1)
+    f = jax.value_and_grad(
+        lambda a, b: M.cosine_embedding_loss(a, b, y, margin=0.1, reduction="mean"), (0, 1)
+    )
+    temp = jax.jit(f).lower(spec, spec).compile().memory_analysis().temp_size_in_bytes
+    assert temp < n * c * 4, temp

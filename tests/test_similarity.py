@@ -279,3 +279,15 @@ def test_bad_inputs():
         jaxloss.ntxent(A, jnp.ones(4))
     with pytest.raises(ValueError, match="embeddings"):
         jaxloss.ntxent(A[0], jnp.zeros(5, jnp.int32))
+
+
+def test_cosine_gradient_keeps_no_row_sized_buffer():
+    """The cosine's rule forms its derivative elementwise from per-row statistics:
+    value_and_grad w.r.t. both inputs keeps no [N, C] intermediate (the plain
+    formula under autodiff kept the scaled inputs for the backward pass)."""
+    n, c = 256, 2048
+    spec = jax.ShapeDtypeStruct((n, c), jnp.float32)
+    for loss in (jaxloss.cosine_similarity, jaxloss.cosine_distance):
+        f = jax.value_and_grad(lambda a, b, loss=loss: loss(a, b, reduction="mean"), (0, 1))
+        temp = jax.jit(f).lower(spec, spec).compile().memory_analysis().temp_size_in_bytes
+        assert temp < n * c * 4, (loss.__name__, temp)
