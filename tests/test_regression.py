@@ -405,3 +405,16 @@ def test_errors():
         jaxloss.poisson_nll_loss(x, t, eps=-1.0)
     with pytest.raises(TypeError, match="targets"):
         jaxloss.poisson_nll_loss(x, None)
+
+
+def test_gaussian_nll_gradient_keeps_no_input_sized_buffer():
+    """The rule recomputes ``(x - t) / sqrt(v)`` in the backward pass: value_and_grad
+    w.r.t. input, targets and var keeps no [N, C] intermediate (autodiff of the
+    formula kept two)."""
+    n, c = 256, 2048
+    spec = jax.ShapeDtypeStruct((n, c), jnp.float32)
+    f = jax.value_and_grad(
+        lambda x, t, v: jaxloss.gaussian_nll_loss(x, t, v, reduction="mean"), (0, 1, 2)
+    )
+    temp = jax.jit(f).lower(spec, spec, spec).compile().memory_analysis().temp_size_in_bytes
+    assert temp < n * c * 4, temp
