@@ -402,22 +402,6 @@ def take_per_row(table: Array, index: Array) -> Array:
     return table[index]
 
 
-def l2_norm(d: Array, axis: int = -1) -> Array:
-    """``sqrt(sum(d**2))`` over ``axis``, summed on ``d / max|d|`` so that neither
-    the squares' overflow nor their underflow changes it; derivative 0 where the
-    norm is exactly 0 (PyTorch's), and ``max|d|`` (inf or NaN) where an entry is
-    not finite, with that maximum's derivative (the norm's limit)."""
-    top = jnp.max(jnp.abs(d), axis=axis, keepdims=True)
-    usable = jnp.isfinite(top) & (top > 0)
-    scale = jax.lax.stop_gradient(jnp.where(usable, top, jnp.ones_like(top)))
-    u = jnp.where(usable, d / scale, jnp.zeros_like(d))
-    s = jnp.sum(u * u, axis=axis)
-    pos = s > 0
-    norm = jnp.where(pos, jnp.sqrt(jnp.where(pos, s, jnp.ones_like(s))), jnp.zeros_like(s))
-    top, scale = jnp.squeeze(top, axis), jnp.squeeze(scale, axis)
-    return jnp.where(jnp.isfinite(top), norm * scale, top)
-
-
 def safe_mul(coef: Array, value: Array) -> Array:
     """``coef * value`` that is 0 wherever ``coef == 0``, even for infinite ``value``,
     in the value and in every derivative (no ``0 * inf`` in a transposed product)."""
@@ -598,8 +582,59 @@ def _custom_jvp(forward, tangents, static_argnums, pass_want):
 
 
 # --------------------------------------------------------------------------
-# Cosine similarity
+# Norms and cosine similarity
 # --------------------------------------------------------------------------
+
+
+def _root(q: Array) -> Array:
+    """``sqrt(q)``, and 0 at 0 without the root's infinite derivative in any path."""
+    pos = q > 0
+    return jnp.where(pos, jnp.sqrt(jnp.where(pos, q, jnp.ones_like(q))), jnp.zeros_like(q))
+
+
+def _l2_forward(x1, x2, shift, axis):
+    d = x1 - x2 + shift
+    top = jnp.max(jnp.abs(d), axis=axis, keepdims=True)
+    scale = jnp.where(jnp.isfinite(top) & (top > 0), top, jnp.ones_like(top))
+    u = d / scale
+    root = _root(jnp.sum(u * u, axis=axis, keepdims=True))
+    norm = jnp.where(jnp.isfinite(top), root * scale, top)
+    return jnp.squeeze(norm, axis), (top, scale, root)
+
+
+def _l2_tangent(res, args, dx):
+    x1, x2, shift, axis = args
+    top, scale, root = res
+    d = x1 - x2 + shift
+    dx1, dx2 = dx
+    dd = dx1 if dx2 is None else (-dx2 if dx1 is None else dx1 - dx2)
+    finite = jnp.isfinite(top)
+    # d / |d| where the norm is finite and positive; 0 elsewhere (no 0 * inf when transposed)
+    use = finite & (root > 0)
+    coef = jnp.where(use, d / (scale * jnp.where(use, root, 1.0)), 0.0)
+    # an infinite entry: the norm moves with it (sign(d) at each entry of magnitude
+    # max|d|); a NaN entry: NaN there
+    coef = jnp.where(~finite & ((jnp.abs(d) == top) | jnp.isnan(d)), jnp.sign(d), coef)
+    return jnp.sum(coef * dd, axis=axis)
+
+
+_l2 = linear_rule(_l2_forward, {(0, 1): _l2_tangent}, static_argnums=(2, 3))
+
+
+def l2_distance(x1: Array, x2: Array, shift: float = 0.0, axis: int = -1) -> Array:
+    """``|x1 - x2 + shift|``, the L2 norm over ``axis`` (``shift`` a Python number).
+
+    Summed on the difference divided by its largest magnitude, so that neither
+    the squares' overflow nor their underflow changes it; derivative 0 where
+    the norm is exactly 0 (PyTorch's). Where an entry is not finite the value
+    is ``max|d|`` (inf or NaN) and the derivative ``sign(d)`` at each entry of
+    that magnitude (NaN for a NaN entry).
+
+    A linear-tangent rule: the derivative ``d / |d|`` is formed elementwise from
+    the inputs and the per-row norm, so reverse mode keeps no intermediate of
+    the inputs' size (the difference is recomputed).
+    """
+    return _l2(x1, x2, shift, axis)
 
 
 def _row_scale(x: Array, axes: tuple[int, ...], only_overflow: bool) -> Array:
@@ -610,12 +645,6 @@ def _row_scale(x: Array, axes: tuple[int, ...], only_overflow: bool) -> Array:
     if only_overflow:
         usable &= ~jnp.isfinite(jnp.sum(x * x, axis=axes, keepdims=True))
     return jnp.where(usable, top, jnp.ones_like(top))
-
-
-def _root(q: Array) -> Array:
-    """``sqrt(q)``, and 0 at 0 without the root's infinite derivative in any path."""
-    pos = q > 0
-    return jnp.where(pos, jnp.sqrt(jnp.where(pos, q, jnp.ones_like(q))), jnp.zeros_like(q))
 
 
 def _cosine_stats(a, b, eps, axes, pytorch):

@@ -447,7 +447,7 @@ def _pairwise_distance(x1, x2):
     # F.pairwise_distance(x1, x2, p=2, eps=1e-6): || x1 - x2 + eps ||_2 over the
     # last axis, with derivative 0 (PyTorch's norm) where the norm is exactly 0
     # (scaled: differences of any finite magnitude give the finite distance)
-    return cm.l2_norm(x1 - x2 + _PAIRWISE_EPS)
+    return cm.l2_distance(x1, x2, _PAIRWISE_EPS)
 
 
 def _distances(fn, a, p, n, swap):
