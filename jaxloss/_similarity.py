@@ -6,7 +6,9 @@ since a norm is homogeneous), so neither huge nor tiny vectors overflow or
 underflow the sum of squares. A zero vector has cosine similarity 0 with
 everything (its unit vector is taken as 0), with finite derivatives. The
 cosine has a linear-tangent rule (:func:`jaxloss._common.cosine_rows`, shared
-with PyTorch's cosine embedding loss); the rest are plain ``jnp`` formulas.
+with PyTorch's cosine embedding loss), and so has the triplet loss's distance
+(its backward pass recomputes the difference of its two inputs); the rest are
+plain ``jnp`` formulas.
 Every transform (``jit``, ``vmap``, ``grad``, ``jvp``, ``jacfwd``,
 ``hessian``) applies.
 """
@@ -164,23 +166,50 @@ def cosine_distance(
     return red(1.0 - _cosine(predictions, targets, epsilon, axis, where))
 
 
-def _distance(d: Array, axes: tuple[int, ...], p: Any, eps: Array) -> Array:
-    """optax's ``(sum(d**p) + eps)**(1/p)`` over ``axes``, computed on ``d`` scaled
-    by ``s = max(1, max|d|)``: ``s * (sum((d/s)**p) + eps / s**p)**(1/p)``."""
+def _distance_forward(x, y, p, eps, axes):
+    """optax's ``(sum(d**p) + eps)**(1/p)`` over ``axes`` for ``d = x - y``, computed on
+    ``d`` scaled by ``s = max(1, max|d|)``: ``s * (sum((d/s)**p) + eps / s**p)**(1/p)``."""
+    d = x - y
     top = jnp.max(jnp.abs(d), axis=axes, keepdims=True, initial=1.0)
     finite = jnp.isfinite(top)
-    big = jax.lax.stop_gradient(jnp.where(finite, top, 1.0))
-    d = jnp.where(finite, d, jnp.zeros_like(d))  # an infinite difference: the value is max|d|
-    inner = jnp.sum(jnp.power(d / big, p), axis=axes) + eps / jnp.power(jnp.squeeze(big, axes), p)
-    # real root of the signed sum (optax's values where they are finite); a zero
-    # distance has derivative 0 (no 0 * inf)
+    big = jnp.where(finite, top, 1.0)
+    u = jnp.where(finite, d / big, jnp.zeros_like(d))  # an infinite difference: the value is max|d|
+    inner = jnp.sum(jnp.power(u, p), axis=axes) + eps / jnp.power(jnp.squeeze(big, axes), p)
+    # real root of the signed sum (optax's values where they are finite)
     zero = inner == 0
     mag = jnp.power(jnp.where(zero, 1.0, jnp.abs(inner)), 1.0 / p)
     root = jnp.where(zero, 0.0, jnp.sign(inner) * mag)
-    # inf (or NaN) where a difference is; its derivative is max|d|'s, the limit of a norm's
-    return jnp.where(
+    # inf (or NaN) where a difference is
+    dist = jnp.where(
         jnp.squeeze(finite, axes), jnp.squeeze(big, axes) * root, jnp.squeeze(top, axes)
     )
+    return dist, (top, inner, mag)
+
+
+def _distance_tangent(res, args, dxy):
+    x, y, p, _, axes = args
+    top, inner, mag = res
+    d = x - y
+    dx, dy = dxy
+    dd = dx if dy is None else (-dy if dx is None else dx - dy)
+    finite = jnp.isfinite(top)
+    big = jnp.where(finite, top, 1.0)
+    u = jnp.where(finite, d / big, jnp.zeros_like(d))
+    # d dist / d d = u**(p-1) |inner|**(1/p - 1); 0 where the distance is 0 (no 0 * inf)
+    zero = inner == 0
+    scale = jnp.where(zero, 0.0, mag / jnp.where(zero, 1.0, jnp.abs(inner)))
+    keep = finite & ~jnp.expand_dims(zero, axes)
+    coef = jnp.where(keep, jnp.power(u, p - 1) * jnp.expand_dims(scale, axes), 0.0)
+    # not finite: the distance is max|d|, which moves with each entry of that magnitude
+    coef = jnp.where(~finite & ((jnp.abs(d) == top) | jnp.isnan(d)), jnp.sign(d), coef)
+    return jnp.sum(coef * dd, axis=axes)
+
+
+# a rule on (x, y): the backward pass recomputes the difference instead of keeping it;
+# p and eps (traced or not) are rarely differentiated: autodiff of the forward
+_distance = cm.linear_rule(
+    _distance_forward, {(0, 1): _distance_tangent}, static_argnums=(4,), traceable_argnums=(2,)
+)
 
 
 def triplet_margin_loss(
@@ -256,7 +285,7 @@ def triplet_margin_loss(
         p = _hyper(norm_degree, "norm_degree", dtype)
     e = _hyper(eps, "eps", dtype)
     m = _hyper(margin, "margin", dtype)
-    loss = jnp.maximum(_distance(a - pos, axes, p, e) - _distance(a - neg, axes, p, e) + m, 0.0)
+    loss = jnp.maximum(_distance(a, pos, p, e, axes) - _distance(a, neg, p, e, axes) + m, 0.0)
     return red(loss)
 
 
