@@ -1,4 +1,5 @@
-"""Shared mechanics: validation, dtype handling, masks and reduction.
+"""Shared mechanics: validation, dtype handling, masks, the linear-tangent rule
+helper, the scaled norms and cosine that two families share, and reduction.
 
 Every loss in the package goes through these helpers, so the conventions in
 the README (reduction, weights, masks, dtypes, errors) live in one place.
