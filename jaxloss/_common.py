@@ -593,10 +593,30 @@ def _root(q: Array) -> Array:
     return jnp.where(pos, jnp.sqrt(jnp.where(pos, q, jnp.ones_like(q))), jnp.zeros_like(q))
 
 
+def max_scale(x: Array, axes: int | tuple[int, ...]) -> tuple[Array, Array]:
+    """``(max|x|, scale)`` over ``axes`` (kept): ``scale`` is ``max|x|``, or 1 where
+    that is 0 or not finite, so that ``x / scale`` has entries of magnitude <= 1."""
+    top = jnp.max(jnp.abs(x), axis=axes, keepdims=True, initial=0.0)
+    return top, jnp.where(jnp.isfinite(top) & (top > 0), top, jnp.ones_like(top))
+
+
+def pair_tangent(dxy: tuple[Array | None, Array | None]) -> Array:
+    """The tangent of ``x - y`` from ``(dx, dy)`` (``None``: a zero tangent; not both)."""
+    dx, dy = dxy
+    return dx if dy is None else (-dy if dx is None else dx - dy)
+
+
+def norm_slope(coef: Array, d: Array, top: Array) -> Array:
+    """A norm's derivative ``coef`` (with respect to ``d``) where the row's ``max|d|``
+    (``top``, kept axes) is finite; where it is not, the norm is ``max|d|`` and moves
+    with each entry of that magnitude: ``sign(d)`` there (NaN at a NaN entry)."""
+    at_top = (jnp.abs(d) == top) | jnp.isnan(d)
+    return jnp.where(~jnp.isfinite(top) & at_top, jnp.sign(d), coef)
+
+
 def _l2_forward(x1, x2, shift, axis):
     d = x1 - x2 + shift
-    top = jnp.max(jnp.abs(d), axis=axis, keepdims=True)
-    scale = jnp.where(jnp.isfinite(top) & (top > 0), top, jnp.ones_like(top))
+    top, scale = max_scale(d, axis)
     u = d / scale
     root = _root(jnp.sum(u * u, axis=axis, keepdims=True))
     norm = jnp.where(jnp.isfinite(top), root * scale, top)
@@ -607,16 +627,10 @@ def _l2_tangent(res, args, dx):
     x1, x2, shift, axis = args
     top, scale, root = res
     d = x1 - x2 + shift
-    dx1, dx2 = dx
-    dd = dx1 if dx2 is None else (-dx2 if dx1 is None else dx1 - dx2)
-    finite = jnp.isfinite(top)
     # d / |d| where the norm is finite and positive; 0 elsewhere (no 0 * inf when transposed)
-    use = finite & (root > 0)
+    use = jnp.isfinite(top) & (root > 0)
     coef = jnp.where(use, d / (scale * jnp.where(use, root, 1.0)), 0.0)
-    # an infinite entry: the norm moves with it (sign(d) at each entry of magnitude
-    # max|d|); a NaN entry: NaN there
-    coef = jnp.where(~finite & ((jnp.abs(d) == top) | jnp.isnan(d)), jnp.sign(d), coef)
-    return jnp.sum(coef * dd, axis=axis)
+    return jnp.sum(norm_slope(coef, d, top) * pair_tangent(dx), axis=axis)
 
 
 _l2 = linear_rule(_l2_forward, {(0, 1): _l2_tangent}, static_argnums=(2, 3))
@@ -641,11 +655,11 @@ def l2_distance(x1: Array, x2: Array, shift: float = 0.0, axis: int = -1) -> Arr
 def _row_scale(x: Array, axes: tuple[int, ...], only_overflow: bool) -> Array:
     """``max|x|`` over ``axes`` (kept), 1 where that is 0 or not finite, or (with
     ``only_overflow``) where the row's squares sum without overflow."""
-    top = jnp.max(jnp.abs(x), axis=axes, keepdims=True)
-    usable = jnp.isfinite(top) & (top > 0)
-    if only_overflow:
-        usable &= ~jnp.isfinite(jnp.sum(x * x, axis=axes, keepdims=True))
-    return jnp.where(usable, top, jnp.ones_like(top))
+    _, scale = max_scale(x, axes)
+    if not only_overflow:
+        return scale
+    overflow = ~jnp.isfinite(jnp.sum(x * x, axis=axes, keepdims=True))
+    return jnp.where(overflow, scale, jnp.ones_like(scale))
 
 
 def _cosine_stats(a, b, eps, axes, pytorch):

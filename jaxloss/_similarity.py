@@ -43,13 +43,12 @@ def _common_shape(arrays: dict[str, Array]) -> tuple[int, ...]:
         raise ValueError(f"{', '.join(arrays)} must broadcast together; got {shapes}.") from None
 
 
-def _unit(a: Array, axes: tuple[int, ...], where: Array | None, eps: Array) -> Array:
+def _unit(a: Array, axes: tuple[int, ...], eps: Array) -> Array:
     """``a / sqrt(max(sum(a**2), eps))`` over ``axes``, formed on ``a`` scaled by its
     largest magnitude (no overflow or underflow); 0 for a zero vector."""
-    big = jnp.max(jnp.abs(a), axis=axes, keepdims=True, where=where, initial=0.0)
-    big = jax.lax.stop_gradient(jnp.where(jnp.isfinite(big) & (big > 0), big, 1.0))
+    big = jax.lax.stop_gradient(cm.max_scale(a, axes)[1])
     a = a / big
-    sq = jnp.sum(jnp.square(a), axis=axes, keepdims=True, where=where)
+    sq = jnp.sum(jnp.square(a), axis=axes, keepdims=True)
     nonzero = sq > 0  # sqrt's derivative at 0 is infinite: keep it out of every path
     norm = jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, sq, 1.0)), 0.0)
     norm = jnp.maximum(norm, jnp.sqrt(jnp.maximum(eps, 0.0)) / big)
@@ -190,8 +189,6 @@ def _distance_tangent(res, args, dxy):
     x, y, p, _, axes = args
     top, inner, mag = res
     d = x - y
-    dx, dy = dxy
-    dd = dx if dy is None else (-dy if dx is None else dx - dy)
     finite = jnp.isfinite(top)
     big = jnp.where(finite, top, 1.0)
     u = jnp.where(finite, d / big, jnp.zeros_like(d))
@@ -200,9 +197,7 @@ def _distance_tangent(res, args, dxy):
     scale = jnp.where(zero, 0.0, mag / jnp.where(zero, 1.0, jnp.abs(inner)))
     keep = finite & ~jnp.expand_dims(zero, axes)
     coef = jnp.where(keep, jnp.power(u, p - 1) * jnp.expand_dims(scale, axes), 0.0)
-    # not finite: the distance is max|d|, which moves with each entry of that magnitude
-    coef = jnp.where(~finite & ((jnp.abs(d) == top) | jnp.isnan(d)), jnp.sign(d), coef)
-    return jnp.sum(coef * dd, axis=axes)
+    return jnp.sum(cm.norm_slope(coef, d, top) * cm.pair_tangent(dxy), axis=axes)
 
 
 # a rule on (x, y): the backward pass recomputes the difference instead of keeping it;
@@ -294,7 +289,7 @@ def _ntxent_pairs(x: Array, labels: Array, tau: Array, eps: float) -> tuple[Arra
     """Per-pair losses ``[B, B]`` (0 off the positive pairs) and the positive-pair mask."""
     n = x.shape[0]
     # every pair's cosine from the unit vectors in one product: [B, B], never [B, B, D]
-    u = _unit(x, (1,), None, eps)
+    u = _unit(x, (1,), eps)
     logits = jnp.matmul(u, u.T, precision=jax.lax.Precision.HIGHEST) / tau
     same = labels[:, None] == labels[None, :]
     pos = same & ~jnp.eye(n, dtype=bool)

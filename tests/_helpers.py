@@ -53,6 +53,13 @@ def hyperparameter_gradients_match_differences(f, point, what, step=1e-6):
         close(g, fd, rtol=1e-6, atol=1e-8, err_msg=f"{what}: argument {i}")
 
 
+def temp_bytes(loss, *specs, argnums=0) -> int:
+    """Compiled temporary bytes of ``value_and_grad`` of ``loss(*args).sum()`` at
+    the shapes ``specs`` (no execution)."""
+    f = jax.value_and_grad(lambda *a: loss(*a).sum(), argnums=argnums)
+    return jax.jit(f).lower(*specs).compile().memory_analysis().temp_size_in_bytes
+
+
 def all_finite(*trees) -> bool:
     return all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(trees))
 

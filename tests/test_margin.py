@@ -6,13 +6,15 @@ References (called side by side): ``torch.nn.functional.margin_ranking_loss``,
 ``triplet_margin_with_distance_loss`` (with ``pairwise_distance``).
 """
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from _helpers import all_finite, close, tt
+from _helpers import all_finite, close, temp_bytes, tt
 
 from jaxloss import _margin as M
 
@@ -306,10 +308,8 @@ def test_cosine_embedding_gradient_keeps_no_row_sized_buffer():
     n, c = 256, 2048
     spec = jax.ShapeDtypeStruct((n, c), jnp.float32)
     y = jnp.where(jnp.arange(n) % 2 == 0, 1, -1)
-    f = jax.value_and_grad(
-        lambda a, b: M.cosine_embedding_loss(a, b, y, margin=0.1, reduction="mean"), (0, 1)
-    )
-    temp = jax.jit(f).lower(spec, spec).compile().memory_analysis().temp_size_in_bytes
+    loss = lambda a, b: M.cosine_embedding_loss(a, b, y, margin=0.1, reduction="mean")
+    temp = temp_bytes(loss, spec, spec, argnums=(0, 1))
     assert temp < n * c * 4, temp
 
 
@@ -319,8 +319,6 @@ def test_pairwise_distance_gradient_recomputes_the_difference():
     difference, read by two reductions) where autodiff of the formula kept two."""
     n, c = 256, 2048
     spec = jax.ShapeDtypeStruct((n, c), jnp.float32)
-    f = jax.value_and_grad(
-        lambda a, p, q: M.triplet_margin_with_distance_loss(a, p, q, margin=0.5, reduction="mean")
-    )
-    temp = jax.jit(f).lower(spec, spec, spec).compile().memory_analysis().temp_size_in_bytes
+    loss = partial(M.triplet_margin_with_distance_loss, margin=0.5, reduction="mean")
+    temp = temp_bytes(loss, spec, spec, spec)
     assert temp < 1.5 * n * c * 4, temp

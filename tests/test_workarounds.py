@@ -11,6 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import pytest
+from _helpers import temp_bytes
 
 import jaxloss
 from jaxloss import _binary, _divergence, _focal, _hinge
@@ -26,8 +27,7 @@ def _spec(dtype=jnp.float32):
 
 def _temp_bytes(loss, *specs, argnums=0):
     jax.clear_caches()  # the rules are jitted once: a patched helper needs a new trace
-    f = jax.value_and_grad(lambda *a: loss(*a).sum(), argnums=argnums)
-    return jax.jit(f).lower(*specs).compile().memory_analysis().temp_size_in_bytes
+    return temp_bytes(loss, *specs, argnums=argnums)
 
 
 def _measure(monkeypatch, module, name, plain, loss, *specs, argnums=0):
