@@ -464,17 +464,22 @@ def poisson_nll_loss(
     return red(loss)
 
 
+def _standardized(x, t, v):
+    """``(r, s)``: ``r = (x - t) / s``, ``s = sqrt(v)``. The loss uses ``r^2`` rather
+    than ``d^2 / v``: finite wherever the loss is (``d = 1e20, v = 1e30``)."""
+    s = jnp.sqrt(v)
+    return (x - t) / s, s
+
+
 def _gaussian_forward(x, t, v):
-    # (d / sqrt(v))^2 rather than d^2 / v: finite wherever the loss is (d = 1e20, v = 1e30)
-    r = (x - t) / jnp.sqrt(v)
+    r, _ = _standardized(x, t, v)
     return 0.5 * (jnp.log(v) + r * r), None
 
 
 def _gaussian_tangent(_, args, d):
     x, t, v = args
     dx, dt, dv = d
-    s = jnp.sqrt(v)
-    r = (x - t) / s
+    r, s = _standardized(x, t, v)
     # d/dx = (x - t) / v = r / s; d/dv = (1 - r^2) / (2 v)
     terms = [_linear(r / s, dx, dt)] if dx is not None or dt is not None else []
     if dv is not None:
